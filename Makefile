@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PORT   ?= 9896
+PYTEST_ARGS ?=
+
+.PHONY: demo test system-deps venv clean check-config metrics-table
+
+$(VENV)/.installed: pyproject.toml
+	@sh scripts/ensure-venv-support.sh $(PYTHON)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/python -m exporter.demo --port $(PORT)
+
+system-deps:
+	@sh scripts/install-system-deps.sh
+
+test: system-deps venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+check-config: venv
+	$(VENV)/bin/energy-meter-exporter check-config --config.file config.example.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+
+metrics-table: venv
+	$(VENV)/bin/python scripts/update-metrics-table.py

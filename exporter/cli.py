@@ -1,0 +1,121 @@
+"""Command line, in the style of Prometheus exporters.
+
+Exit statuses: 0 success; 1 a runtime failure (device unreachable in `probe`, port in use);
+2 bad input from the user (flags, configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import stat
+import sys
+
+from . import __version__, logs
+from .config import ConfigError, load_config
+
+DEFAULT_CONFIG = "config.yaml"
+DEFAULT_LISTEN = ":9896"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _common(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
+    # Subcommands take the same flags; SUPPRESS keeps a flag given before the subcommand.
+    default = (lambda v: v) if with_defaults else (lambda v: argparse.SUPPRESS)
+    parser.add_argument("--config.file", dest="config_file", default=default(DEFAULT_CONFIG),
+                        metavar="PATH", help=f"configuration file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default=default("info"),
+                        help="only log messages of this level or above (default info)")
+    parser.add_argument("--log.format", dest="log_format", choices=logs.FORMATS, default=default("logfmt"),
+                        help="log format (default logfmt)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="energy-meter-exporter",
+        description="Prometheus exporter for HomeWizard, IAMMETER, IOmeter and Enphase energy meters.",
+    )
+    _common(parser, with_defaults=True)
+    parser.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="[HOST]:PORT",
+                        help=f"address to serve /metrics on (default {DEFAULT_LISTEN})")
+    parser.add_argument("--version", action="version", version=f"energy-meter-exporter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
+    _common(p, with_defaults=False)
+
+    p = sub.add_parser("probe", help="poll one configured target once and print what it would export")
+    _common(p, with_defaults=False)
+    p.add_argument("name", help="the target's name in the configuration")
+
+    p = sub.add_parser("pair", help="pair with a device and store the token it issues")
+    _common(p, with_defaults=False)
+    p.add_argument("vendor", choices=["homewizard"])
+    p.add_argument("host", help="address of the device (IP or host name)")
+    p.add_argument("--output", "-o", help="token file to write (default homewizard-<serial>.token)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the button (default 60)")
+    p.add_argument("--name", default="energy-meter-exporter", help="user name shown in the HomeWizard app")
+    p.add_argument("--ca-file", help="CA to verify the device with (default: HomeWizard's CA, bundled)")
+    p.add_argument("--insecure", action="store_true", help="do not verify the device's certificate")
+    return parser
+
+
+def load_or_exit(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"energy-meter-exporter: invalid configuration {path}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def warn_if_world_readable(path: str, config, log) -> None:
+    from .config import Secret
+
+    if not any(isinstance(v, Secret) for t in config.targets for v in t.options.values()):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("configuration file is readable by other users; if it holds secrets, chmod 600 it "
+                    "or move them to *_file / ${ENV} references", file=path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    log = logs.get()
+
+    if args.command == "check-config":
+        config = load_or_exit(args.config_file)
+        print(f"{args.config_file}: valid, {len(config.targets)} targets")
+        return EXIT_OK
+    if args.command == "probe":
+        from .probe import probe
+
+        config = load_or_exit(args.config_file)
+        return asyncio.run(probe(config, args.name))
+    if args.command == "pair":
+        from .vendors.homewizard.pairing import pair_command
+
+        return asyncio.run(pair_command(args))
+
+    from .daemon import parse_listen_address, serve
+
+    try:
+        host, port = parse_listen_address(args.listen)
+    except ValueError as exc:
+        print(f"energy-meter-exporter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    config = load_or_exit(args.config_file)
+    warn_if_world_readable(args.config_file, config, log)
+    log.info("starting", version=__version__, config=args.config_file)
+    return asyncio.run(serve(config, host, port))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

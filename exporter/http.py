@@ -1,0 +1,100 @@
+"""HTTP requests for adapters: bounded bodies, and every failure turned into a PollError."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import aiohttp
+
+from .errors import PollError
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # no meter answers with more; a bigger body is a fault
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+    def json(self) -> Any:
+        """The body as JSON; PollError(parse) when it is not."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            snippet = self.body[:60].decode("utf-8", "replace")
+            raise PollError("parse", f"answer is not JSON ({exc.__class__.__name__}): {snippet!r}") from None
+
+
+async def request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    json_body: Any = None,
+    data: Any = None,
+    ssl_context: ssl.SSLContext | bool | None = None,
+    server_hostname: str | None = None,
+    auth: aiohttp.BasicAuth | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
+) -> Response:
+    """One request; the caller bounds it in time. The URL goes into messages, so it must not
+    carry secrets (tokens travel in headers)."""
+    kwargs: dict[str, Any] = {}
+    if ssl_context is not None:
+        kwargs["ssl"] = ssl_context
+    if server_hostname:
+        kwargs["server_hostname"] = server_hostname
+    try:
+        async with session.request(
+            method, url, headers=headers, json=json_body, data=data, auth=auth,
+            allow_redirects=False, **kwargs,
+        ) as resp:
+            length = resp.content_length
+            if length is not None and length > max_bytes:
+                raise PollError("too_large", f"{url}: answer of {length} bytes refused (limit {max_bytes})")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PollError("too_large", f"{url}: answer larger than {max_bytes} bytes refused")
+                chunks.append(chunk)
+            return Response(resp.status, b"".join(chunks), dict(resp.headers))
+    except PollError:
+        raise
+    except asyncio.TimeoutError:
+        raise PollError("timeout", f"{url}: no answer in time") from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise PollError("tls", f"{url}: certificate not trusted: {_tls_reason(exc.certificate_error)}") from None
+    except aiohttp.ClientSSLError as exc:
+        raise PollError("tls", f"{url}: TLS failed: {_tls_reason(exc)}") from None
+    except ssl.SSLError as exc:
+        raise PollError("tls", f"{url}: TLS failed: {_tls_reason(exc)}") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise PollError("connection", f"{url}: cannot connect: {exc.os_error.strerror or exc.os_error}") from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError) as exc:
+        raise PollError("connection", f"{url}: connection lost: {exc.__class__.__name__}") from None
+    except aiohttp.ClientResponseError as exc:
+        raise PollError("http_error", f"{url}: malformed HTTP answer: {exc.message}") from None
+    except aiohttp.ClientError as exc:
+        raise PollError("connection", f"{url}: {exc.__class__.__name__}: {exc}") from None
+    except OSError as exc:
+        raise PollError("connection", f"{url}: {exc.strerror or exc}") from None
+
+
+def _tls_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    return str(reason)
+
+
+def status_error(url: str, resp: Response, detail: str = "") -> PollError:
+    """A PollError for an unexpected status, classified the way users act on it."""
+    reason = "unauthorized" if resp.status in (401, 403) else "http_error"
+    extra = f": {detail}" if detail else ""
+    return PollError(reason, f"{url}: HTTP {resp.status}{extra}")

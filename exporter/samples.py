@@ -1,0 +1,89 @@
+"""What parse functions produce: normalized samples, device identity, and their errors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalogue import Metric
+
+
+class ParseError(ValueError):
+    """A payload the parser cannot turn into trustworthy samples (the poll fails with reason `parse`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    metric: Metric
+    labels: tuple[tuple[str, str], ...]  # extra labels in the order of `metric.labels`, then `obis`
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    model: str = ""
+    serial: str = ""
+    firmware: str = ""
+    meter: str | None = None  # set where one target holds several meters
+
+
+@dataclass(slots=True)
+class Reading:
+    """The result of one successful poll (or one pushed message) of one target."""
+
+    samples: list[Sample] = field(default_factory=list)
+    devices: list[DeviceInfo] = field(default_factory=list)
+
+    def add(self, metric: Metric, value: Any, **labels: str) -> None:
+        """Add a sample, silently skipping values the device did not send.
+
+        `value` may be None (field absent or null): no series, never 0 or NaN. A value of the
+        wrong type is a parse error for the whole payload, not a guess.
+        """
+        number = number_or_none(value, metric.name)
+        if number is None:
+            return
+        missing = [name for name in metric.labels if name not in labels]
+        extra = [name for name in labels if name not in metric.labels and name != "obis"]
+        if missing or extra:
+            raise TypeError(f"{metric.name}: labels {sorted(labels)} do not match {metric.labels}")
+        pairs = tuple((name, str(labels[name])) for name in metric.labels)
+        obis = labels.get("obis") or metric.obis_for(labels)
+        if obis:
+            pairs += (("obis", obis),)
+        self.samples.append(Sample(metric, pairs, number))
+
+    def value_of(self, metric: Metric, **labels: str) -> float | None:
+        """The value of one series (tests and tools), or None."""
+        for sample in self.samples:
+            if sample.metric is metric and all(
+                dict(sample.labels).get(k) == v for k, v in labels.items()
+            ):
+                return sample.value
+        return None
+
+
+def number_or_none(value: Any, what: str = "value") -> float | None:
+    """A finite float from a JSON value; None for null; ParseError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ParseError(f"{what}: expected a number, got a boolean")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ParseError(f"{what}: expected a number, got {value[:40]!r}") from None
+    else:
+        raise ParseError(f"{what}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(number):
+        raise ParseError(f"{what}: not a finite number")
+    return number
+
+
+def scaled(value: Any, factor: float, what: str = "value") -> float | None:
+    number = number_or_none(value, what)
+    return None if number is None else number * factor

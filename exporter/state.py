@@ -1,0 +1,63 @@
+"""The state directory: small files (tokens, quota ledgers) that must survive restarts.
+
+Writes are atomic (temporary file, fsync, rename) so that a kill at any moment leaves either
+the old or the new content, never a torn file. Files are 0600, the directory 0700.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class StateDirectory:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def ensure(self) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path, 0o700)
+        return self.path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read_json(self, name: str) -> Any | None:
+        """The stored value, or None if absent or unreadable (treated as no state)."""
+        try:
+            return json.loads(self.file(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def write_json(self, name: str, value: Any) -> None:
+        write_private_file(self.ensure() / name, json.dumps(value, indent=1, sort_keys=True))
+
+
+def write_private_file(path: str | os.PathLike, content: str) -> None:
+    """Atomically replace `path` with `content`, readable by the owner only (0600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass

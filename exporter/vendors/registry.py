@@ -1,0 +1,84 @@
+"""Which vendor transports exist, what their targets accept, and how to build their adapters.
+
+A transport module declares one `TransportSpec`; `exporter/vendors/__init__.py` lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Literal, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from ..config import Config, Option, TargetConfig
+    from ..context import AdapterContext
+    from ..samples import Reading
+
+
+class PollAdapter(Protocol):
+    """Reaches one device. `poll` does I/O and hands payloads to pure parse functions."""
+
+    async def poll(self) -> "Reading": ...  # raises PollError
+
+    async def close(self) -> None: ...
+
+
+class PushAdapter(Protocol):
+    """Receives readings the device sends; calls `emit` for each, runs until cancelled."""
+
+    async def run(self, emit: Callable[["Reading"], None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TransportSpec:
+    vendor: str
+    transport: str
+    options: Mapping[str, "Option"]
+    create: Callable[["TargetConfig", "AdapterContext"], Any]
+    kind: Literal["poll", "push"] = "poll"
+    default_interval: float = 10.0
+    min_interval: float = 1.0
+    default_overrides: Mapping[str, Any] = field(default_factory=dict)
+    # (key or "", message) pairs for one target's converted options.
+    check_target: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] | None = None
+    # problems across targets (shared quotas, listeners), as full messages.
+    check_config: Callable[["Config"], list[str]] | None = None
+    description: str = ""
+
+
+_SPECS: dict[tuple[str, str], TransportSpec] = {}
+
+
+def register(spec: TransportSpec) -> TransportSpec:
+    _SPECS[(spec.vendor, spec.transport)] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    from . import load_all
+
+    load_all()
+
+
+def get(vendor: str, transport: str) -> TransportSpec | None:
+    _ensure_loaded()
+    return _SPECS.get((vendor, transport))
+
+
+def specs() -> list[TransportSpec]:
+    _ensure_loaded()
+    return list(_SPECS.values())
+
+
+def vendor_names() -> list[str]:
+    _ensure_loaded()
+    return sorted({v for v, _ in _SPECS})
+
+
+def transports(vendor: str) -> list[str]:
+    """Transports of a vendor, the default (first registered) first."""
+    _ensure_loaded()
+    return [t for v, t in _SPECS if v == vendor]
+
+

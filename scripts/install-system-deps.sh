@@ -1,0 +1,24 @@
+#!/bin/sh
+# System programs the test suite runs for real: promtool and a Prometheus server, a Mosquitto
+# MQTT broker, Alertmanager and Pushgateway. Installed with apt-get when running as root.
+set -e
+missing=""
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing="$missing $2"; }
+need promtool prometheus
+need prometheus prometheus
+need mosquitto mosquitto
+need prometheus-alertmanager prometheus-alertmanager
+need prometheus-pushgateway prometheus-pushgateway
+[ -z "$missing" ] && exit 0
+packages=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing system packages for the tests: $packages"
+    apt-get update -qq
+    # Debian starts these as services on install; the tests run their own instances.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages
+    rm -f /usr/sbin/policy-rc.d
+else
+    echo "Missing system packages: $packages" >&2
+    echo "Install them (sudo apt-get install $packages); tests that need them will be skipped." >&2
+fi

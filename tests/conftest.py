@@ -1,0 +1,168 @@
+"""Shared fixtures: the conformance corpus, free ports, running the real exporter process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFORMANCE = ROOT.parent / "shared" / "conformance"
+
+
+@pytest.fixture
+def conformance() -> Path:
+    if not CONFORMANCE.is_dir():
+        pytest.skip(f"conformance corpus not found at {CONFORMANCE} (it lives in shared/ beside the project)")
+    return CONFORMANCE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if not path:
+        pytest.skip(f"{name} is not installed (make test installs it with apt-get when run as root)")
+    return path
+
+
+def http_get(url: str, headers: dict | None = None, timeout: float = 5) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except AssertionError:
+            raise
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+async def async_wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class ExporterProcess:
+    """The real exporter, started as a user would start it (console script, flags)."""
+
+    def __init__(self, config: Path, port: int, extra: list[str] | None = None) -> None:
+        self.config = config
+        self.port = port
+        self.log = config.parent / f"exporter-{port}.log"
+        self._log_file = open(self.log, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--config.file={config}",
+             f"--web.listen-address=127.0.0.1:{port}", *(extra or [])],
+            stdout=self._log_file, stderr=subprocess.STDOUT, cwd=config.parent,
+        )
+        wait_until(self._healthy, what=f"exporter on port {port} (log {self.log})")
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"exporter exited with {self.proc.returncode}: {self.log.read_text()}")
+        return http_get(self.url("/-/healthy"), timeout=1)[0] == 200
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def metrics(self) -> str:
+        return http_get(self.url("/metrics"))[2].decode()
+
+    def logs(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log.read_text()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+def sample_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in an exposition body, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+class LoopThread:
+    """An asyncio loop in a background thread, for simulators that must keep answering while a
+    synchronous test waits on a real exporter process."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn, *args):
+        """Run a plain function on the loop's thread (to flip simulator switches safely)."""
+        async def wrapper():
+            return fn(*args)
+        return self.run(wrapper())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def loop_thread():
+    thread = LoopThread()
+    yield thread
+    thread.close()

@@ -1,0 +1,69 @@
+"""The metric catalogue: naming rules, the README table, and which vendors really emit what."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from exporter import catalogue as M
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- metrics-table:start -->", "<!-- metrics-table:end -->"
+
+
+def test_names_follow_the_prometheus_conventions():
+    names = [m.name for m in M.all_metrics()]
+    assert len(names) == len(set(names))
+    for m in M.all_metrics():
+        assert re.fullmatch(r"energy_meter_[a-z0-9_]+", m.name), m.name
+        assert m.name.endswith("_total") == (m.kind == "counter"), m.name
+        if m.obis_by:
+            assert m.obis_by in m.labels, m.name
+        assert "phase" not in m.labels or m.name.startswith("energy_meter_phase_") or "phase" in m.name, m.name
+
+
+def test_readme_table_matches_the_catalogue():
+    readme = (ROOT / "README.md").read_text()
+    assert START in readme and END in readme
+    table = readme.split(START, 1)[1].split(END, 1)[0].strip() + "\n"
+    assert table == M.markdown_table(), "README metric table is out of date: run `python -m exporter.catalogue`"
+
+
+def corpus_modules():
+    return sorted(p.stem for p in (ROOT / "tests").glob("corpus_*.py"))
+
+
+def test_vendor_claims_match_what_the_parsers_emit(conformance):
+    emitted: dict[str, set[str]] = {}
+    checked = set()
+    for module_name in corpus_modules():
+        vendor = module_name.removeprefix("corpus_")
+        module = importlib.import_module(f"tests.{module_name}")
+        checked.add(vendor)
+        for _, reading in module.readings(conformance):
+            for sample in reading.samples:
+                emitted.setdefault(sample.metric.name, set()).add(vendor)
+            if reading.devices:
+                emitted.setdefault(M.DEVICE_INFO.name, set()).add(vendor)
+    problems = []
+    for m in M.all_metrics():
+        if not m.vendors:
+            continue  # the exporter's own series
+        claimed = set(m.vendors)
+        unknown = claimed - checked
+        if unknown:
+            problems.append(f"{m.name}: claims {sorted(unknown)} but no tests/corpus_<vendor>.py exists")
+        really = emitted.get(m.name, set())
+        if claimed & checked != really:
+            problems.append(f"{m.name}: claims {sorted(claimed & checked)}, emitted by {sorted(really)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_simulator_bodies_are_the_corpus(conformance):
+    data = ROOT / "exporter" / "simulators" / "data" / "homewizard"
+    for path in data.rglob("*.json"):
+        original = conformance / "homewizard" / path.relative_to(data)
+        assert original.read_bytes() == path.read_bytes(), path

@@ -1,0 +1,191 @@
+"""Configuration: what a person gets told when the file is wrong, and secrets from env and files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, Secret, load_config, parse_duration
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def problems(path: Path, environ=None) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ=environ or {})
+    return err.value.problems
+
+
+def test_valid_config_with_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, """
+        defaults:
+          interval: 30s
+          timeout: 2s
+        targets:
+          - name: p1
+            vendor: homewizard
+            host: 192.0.2.10
+          - name: kwh
+            vendor: homewizard
+            host: 192.0.2.11
+            interval: 1m
+    """), environ={})
+    p1, kwh = cfg.targets
+    assert (p1.interval, p1.timeout, p1.transport) == (30.0, 2.0, "local")
+    assert kwh.interval == 60.0
+    assert p1.stale_after == 90.0  # three intervals by default
+    assert p1.source.endswith("config.yaml:5")
+
+
+def test_unknown_key_names_file_line_and_path(tmp_path):
+    path = write(tmp_path, """
+        targets:
+          - name: p1
+            vendor: homewizard
+            host: 192.0.2.10
+            intervall: 10s
+    """)
+    [message] = problems(path)
+    assert message.startswith(f"{path}:5: targets[0].intervall: unknown key")
+    assert "interval" in message  # lists the known keys
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write(tmp_path, """
+        targets:
+          - name: p1
+            vendor: homewizard
+            host: 192.0.2.10
+            interval: soon
+          - name: p1
+            vendor: homewizard
+            host: 192.0.2.11
+          - name: x
+            vendor: acme
+          - vendor: homewizard
+            host: 192.0.2.12
+            timeout: -1
+    """)
+    found = problems(path)
+    text = "\n".join(found)
+    assert f"{path}:5: targets[0].interval: expected a duration" in text
+    assert f"{path}:6: targets[1].name: duplicate target name 'p1'" in text
+    assert f"{path}:10: targets[2].vendor: unknown vendor 'acme'" in text
+    assert f"targets[3].name: missing" in text
+    assert f"targets[3].timeout: must be at least" in text
+
+
+@pytest.mark.parametrize("snippet,expected", [
+    ("interval: 0.1s", "shorter than 0.5s, the fastest homewizard local allows"),
+    ("interval: 10s\n    timeout: 20s", "timeout 20s is longer than the interval 10s"),
+    ("interval: 10s\n    stale_after: 5s", "shorter than the interval"),
+    ("api_version: v2", "API v2 needs a token"),
+    ("api_version: v3", "must be one of auto, v1, v2"),
+    ("tls_verify: maybe", "expected true or false"),
+    ("timezone: Mars/Olympus", "unknown time zone"),
+    ("serial: [a, b]", "expected a string, got a list"),
+])
+def test_impossible_values(tmp_path, snippet, expected):
+    path = write(tmp_path, "targets:\n  - name: p1\n    vendor: homewizard\n    host: 192.0.2.10\n    " + snippet + "\n")
+    assert any(expected in p for p in problems(path)), problems(path)
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path):
+    path = write(tmp_path, "targets:\n  - name: p1\n    vendor: [homewizard\n")
+    [message] = problems(path)
+    assert message.startswith(f"{path}:") and "not valid YAML" in message
+
+
+def test_duplicate_yaml_key(tmp_path):
+    path = write(tmp_path, "targets:\n  - name: p1\n    vendor: homewizard\n    host: a\n    host: b\n")
+    assert problems(path) == [f"{path}:5: targets[0].host: duplicate key"]
+
+
+def test_secret_from_environment(tmp_path):
+    path = write(tmp_path, """
+        targets:
+          - name: p1
+            vendor: homewizard
+            host: 192.0.2.10
+            token: ${HW_TOKEN}
+    """)
+    cfg = load_config(path, environ={"HW_TOKEN": "abc123"})
+    token = cfg.targets[0].options["token"]
+    assert isinstance(token, Secret) and token.reveal() == "abc123"
+    assert "abc123" not in repr(cfg)  # secrets never print
+    [message] = problems(path, environ={})
+    assert "targets[0].token: environment variable HW_TOKEN is not set" in message
+
+
+def test_secret_from_file_relative_to_the_config(tmp_path):
+    (tmp_path / "hw.token").write_text("deadbeef\n")
+    path = write(tmp_path, """
+        targets:
+          - name: p1
+            vendor: homewizard
+            host: 192.0.2.10
+            token_file: hw.token
+    """)
+    assert load_config(path, environ={}).targets[0].options["token"].reveal() == "deadbeef"
+    (tmp_path / "hw.token").unlink()
+    [message] = problems(path)
+    assert "targets[0].token_file: cannot read" in message
+
+
+def test_secret_and_secret_file_together_is_an_error(tmp_path):
+    (tmp_path / "t").write_text("x")
+    path = write(tmp_path, "targets:\n  - name: p1\n    vendor: homewizard\n    host: a\n    token: y\n    token_file: t\n")
+    assert any("give either token or token_file" in p for p in problems(path))
+
+
+def test_durations():
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("5m") == 300
+    assert parse_duration(2) == 2.0
+    with pytest.raises(ValueError):
+        parse_duration("fast")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_check_config_exit_statuses(tmp_path):
+    good = write(tmp_path, "targets:\n  - name: p1\n    vendor: homewizard\n    host: a\n", "good.yaml")
+    proc = run_cli("check-config", f"--config.file={good}")
+    assert proc.returncode == 0 and "valid, 1 targets" in proc.stdout
+    bad = write(tmp_path, "targets:\n  - name: p1\n    vendor: homewizard\n    hots: a\n", "bad.yaml")
+    proc = run_cli("check-config", "--config.file", str(bad))
+    assert proc.returncode == 2
+    assert f"{bad}:4: targets[0].hots: unknown key" in proc.stderr
+    assert f"{bad}:2: targets[0]: missing required key 'host'" in proc.stderr
+
+
+def test_the_daemon_refuses_to_start_on_bad_config_or_flags(tmp_path):
+    bad = write(tmp_path, "targets: 3\n")
+    proc = run_cli(f"--config.file={bad}", "--web.listen-address=127.0.0.1:0")
+    assert proc.returncode == 2 and "targets: expected a list" in proc.stderr
+    proc = run_cli("--log.level=loud")
+    assert proc.returncode == 2 and "--log.level" in proc.stderr
+    good = write(tmp_path, "targets: []\n", "good.yaml")
+    proc = run_cli(f"--config.file={good}", "--web.listen-address=nonsense")
+    assert proc.returncode == 2 and "--web.listen-address" in proc.stderr
+
+
+def test_missing_config_file(tmp_path):
+    proc = run_cli("check-config", f"--config.file={tmp_path / 'nope.yaml'}")
+    assert proc.returncode == 2 and "cannot read the configuration" in proc.stderr
+
+
+def test_example_config_is_valid():
+    example = Path(__file__).resolve().parents[1] / "config.example.yaml"
+    cfg = load_config(example, environ={"HOMEWIZARD_P1_TOKEN": "0123456789abcdef0123456789abcdef"})
+    assert {t.vendor for t in cfg.targets} >= {"homewizard"}

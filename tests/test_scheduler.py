@@ -1,0 +1,113 @@
+"""Background polling: cadence, timeouts, backoff, isolation of a misbehaving device."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exporter import catalogue as M
+from exporter.config import TargetConfig
+from exporter.errors import PollError
+from exporter.logs import get as get_log
+from exporter.samples import Reading
+from exporter.scheduler import TargetRunner, backoff_delay
+from exporter.store import SnapshotStore
+
+
+def target(name: str, interval: float = 0.1, timeout: float = 0.05, max_backoff: float = 1.0) -> TargetConfig:
+    return TargetConfig(name=name, vendor="homewizard", transport="local", interval=interval, timeout=timeout,
+                        max_backoff=max_backoff, stale_after=60, jitter=0.0, options={})
+
+
+class FakeAdapter:
+    def __init__(self, behaviour: str = "ok") -> None:
+        self.behaviour = behaviour
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def poll(self) -> Reading:
+        self.calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.behaviour == "hang":
+                await asyncio.sleep(3600)
+            if self.behaviour == "refuse":
+                raise PollError("connection", "refused")
+            if self.behaviour == "crash":
+                raise KeyError("bug")
+            await asyncio.sleep(0.001)
+            r = Reading()
+            r.add(M.ACTIVE_POWER, self.calls)
+            return r
+        finally:
+            self.in_flight -= 1
+
+    async def close(self) -> None:
+        pass
+
+
+def test_backoff_grows_exponentially_to_the_ceiling():
+    t = target("x", interval=10, max_backoff=300)
+    assert [backoff_delay(t, n) for n in (1, 2, 3, 4, 5, 6, 7)] == [10, 20, 40, 80, 160, 300, 300]
+
+
+async def run_for(seconds: float, runners: list[TargetRunner]) -> None:
+    for r in runners:
+        r.start()
+    await asyncio.sleep(seconds)
+    await asyncio.gather(*(r.stop() for r in runners))
+
+
+async def test_a_hanging_device_does_not_slow_the_others():
+    store = SnapshotStore()
+    good, bad = FakeAdapter(), FakeAdapter("hang")
+    runners = []
+    for name, adapter in (("good", good), ("bad", bad)):
+        store.add_target(name, "homewizard", 60)
+        runners.append(TargetRunner(target(name), adapter, store, get_log()))
+    await run_for(1.2, runners)
+    assert good.calls >= 8  # ~every 0.1 s for 1.2 s, minus the random start
+    assert bad.max_in_flight == 1 and good.max_in_flight == 1  # never two requests to one device
+    assert store.targets["good"].up and not store.targets["bad"].up
+    assert store.targets["bad"].errors == {"timeout": bad.calls}
+    # backoff: the hanging device is asked far less often than the healthy one
+    assert bad.calls <= 5
+
+
+async def test_errors_and_crashes_become_reasons_not_exceptions():
+    store = SnapshotStore()
+    adapters = {"refused": FakeAdapter("refuse"), "buggy": FakeAdapter("crash")}
+    runners = []
+    for name, adapter in adapters.items():
+        store.add_target(name, "homewizard", 60)
+        runners.append(TargetRunner(target(name), adapter, store, get_log()))
+    await run_for(0.5, runners)
+    assert set(store.targets["refused"].errors) == {"connection"}
+    assert set(store.targets["buggy"].errors) == {"internal"}
+    assert store.targets["buggy"].last_error == "internal error: KeyError"
+
+
+async def test_recovery_resets_backoff():
+    store = SnapshotStore()
+    adapter = FakeAdapter("refuse")
+    store.add_target("x", "homewizard", 60)
+    runner = TargetRunner(target("x", interval=0.05, max_backoff=0.2), adapter, store, get_log())
+    runner.start()
+    await asyncio.sleep(0.6)
+    assert runner.failures >= 2
+    adapter.behaviour = "ok"
+    await asyncio.sleep(0.5)
+    assert runner.failures == 0 and store.targets["x"].up
+    await runner.stop()
+
+
+async def test_poll_once_reports_the_error():
+    store = SnapshotStore()
+    store.add_target("x", "homewizard", 60)
+    runner = TargetRunner(target("x"), FakeAdapter("hang"), store, get_log())
+    with pytest.raises(PollError) as err:
+        await runner.poll_once()
+    assert err.value.reason == "timeout"
