@@ -251,6 +251,10 @@ CONFIG_RELOAD_OK = Metric(
 CONFIG_RELOAD_TIME = Metric(
     "energy_meter_exporter_config_last_reload_success_timestamp_seconds", "gauge", "s",
     "When the configuration was last loaded successfully (Unix time).", base_labels=())
+QUOTA_REMAINING = Metric(
+    "energy_meter_exporter_quota_remaining", "gauge", "",
+    "Calls left in a cloud API's quota window (scope: the account, meter or target it counts for).",
+    labels=("api", "scope", "window"), base_labels=())
 EXPORTER_SELF = (TARGET_UP, LAST_SUCCESS, POLL_DURATION, POLLS, POLL_ERRORS, COUNTER_REGRESSIONS)
 
 

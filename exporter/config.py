@@ -158,6 +158,10 @@ class Config:
     def target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.targets if t.name == name), None)
 
+    def section_item(self, section: str, name: str) -> Mapping[str, Any] | None:
+        """One named entry of a list section (e.g. an MQTT broker), or None."""
+        return next((item for item in self.sections.get(section, ()) if item.get("name") == name), None)
+
 
 # --- YAML with line numbers ---------------------------------------------------------------------
 
@@ -331,9 +335,12 @@ def load_config(
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the configuration must be a mapping with a 'targets' list"])
 
+    section_specs = registry.sections()
+    known_top = TOP_LEVEL_KEYS | set(section_specs)
     for key in data:
-        if key not in TOP_LEVEL_KEYS:
-            check.problem((key,), f"unknown key (known keys here: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+        if key not in known_top:
+            check.problem((key,), f"unknown key (known keys here: {', '.join(sorted(known_top))})")
+    sections = {name: _section(check, data.get(name), spec) for name, spec in section_specs.items()}
 
     raw_defaults = data.get("defaults") or {}
     if not isinstance(raw_defaults, dict):
@@ -376,16 +383,47 @@ def load_config(
         if target is not None:
             targets.append(target)
 
-    config = Config(path=filename, targets=tuple(targets), state_directory=state_directory)
+    config = Config(path=filename, targets=tuple(targets), state_directory=state_directory, sections=sections)
     if not check.problems:
         for spec in registry.specs():
             if spec.check_config:
-                check.problems.extend(spec.check_config(config))
+                for path, message in spec.check_config(config):
+                    check.problem(path, message)
         if extra_check:
             check.problems.extend(extra_check(config))
     if check.problems:
         raise ConfigError(check.problems)
     return config
+
+
+def _section(check: _Checker, raw: Any, spec) -> Any:
+    """A shared section: one mapping, or (spec.many) a list of mappings with unique names."""
+    path = (spec.name,)
+    if raw is None:
+        return () if spec.many else {}
+    if not spec.many:
+        if not isinstance(raw, dict):
+            check.problem(path, f"expected a mapping, got {_type_name(raw)}")
+            return {}
+        return check.options(raw, spec.options, path)
+    if not isinstance(raw, list):
+        check.problem(path, f"expected a list, got {_type_name(raw)}")
+        return ()
+    out, names = [], set()
+    for index, item in enumerate(raw):
+        item_path = path + (index,)
+        if not isinstance(item, dict):
+            check.problem(item_path, f"expected a mapping, got {_type_name(item)}")
+            continue
+        name = item.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            check.problem(item_path + ("name",), "missing or not a valid name")
+        elif name in names:
+            check.problem(item_path + ("name",), f"duplicate name {name!r}")
+        names.add(name)
+        options = check.options(item, spec.options, item_path, skip={"name"})
+        out.append({"name": name, **options})
+    return tuple(out)
 
 
 def _target(check: _Checker, raw: dict, path: tuple, defaults: dict, registry) -> TargetConfig | None:

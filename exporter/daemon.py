@@ -12,7 +12,8 @@ from aiohttp import web
 
 from . import logs
 from .config import Config, ConfigError, TargetConfig, load_config
-from .context import AdapterContext
+from .context import AdapterContext, SharedResources
+from .quota import ledger_for
 from .scheduler import TargetRunner
 from .state import StateDirectory
 from .store import SnapshotStore
@@ -40,12 +41,16 @@ class Daemon:
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.shared = SharedResources()
         self._reload_lock = asyncio.Lock()
         self.started = time.monotonic()
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "0.0.0.0", port: int = 9896) -> int:
         self.session = make_session()
+        ledger = ledger_for(StateDirectory(self.config.state_directory))
+        ledger.listeners.append(lambda: self.store.set_quota(ledger.windows()))
+        self.store.set_quota(ledger.windows())
         await self._apply(self.config)
         self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
@@ -75,18 +80,28 @@ class Daemon:
         spec = registry.get(target.vendor, target.transport)
         assert spec is not None  # the config was validated against the registry
         log = self.log.bind(target=target.name, vendor=target.vendor)
-        ctx = AdapterContext(session=self.session, state=StateDirectory(self.config.state_directory), log=log)
+        ctx = AdapterContext(session=self.session, state=StateDirectory(self.config.state_directory), log=log,
+                             shared=self.shared, sections=self.config.sections)
         adapter = spec.create(target, ctx)
         return TargetRunner(target, adapter, self.store, log, kind=spec.kind)
 
     async def _apply(self, config: Config) -> None:
         """Make the running targets match `config`: unchanged targets keep running."""
         wanted = {t.name: t for t in config.targets}
-        stale = [name for name, r in self.runners.items() if wanted.get(name) != r.target]
+        changed_sections = {k for k in set(config.sections) | set(self.config.sections)
+                            if config.sections.get(k) != self.config.sections.get(k)}
+
+        def outdated(runner: TargetRunner) -> bool:
+            spec = registry.get(runner.target.vendor, runner.target.transport)
+            uses = set(spec.uses_sections) if spec else set()
+            return wanted.get(runner.target.name) != runner.target or bool(uses & changed_sections)
+
+        stale = [name for name, r in self.runners.items() if outdated(r)]
         await asyncio.gather(*(self.runners.pop(name).stop() for name in stale), return_exceptions=True)
         for name in stale:
             if name not in wanted:
                 self.store.remove_target(name)
+        self.config = config  # new runners read the new shared sections
         for target in config.targets:
             if target.name in self.runners:
                 continue
@@ -94,7 +109,6 @@ class Daemon:
             runner = self._runner_for(target)
             self.runners[target.name] = runner
             runner.start()
-        self.config = config
 
     async def reload(self) -> tuple[bool, str]:
         async with self._reload_lock:

@@ -136,6 +136,14 @@ class SnapshotStore:
             self.reload_time = self.clock()
         self._render_global()
 
+    def set_quota(self, windows) -> None:
+        """Render the quota ledger's windows (`QuotaLedger.windows()`)."""
+        lines = "".join(
+            sample_line(M.QUOTA_REMAINING.name, (("api", w.api), ("scope", w.scope), ("window", w.window)), w.remaining)
+            for w in windows
+        )
+        self.cache.set_fragments("", {M.QUOTA_REMAINING: lines} if lines else {}, scope=(M.QUOTA_REMAINING,))
+
     # --- rendering -------------------------------------------------------------------------
     def _info_lines(self, state: TargetState, base: tuple) -> str:
         lines = []

@@ -150,19 +150,25 @@ def test_sigterm_stops_within_five_seconds(exporter):
     assert "shutting down" in proc.logs()
 
 
-def test_sigterm_while_a_device_hangs(tmp_path, loop_thread):
+@pytest.fixture
+def hanging_device(tmp_path, loop_thread):
+    """An exporter polling one device that never answers (interval 60s, timeout 50s)."""
     sim = loop_thread.run(HomeWizardSimulator("HWE-KWH1", v2=False).start())
     sim.broken = "slow"
     config = tmp_path / "c.yaml"
-    config.write_text(f"targets:\n  - name: slow\n    vendor: homewizard\n    host: {sim.v1_host}\n    interval: 60s\n    timeout: 50s\n")
+    config.write_text(f"targets:\n  - name: slow\n    vendor: homewizard\n    host: {sim.v1_host}\n"
+                      "    interval: 60s\n    timeout: 50s\n")
     proc = ExporterProcess(config, free_port())
-    try:
-        wait_until(lambda: "v1 /api/v1/data" in sim.requests, what="a request in flight")
-        proc.signal(signal.SIGTERM)
-        assert proc.proc.wait(timeout=5) == 0
-    finally:
-        proc.stop()
-        loop_thread.run(sim.stop())
+    yield proc, sim
+    proc.stop()
+    loop_thread.run(sim.stop())
+
+
+def test_sigterm_while_a_device_hangs(hanging_device):
+    proc, sim = hanging_device
+    wait_until(lambda: "v1 /api/v1/data" in sim.requests, what="a request in flight")
+    proc.signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=5) == 0
 
 
 def test_json_logs(tmp_path, devices):
@@ -201,14 +207,6 @@ def test_port_in_use_is_a_clear_error(tmp_path, exporter):
     assert result.returncode == 1 and "cannot listen" in result.stderr
 
 
-def test_ready_waits_for_first_polls(tmp_path, loop_thread):
-    sim = loop_thread.run(HomeWizardSimulator("HWE-KWH1", v2=False).start())
-    sim.broken = "slow"
-    config = tmp_path / "c.yaml"
-    config.write_text(f"targets:\n  - name: slow\n    vendor: homewizard\n    host: {sim.v1_host}\n    interval: 30s\n    timeout: 20s\n")
-    proc = ExporterProcess(config, free_port())
-    try:
-        assert http_get(proc.url("/-/ready"))[0] == 503
-    finally:
-        proc.stop()
-        loop_thread.run(sim.stop())
+def test_ready_waits_for_first_polls(hanging_device):
+    proc, _ = hanging_device
+    assert http_get(proc.url("/-/ready"))[0] == 503

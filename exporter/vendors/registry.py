@@ -42,12 +42,39 @@ class TransportSpec:
     default_overrides: Mapping[str, Any] = field(default_factory=dict)
     # (key or "", message) pairs for one target's converted options.
     check_target: Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] | None = None
-    # problems across targets (shared quotas, listeners), as full messages.
-    check_config: Callable[["Config"], list[str]] | None = None
+    # problems across targets (shared quotas, listeners): (key path, message) pairs, where the
+    # path is a tuple such as ("targets", 3, "broker") so the message names file and line.
+    check_config: Callable[["Config"], Iterable[tuple[tuple, str]]] | None = None
+    description: str = ""
+    # Shared sections the transport reads; its targets restart when one of them changes.
+    uses_sections: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """A top-level configuration section shared by targets (MQTT brokers, push listeners...).
+
+    `many`: a list of mappings, each with a unique `name` that targets refer to; otherwise one
+    mapping."""
+
+    name: str
+    options: Mapping[str, "Option"]
+    many: bool = False
     description: str = ""
 
 
 _SPECS: dict[tuple[str, str], TransportSpec] = {}
+_SECTIONS: dict[str, SectionSpec] = {}
+
+
+def register_section(spec: SectionSpec) -> SectionSpec:
+    _SECTIONS[spec.name] = spec
+    return spec
+
+
+def sections() -> dict[str, SectionSpec]:
+    _ensure_loaded()
+    return dict(_SECTIONS)
 
 
 def register(spec: TransportSpec) -> TransportSpec:
