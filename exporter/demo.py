@@ -60,7 +60,47 @@ async def homewizard(workdir: Path) -> Participant:
     )
 
 
-PARTICIPANTS: list[Callable[[Path], Awaitable[Participant]]] = [homewizard]
+async def iammeter(workdir: Path) -> Participant:
+    from .simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
+
+    http = IammeterHttpSimulator("WEM3080T", nem=True, reactive=True)
+    modbus = IammeterModbusSimulator(http.state)
+    await http.start()
+    await modbus.start()
+
+    async def advance() -> None:  # the meter's readings move on once a second
+        while True:
+            await asyncio.sleep(1)
+            http.state.advance(1)
+
+    ticker = asyncio.create_task(advance())
+
+    async def stop_ticker() -> None:
+        ticker.cancel()
+
+    return Participant(
+        targets=[
+            {"name": "iammeter-http", "vendor": "iammeter", "host": http.host, "interval": "5s"},
+            {"name": "iammeter-modbus", "vendor": "iammeter", "transport": "modbus", "host": "127.0.0.1",
+             "port": modbus.port, "interval": "5s"},
+        ],
+        stop=[stop_ticker, http.stop, modbus.stop],
+    )
+
+
+async def enphase(workdir: Path) -> Participant:
+    from .simulators.enphase import start_demo
+
+    gateway, enlighten, target = await start_demo()
+    return Participant(
+        targets=[target],
+        stop=[gateway.stop, enlighten.stop],
+        notes=[f"Enphase IQ Gateway {gateway.firmware} at {gateway.host}; the exporter fetches its token from "
+               f"the simulated Enlighten at {enlighten.url}"],
+    )
+
+
+PARTICIPANTS: list[Callable[[Path], Awaitable[Participant]]] = [homewizard, iammeter, enphase]
 
 
 async def run(host: str, port: int, workdir: Path, ready: asyncio.Event | None = None,

@@ -38,7 +38,7 @@ async def request(
     headers: Mapping[str, str] | None = None,
     json_body: Any = None,
     data: Any = None,
-    ssl_context: ssl.SSLContext | bool | None = None,
+    ssl_context: ssl.SSLContext | aiohttp.Fingerprint | bool | None = None,
     server_hostname: str | None = None,
     auth: aiohttp.BasicAuth | None = None,
     max_bytes: int = MAX_BODY_BYTES,
@@ -70,6 +70,8 @@ async def request(
         raise
     except asyncio.TimeoutError:
         raise PollError("timeout", f"{url}: no answer in time") from None
+    except aiohttp.ServerFingerprintMismatch as exc:
+        raise PollError("tls", f"{url}: certificate fingerprint {exc.got.hex()} is not the pinned one") from None
     except aiohttp.ClientConnectorCertificateError as exc:
         raise PollError("tls", f"{url}: certificate not trusted: {_tls_reason(exc.certificate_error)}") from None
     except aiohttp.ClientSSLError as exc:

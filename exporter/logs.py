@@ -31,6 +31,10 @@ def setup(level: str = "info", fmt: str = "logfmt", stream=None) -> None:
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard library; pymodbus logs every timeout at ERROR with frame
+    # dumps. The exporter reports those failures itself (reason, counter), so keep them quiet
+    # unless debugging.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if numeric == logging.DEBUG else logging.CRITICAL + 1)
 
 
 def get(**bound):

@@ -71,7 +71,10 @@ def number_or_none(value: Any, what: str = "value") -> float | None:
     if isinstance(value, bool):
         raise ParseError(f"{what}: expected a number, got a boolean")
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range (10**400)
+            raise ParseError(f"{what}: number out of range") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())

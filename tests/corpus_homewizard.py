@@ -22,3 +22,12 @@ def readings(conformance_root: Path) -> Iterator[tuple[str, Reading]]:
             yield rel, parse.parse_v2_measurement(payload, timezone.utc)
         elif path.name == "system.json" and rel.startswith("v2/"):
             yield rel, parse.parse_v2_system(payload)
+        elif path.name == "device.json":
+            yield rel, Reading(devices=[parse.parse_device(payload)])
+
+
+def documented() -> Iterator[tuple[str, Reading]]:
+    """The seed documents heat meters in GJ; the corpus only has them in m3."""
+    heat = {"external": [{"unique_id": "AB", "type": "heat_meter", "timestamp": "2024-06-28T14:00:00",
+                          "value": 1.5, "unit": "GJ"}]}
+    yield "seed: external heat meter in GJ", parse.parse_v2_measurement(heat, timezone.utc)

@@ -1,0 +1,526 @@
+"""IQ Gateway (Envoy) local API transport.
+
+`/info` (no auth) tells the firmware: below 7 the gateway speaks plain HTTP and wants Digest
+auth on some endpoints (user `envoy` with the last six digits of the serial, or `installer`);
+from 7 on it speaks HTTPS with a self-signed certificate and wants a JWT as a bearer token (see
+`token.py` for where tokens come from and when they are renewed).
+
+Each endpoint has its own cadence: CT readings every poll, the system figures and batteries
+every minute, the microinverters every five minutes (they report no more often), `/info` and
+the CT list every hour. `poll()` reads what is due, one request at a time, and merges the cached
+results of the rest into one Reading. An endpoint that answers 404 (or an HTML page where JSON
+belongs) is switched off for an hour; a 401 renews the token once, then the poll fails and the
+exporter does not ask Enlighten again for a while.
+
+TLS: the gateway's certificate is self-signed, so no CA can vouch for it. Pin it with
+`tls_fingerprint` (SHA-256 of the certificate; the error message of a failed handshake shows
+the one the gateway presents), or turn checks off with `tls_verify: false`, which is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import aiohttp
+
+from ...catalogue import TOKEN_EXPIRY
+from ...config import Option, TargetConfig
+from ...context import AdapterContext
+from ...errors import PollError
+from ...http import Response, request, status_error
+from ...samples import ParseError, Reading
+from ..registry import TransportSpec, register
+from . import parse
+from .digest import DigestAuth
+from .token import ENLIGHTEN_URL, TOKEN_URL, TOKEN_WEB_PAGE, TokenError, TokenInfo, TokenStore, fetch_token, token_info
+
+INFO_REFRESH = 3600.0  # firmware upgrades switch the auth scheme
+METERS_REFRESH = 3600.0  # the CT configuration rarely changes
+OFF_FOR = 3600.0  # an endpoint that answered 404 is not asked again for this long
+AUTH_BACKOFF = 900.0  # after a refused token or Digest login, wait this long before trying again
+RENEW_RETRY = 3600.0  # a renewal ahead of expiry that failed is retried after at most this long
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # also what `disable` takes
+    path: str
+    cadence: float  # seconds between reads; 0 = every poll
+    stagger: int = 0  # first read this many polls after the first, to keep the first poll short
+    fallback_of: tuple[str, ...] = ()  # read only while all of these are unavailable
+    needs_cts: bool = False
+
+
+# Order = precedence when two endpoints give the same series.
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("meters_readings", "/ivp/meters/readings", 0, needs_cts=True),
+    Endpoint("production_json", "/production.json?details=1", 60),
+    Endpoint("api_v1_production", "/api/v1/production", 60, fallback_of=("production_json",)),
+    Endpoint("production_page", "/production", 60, fallback_of=("production_json", "api_v1_production")),
+    Endpoint("inverters", "/api/v1/production/inverters", 300, stagger=1),
+    Endpoint("inventory", "/ivp/ensemble/inventory", 60, stagger=2),
+)
+ENDPOINT_NAMES = tuple(e.name for e in ENDPOINTS)
+
+OPTIONS = {
+    "host": Option("str", required=True, help="address of the gateway (envoy.local or an IP), optionally host:port"),
+    "token": Option("secret", help=f"access token (JWT) from {TOKEN_WEB_PAGE}; or token_file"),
+    "username": Option("str", help="Enlighten account (e-mail), to fetch and renew tokens"),
+    "password": Option("secret", help="Enlighten password (or password_file)"),
+    "serial": Option("str", help="gateway serial number (default: the one /info reports)"),
+    "tls_fingerprint": Option("str", help="SHA-256 fingerprint of the gateway's certificate (hex, colons allowed)"),
+    "tls_verify": Option("bool", default=True, help="false turns certificate checks off (logged); prefer tls_fingerprint"),
+    "digest_user": Option("str", default="envoy", choices=("envoy", "installer"), help="firmware < 7: Digest user"),
+    "digest_password": Option("secret", help="firmware < 7: Digest password (envoy: default the last 6 digits of the serial)"),
+    "enlighten_url": Option("str", default=ENLIGHTEN_URL, help="Enlighten login service (tests point it elsewhere)"),
+    "token_url": Option("str", default=TOKEN_URL, help="Enphase token service (tests point it elsewhere)"),
+    "renew_margin": Option("duration", help="renew the token this long before it expires (default: 1/12 of its lifetime, at most 30 days)"),
+    "disable": Option("list", help=f"endpoints never to read: {', '.join(ENDPOINT_NAMES)}"),
+}
+
+
+def normalize_fingerprint(text: str) -> str | None:
+    """64 lower-case hex digits from `AB:CD:...`, `abcd...` or `AB CD ...`; None if malformed."""
+    digits = re.sub(r"[\s:]", "", text).lower()
+    return digits if re.fullmatch(r"[0-9a-f]{64}", digits) else None
+
+
+def check_target(options: Mapping[str, Any]):
+    host = options.get("host") or ""
+    if "://" in host or "/" in host:
+        yield "host", "give the gateway's name or address only (the exporter picks http or https from its firmware)"
+    fingerprint = options.get("tls_fingerprint")
+    if fingerprint is not None and normalize_fingerprint(fingerprint) is None:
+        yield "tls_fingerprint", "expected a SHA-256 fingerprint: 64 hex digits, colons allowed"
+    if fingerprint and options.get("tls_verify") is False:
+        yield "tls_verify", "give tls_fingerprint (pinning) or tls_verify: false, not both"
+    if bool(options.get("username")) != bool(options.get("password")):
+        yield "password" if options.get("username") else "username", "username and password go together (Enlighten login)"
+    token = options.get("token")
+    if token:
+        try:
+            token_info(token.reveal())
+        except TokenError as exc:
+            yield "token", f"not a usable gateway token: {exc}"
+    if options.get("digest_user") == "installer" and not options.get("digest_password"):
+        yield "digest_password", "the installer user needs its password (digest_password)"
+    for key in ("enlighten_url", "token_url"):
+        value = options.get(key)
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            yield key, "expected an http(s):// URL"
+    for name in options.get("disable") or ():
+        if name not in ENDPOINT_NAMES:
+            yield "disable", f"unknown endpoint {name!r} (one of: {', '.join(ENDPOINT_NAMES)})"
+
+
+@dataclass
+class _State:
+    next_due: float = 0.0
+    off_until: float = 0.0
+    reading: Reading | None = None
+    read_at: float = 0.0
+
+
+class EnphaseLocal:
+    def __init__(self, target: TargetConfig, ctx: AdapterContext) -> None:
+        self.target = target
+        self.ctx = ctx
+        self.log = ctx.log
+        self.host: str = target.option("host")
+        self.clock: Callable[[], float] = ctx.clock or time.time
+        self.disabled = set(target.option("disable", ()) or ())
+        self.store = TokenStore(ctx.state, target.name)
+        self.renew_margin: float | None = target.option("renew_margin")
+        self.enlighten_url: str = target.option("enlighten_url", ENLIGHTEN_URL)
+        self.token_url: str = target.option("token_url", TOKEN_URL)
+        self.username: str | None = target.option("username")
+        self._password = target.option("password")
+        configured = target.option("token")
+        self.configured_token: TokenInfo | None = token_info(configured.reveal()) if configured else None
+        fingerprint = target.option("tls_fingerprint")
+        self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
+        self.tls_verify: bool = target.option("tls_verify", True)
+        if self.fingerprint:
+            self._ssl: Any = aiohttp.Fingerprint(bytes.fromhex(self.fingerprint))
+        elif not self.tls_verify:
+            self._ssl = False
+            self.log.warning("TLS certificate checks of the gateway are off (tls_verify: false), by configuration; "
+                             "pin the certificate with tls_fingerprint instead")
+        else:
+            self._ssl = None
+
+        self.info: parse.GatewayInfo | None = None
+        self.info_read_at = 0.0
+        self.scheme = "https"
+        self.meters: dict[int, parse.MeterConfig] = {}
+        self.meters_due = 0.0
+        self.meters_off_until = 0.0
+        self.states = {e.name: _State() for e in ENDPOINTS}
+        self.polls = 0
+        self.token: TokenInfo | None = None
+        self.no_renew_before = 0.0
+        self.next_renew_try = 0.0
+        self.renewals = 0
+        self._renewal: asyncio.Future | None = None
+        self._renewed_this_poll = False
+        self._digest: DigestAuth | None = None
+        self._warned_expiry = False
+
+    # --- the poll ----------------------------------------------------------------------------
+
+    async def poll(self) -> Reading:
+        now = self.clock()
+        self._renewed_this_poll = False
+        if self.info is None or now - self.info_read_at >= INFO_REFRESH:
+            await self._read_info(now)
+        assert self.info is not None
+        if self.info.needs_token:
+            await self._ensure_token(now)
+        if now >= self.meters_due and now >= self.meters_off_until:
+            await self._read_meters(now)
+        first = self.polls == 0
+        for endpoint in ENDPOINTS:
+            state = self.states[endpoint.name]
+            if first and endpoint.stagger:
+                state.next_due = now + endpoint.stagger * self.target.interval
+            if self._active(endpoint, now) and now >= state.next_due:
+                await self._read(endpoint, state, now)
+        self.polls += 1
+        return self._merge(now)
+
+    def _active(self, endpoint: Endpoint, now: float) -> bool:
+        if endpoint.name in self.disabled or self.states[endpoint.name].off_until > now:
+            return False
+        if endpoint.needs_cts and not any(m.enabled and m.label for m in self.meters.values()):
+            return False
+        if endpoint.fallback_of:
+            others = [e for e in ENDPOINTS if e.name in endpoint.fallback_of]
+            return not any(self._active(e, now) for e in others)
+        return True
+
+    def _merge(self, now: float) -> Reading:
+        merged = Reading()
+        seen: set[tuple] = set()
+        if self.info:
+            merged.devices.extend(self.info.reading().devices)
+        if self.info and self.info.needs_token and self.token:
+            merged.add(TOKEN_EXPIRY, self.token.expires_at)
+        for endpoint in ENDPOINTS:
+            state = self.states[endpoint.name]
+            if state.reading is None or not self._active(endpoint, now):
+                continue
+            if now - state.read_at > 3 * max(endpoint.cadence, self.target.interval):
+                continue  # too old to pass for the present
+            for sample in state.reading.samples:
+                key = (sample.metric.name, sample.labels)
+                if key not in seen:
+                    seen.add(key)
+                    merged.samples.append(sample)
+        return merged
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    async def _read_info(self, now: float) -> None:
+        errors: list[PollError] = []
+        # Firmware 7+ answers on HTTPS (its plain HTTP only redirects); older firmware on HTTP.
+        # The scheme that worked last time goes first.
+        for scheme in (self.scheme, "http" if self.scheme == "https" else "https"):
+            try:
+                resp = await self._send(scheme, "/info", {})
+            except PollError as exc:
+                errors.append(exc)
+                continue
+            if resp.status == 200:
+                try:
+                    info = parse.parse_info(resp.body)
+                except ParseError as exc:
+                    raise PollError("parse", f"{self._url(scheme, '/info')}: {exc}") from None
+                break
+            if resp.status not in (301, 302, 303, 307, 308):
+                errors.append(status_error(self._url(scheme, "/info"), resp))
+        else:
+            # HTTPS failures explain more than the plain-HTTP redirect or refusal after them.
+            errors.sort(key=lambda e: e.reason != "tls")
+            raise errors[0] if errors else PollError("http_error", f"{self._url('http', '/info')}: only redirects")
+        old = self.info
+        self.info, self.info_read_at = info, now
+        self.scheme = "https" if info.needs_token else "http"
+        if old is None or old.firmware != info.firmware:
+            self.log.info("gateway identified", serial=info.serial, firmware=info.firmware,
+                          auth="token" if info.needs_token else "digest")
+        if old is not None and old.needs_token != info.needs_token:
+            self.token, self._digest = None, None
+        configured = self.target.option("serial")
+        if configured and configured != info.serial:
+            self.log.warning("the gateway reports another serial than configured", configured=configured,
+                             reported=info.serial)
+
+    async def _read_meters(self, now: float) -> None:
+        path = "/ivp/meters"
+        resp = await self._get(path)
+        self.meters_due = now + METERS_REFRESH
+        if resp.status == 404 or (resp.status == 200 and _looks_like_html(resp.body)):
+            self.meters, self.meters_off_until = {}, now + OFF_FOR
+            return
+        self._check_status(path, resp, now)
+        try:
+            self.meters = parse.parse_meters(resp.json())
+        except ParseError as exc:
+            raise PollError("parse", f"{self._url(self.scheme, path)}: {exc}") from None
+
+    async def _read(self, endpoint: Endpoint, state: _State, now: float) -> None:
+        # A failure must not make the next poll hammer the same endpoint.
+        state.next_due = now + endpoint.cadence
+        resp = await self._get(endpoint.path)
+        if resp.status == 404 or (resp.status == 200 and endpoint.path != "/production" and _looks_like_html(resp.body)):
+            self.log.info("endpoint not available on this gateway; switched off for a while",
+                          endpoint=endpoint.path, status=resp.status, retry_in_s=OFF_FOR)
+            state.off_until, state.reading = now + OFF_FOR, None
+            return
+        self._check_status(endpoint.path, resp, now)
+        url = self._url(self.scheme, endpoint.path)
+        try:
+            state.reading = self._parse(endpoint, resp)
+        except ParseError as exc:
+            raise PollError("parse", f"{url}: {exc}") from None
+        state.read_at = now
+
+    def _parse(self, endpoint: Endpoint, resp: Response) -> Reading:
+        phases = parse.gateway_phase_count(self.meters)
+        name = endpoint.name
+        if name == "production_page":
+            return parse.parse_production_page(resp.body, phases)
+        payload = resp.json()
+        if name == "meters_readings":
+            return parse.parse_meter_readings(payload, self.meters)
+        if name == "production_json":
+            return parse.parse_production_json(payload, phases)
+        if name == "api_v1_production":
+            return parse.parse_api_v1_production(payload)
+        if name == "inverters":
+            return parse.parse_inverters(payload)
+        if name == "inventory":
+            return parse.parse_ensemble_inventory(payload)
+        raise AssertionError(name)  # pragma: no cover
+
+    def _check_status(self, path: str, resp: Response, now: float) -> None:
+        if resp.status == 200:
+            return
+        url = self._url(self.scheme, path)
+        if resp.status == 401:
+            self.no_renew_before = max(self.no_renew_before, now + AUTH_BACKOFF)
+            if self.info and self.info.needs_token:
+                hint = (" even after fetching a new token" if self._renewed_this_poll else
+                        "; set username and password so the exporter can fetch a new one, or paste a new token"
+                        if not self._credentials else "")
+                raise PollError("unauthorized", f"{url}: the gateway refused the token (HTTP 401){hint}")
+            user = self._digest.username if self._digest else self.target.option("digest_user", "envoy")
+            raise PollError("unauthorized", f"{url}: the gateway refused Digest user {user!r} (HTTP 401); "
+                                            "check digest_user / digest_password")
+        raise status_error(url, resp)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _url(self, scheme: str, path: str) -> str:
+        return f"{scheme}://{self.host}{path}"
+
+    async def _send(self, scheme: str, path: str, headers: Mapping[str, str]) -> Response:
+        url = self._url(scheme, path)
+        try:
+            return await request(self.ctx.session, "GET", url, headers=headers,
+                                 ssl_context=self._ssl if scheme == "https" else None)
+        except PollError as exc:
+            if scheme == "https" and (exc.reason == "tls" or "FingerprintMismatch" in exc.message):
+                raise await self._tls_error(url, exc) from None
+            raise
+
+    async def _get(self, path: str) -> Response:
+        """GET with the gateway's auth: bearer token (firmware 7+) or Digest (older)."""
+        assert self.info is not None
+        headers = {"Accept": "application/json"}
+        if self.info.needs_token:
+            assert self.token is not None
+            resp = await self._send(self.scheme, path, {**headers, "Authorization": f"Bearer {self.token.token}"})
+            if resp.status == 401 and await self._recover_token():
+                resp = await self._send(self.scheme, path, {**headers, "Authorization": f"Bearer {self.token.token}"})
+            return resp
+        digest = self._digest_auth()
+        header = digest.authorization("GET", path)
+        resp = await self._send(self.scheme, path, {**headers, **({"Authorization": header} if header else {})})
+        if resp.status == 401 and digest.accept(_header(resp.headers, "WWW-Authenticate")):
+            # First challenge, or a stale nonce: answer it once.
+            resp = await self._send(self.scheme, path, {**headers, "Authorization": digest.authorization("GET", path) or ""})
+        return resp
+
+    def _digest_auth(self) -> DigestAuth:
+        if self._digest is None:
+            assert self.info is not None
+            user = self.target.option("digest_user", "envoy")
+            password = self.target.option("digest_password")
+            secret = password.reveal() if password else (self.target.option("serial") or self.info.serial)[-6:]
+            self._digest = DigestAuth(user, secret)
+        return self._digest
+
+    async def _tls_error(self, url: str, exc: PollError) -> PollError:
+        """A TLS failure, with the fingerprint the gateway presents so the user can pin it."""
+        seen = await self._peer_fingerprint()
+        shown = ":".join(seen[i:i + 2] for i in range(0, len(seen), 2)).upper() if seen else None
+        if self.fingerprint:
+            detail = (f"the gateway's certificate ({shown}) does not match tls_fingerprint" if shown else
+                      "the certificate could not be checked against tls_fingerprint")
+            return PollError("tls", f"{url}: {detail}")
+        hint = (f"; the gateway's certificate is self-signed: if {shown} is its fingerprint (compare with "
+                "the gateway's certificate in a browser), set tls_fingerprint to it") if shown else ""
+        return PollError("tls", f"{exc.message}{hint}")
+
+    async def _peer_fingerprint(self) -> str | None:
+        host, port = _split_host(self.host, 443)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        writer = None
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 3)
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            return hashlib.sha256(der).hexdigest() if der else None
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, AttributeError):
+            return None
+        finally:
+            if writer is not None:
+                writer.close()
+
+    # --- tokens ---------------------------------------------------------------------------------
+
+    @property
+    def _credentials(self) -> bool:
+        return bool(self.username and self._password)
+
+    def _serial(self) -> str | None:
+        return self.target.option("serial") or (self.info.serial if self.info else None)
+
+    def _initial_token(self, now: float) -> TokenInfo | None:
+        stored = self.store.load(self._serial())
+        candidates = [t for t in (self.configured_token, stored) if t is not None]
+        valid = [t for t in candidates if t.expires_at > now]
+        if valid:
+            return max(valid, key=lambda t: t.expires_at)
+        return candidates[0] if candidates else None
+
+    async def _ensure_token(self, now: float) -> None:
+        if self.token is None:
+            self.token = self._initial_token(now)
+        token = self.token
+        if token is None:
+            if not self._credentials:
+                raise PollError("config", f"firmware {self.info.firmware if self.info else '7+'} needs a token: set token "
+                                          f"(or token_file) from {TOKEN_WEB_PAGE}, or username and password")
+            await self._renew(now, "no token yet")
+        elif token.expires_at <= now:
+            if not self._credentials:
+                raise PollError("unauthorized", f"the token expired at {_iso(token.expires_at)}; create a new one at "
+                                                f"{TOKEN_WEB_PAGE} and update token (or token_file)")
+            if now < self.no_renew_before:
+                raise PollError("unauthorized", f"the token expired at {_iso(token.expires_at)} and fetching a new "
+                                                "one failed recently; trying again later")
+            await self._renew(now, "expired")
+        elif token.remaining(now) < token.renew_margin(self.renew_margin):
+            if self._credentials and now >= self.next_renew_try and now >= self.no_renew_before:
+                try:
+                    await self._renew(now, "expires soon")
+                except PollError as exc:
+                    # The old token still works: keep it, retry later.
+                    self.next_renew_try = now + min(RENEW_RETRY, token.remaining(now) / 4)
+                    self.log.warning("renewing the token failed; the current one stays in use",
+                                     expires=_iso(token.expires_at), reason=exc.reason, error=exc.message)
+            elif not self._credentials and not self._warned_expiry:
+                self._warned_expiry = True
+                self.log.warning("the token expires soon; paste a new one (or set username and password)",
+                                 expires=_iso(token.expires_at))
+
+    async def _recover_token(self) -> bool:
+        """After a 401: switch to a fresh configured token, or renew once. True to retry."""
+        now = self.clock()
+        configured = self.configured_token
+        if configured and self.token is not configured and configured.expires_at > now:
+            self.token = configured
+            self.store.clear()
+            return True
+        if not self._credentials or self._renewed_this_poll or now < self.no_renew_before:
+            return False
+        await self._renew(now, "the gateway refused the token")
+        return True
+
+    async def _renew(self, now: float, why: str) -> None:
+        self._renewed_this_poll = True
+        if self._renewal is None or self._renewal.done():
+            # The fetch outlives a poll that times out, so a slow Enlighten still gets done.
+            self._renewal = asyncio.ensure_future(self._fetch(why))
+            self._renewal.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            self.token = await asyncio.shield(self._renewal)
+        except PollError:
+            self.no_renew_before = now + AUTH_BACKOFF
+            raise
+
+    async def _fetch(self, why: str) -> TokenInfo:
+        serial = self._serial()
+        self.log.info("fetching a gateway token from Enlighten", why=why, serial=serial)
+        info = await fetch_token(self.ctx.session, self.username or "", self._password.reveal() if self._password else "",
+                                 serial or "", enlighten_url=self.enlighten_url, token_url=self.token_url)
+        self.store.save(info, serial)
+        self.renewals += 1
+        self._warned_expiry = False
+        self.log.info("gateway token obtained", expires=_iso(info.expires_at), user_type=info.user_type)
+        return info
+
+    async def close(self) -> None:
+        if self._renewal is not None and not self._renewal.done():
+            self._renewal.cancel()
+            try:
+                await self._renewal
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+def _looks_like_html(body: bytes) -> bool:
+    return body.lstrip()[:1] == b"<"
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _split_host(host: str, default_port: int) -> tuple[str, int]:
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+    if host.count(":") == 1:
+        name, _, port = host.partition(":")
+        return name, int(port) if port.isdigit() else default_port
+    return host, default_port
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+SPEC = register(TransportSpec(
+    vendor="enphase",
+    transport="local",
+    options=OPTIONS,
+    create=EnphaseLocal,
+    kind="poll",
+    default_interval=10.0,
+    min_interval=5.0,
+    check_target=check_target,
+    description="IQ Gateway (Envoy) local API: CT readings, production, consumption, microinverters, batteries",
+))

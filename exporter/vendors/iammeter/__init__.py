@@ -1,0 +1,1 @@
+"""IAMMETER Wi-Fi energy meters: local HTTP API (`http`) and Modbus/TCP (`modbus`)."""

@@ -1,0 +1,41 @@
+"""Every IAMMETER measurement body of the conformance corpus, parsed (for the catalogue checks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from exporter.samples import Reading
+from exporter.vendors.iammeter.parse import (
+    decode_single_phase,
+    decode_three_phase,
+    parse_monitor,
+    parse_monitorjson,
+    parse_ratio,
+)
+
+
+def readings(conformance_root: Path) -> Iterator[tuple[str, Reading]]:
+    """(file name relative to the corpus root, Reading) for each `iammeter/*.json` body.
+
+    All of them are `GET /api/monitorjson` (or legacy `/monitorjson`) answers.
+    """
+    for path in sorted((conformance_root / "iammeter").glob("*.json")):
+        yield path.relative_to(conformance_root).as_posix(), parse_monitorjson(json.loads(path.read_bytes()))
+
+
+def documented() -> Iterator[tuple[str, Reading]]:
+    """Shapes the seed and the facts sheet document but the corpus holds no capture of: NEM rows,
+    reactive data, single phase `Data`, `/api/monitor`, `/api/ratio`, Modbus register images."""
+    from tests.test_iammeter_parse import NEM, REACTIVE, SINGLE, TWO_PHASE_NEM
+    from tests.test_iammeter_registers import three_phase_image
+
+    yield "single phase with EA.Reactive", parse_monitorjson({**SINGLE, "EA": {"Reactive": [[3.0, 1.0, 2.0]]}})
+    yield "three phase NEM with EA.Reactive", parse_monitorjson({**NEM, "EA": REACTIVE})
+    yield "WEM2067 with NEM", parse_monitorjson(TWO_PHASE_NEM)
+    yield "/api/monitor", parse_monitor({**SINGLE, "sig": 70})
+    yield "/api/monitor dBm", parse_monitor({"sig": -60})
+    yield "/api/ratio", parse_ratio({"CTratio": 400})
+    yield "modbus three phase", decode_three_phase(three_phase_image(), "WEM3080T")
+    yield "modbus single phase", decode_single_phase([23000, 100, 0, 230, 0, 3200, 0, 0])
