@@ -59,3 +59,6 @@ class AdapterContext:
     clock: Callable[[], float] = field(default=time.time)
     shared: SharedResources = field(default_factory=SharedResources)
     sections: Mapping[str, Any] = field(default_factory=dict)
+    # Where shared objects (listeners, broker connections) publish their own series, through
+    # `store.set_global(owner, metric, [(labels, value), ...])`. None in unit tests.
+    store: Any = None

@@ -81,7 +81,7 @@ class Daemon:
         assert spec is not None  # the config was validated against the registry
         log = self.log.bind(target=target.name, vendor=target.vendor)
         ctx = AdapterContext(session=self.session, state=StateDirectory(self.config.state_directory), log=log,
-                             shared=self.shared, sections=self.config.sections)
+                             shared=self.shared, sections=self.config.sections, store=self.store)
         adapter = spec.create(target, ctx)
         return TargetRunner(target, adapter, self.store, log, kind=spec.kind)
 

@@ -136,6 +136,12 @@ class SnapshotStore:
             self.reload_time = self.clock()
         self._render_global()
 
+    def set_global(self, owner: str, metric: Metric, series: list[tuple[tuple[tuple[str, str], ...], float]]) -> None:
+        """Series that belong to no single target (a shared listener's counters): `owner` names
+        their source, and a later call replaces them."""
+        lines = "".join(sample_line(metric.name, labels, value) for labels, value in series)
+        self.cache.set_fragments(f"global:{owner}", {metric: lines} if lines else {}, scope=(metric,))
+
     def set_quota(self, windows) -> None:
         """Render the quota ledger's windows (`QuotaLedger.windows()`)."""
         lines = "".join(
