@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, with_defaults=True)
     parser.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="[HOST]:PORT",
                         help=f"address to serve /metrics on (default {DEFAULT_LISTEN})")
+    parser.add_argument("--web.config.file", dest="web_config", metavar="PATH",
+                        help="TLS and basic auth settings, in the format of Prometheus's exporter-toolkit")
     parser.add_argument("--version", action="version", version=f"energy-meter-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -112,9 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"energy-meter-exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = load_or_exit(args.config_file)
+    from .webconfig import load_web_config
+
+    try:
+        web_config = load_web_config(args.web_config)
+    except ConfigError as exc:
+        print(f"energy-meter-exporter: invalid web configuration {args.web_config}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
     warn_if_world_readable(args.config_file, config, log)
     log.info("starting", version=__version__, config=args.config_file)
-    return asyncio.run(serve(config, host, port))
+    return asyncio.run(serve(config, host, port, web_config))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ from .state import StateDirectory
 from .store import SnapshotStore
 from .vendors import registry
 from .web import make_app
+from .webconfig import WebConfig
 
 SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5
 
@@ -33,8 +34,9 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 
 class Daemon:
-    def __init__(self, config: Config, log: Any | None = None) -> None:
+    def __init__(self, config: Config, log: Any | None = None, web_config: WebConfig | None = None) -> None:
         self.config = config
+        self.web_config = web_config or WebConfig()
         self.log = log or logs.get()
         self.store = SnapshotStore()
         self.runners: dict[str, TargetRunner] = {}
@@ -52,13 +54,15 @@ class Daemon:
         ledger.listeners.append(lambda: self.store.set_quota(ledger.windows()))
         self.store.set_quota(ledger.windows())
         await self._apply(self.config)
-        self.runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
+        middlewares = [self.web_config.middleware()] if self.web_config.users else []
+        self.runner = web.AppRunner(make_app(self, middlewares), access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=self.web_config.ssl_context)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else port
-        self.log.info("listening", address=f"{host}:{self.port}", targets=len(self.config.targets))
+        self.log.info("listening", address=f"{host}:{self.port}", targets=len(self.config.targets),
+                      tls=self.web_config.ssl_context is not None, basic_auth=bool(self.web_config.users))
         return self.port
 
     async def stop(self) -> None:
@@ -141,9 +145,9 @@ def _version() -> str:
     return __version__
 
 
-async def serve(config: Config, host: str, port: int) -> int:
+async def serve(config: Config, host: str, port: int, web_config: WebConfig | None = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, web_config=web_config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -17,7 +17,7 @@ def setup(level: str = "info", fmt: str = "logfmt", stream=None) -> None:
     renderer = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if fmt == "json"
-        else structlog.processors.LogfmtRenderer(key_order=["ts", "level", "msg"], drop_missing=True)
+        else structlog.processors.LogfmtRenderer(key_order=["ts", "level", "msg"], drop_missing=True, bool_as_flag=False)
     )
     structlog.configure(
         processors=[

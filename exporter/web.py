@@ -40,8 +40,8 @@ def wants_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def make_app(daemon: "Daemon") -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=list(middlewares))
 
     async def metrics(request: web.Request) -> web.Response:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))

@@ -38,10 +38,10 @@ def require_binary(name: str) -> str:
     return path
 
 
-def http_get(url: str, headers: dict | None = None, timeout: float = 5) -> tuple[int, dict, bytes]:
+def http_get(url: str, headers: dict | None = None, timeout: float = 5, context=None) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -79,9 +79,16 @@ async def async_wait_until(predicate, timeout: float = 15.0, interval: float = 0
 class ExporterProcess:
     """The real exporter, started as a user would start it (console script, flags)."""
 
-    def __init__(self, config: Path, port: int, extra: list[str] | None = None) -> None:
+    def __init__(self, config: Path, port: int, extra: list[str] | None = None, scheme: str = "http",
+                 ca_file: str | None = None, client_cert: tuple[str, str] | None = None) -> None:
+        import ssl
+
         self.config = config
         self.port = port
+        self.scheme = scheme
+        self.context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        if client_cert and self.context:
+            self.context.load_cert_chain(*client_cert)
         self.log = config.parent / f"exporter-{port}.log"
         self._log_file = open(self.log, "w")
         self.proc = subprocess.Popen(
@@ -94,10 +101,11 @@ class ExporterProcess:
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"exporter exited with {self.proc.returncode}: {self.log.read_text()}")
-        return http_get(self.url("/-/healthy"), timeout=1)[0] == 200
+        # 401: alive, behind basic auth
+        return http_get(self.url("/-/healthy"), timeout=1, context=self.context)[0] in (200, 401)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def metrics(self) -> str:
         return http_get(self.url("/metrics"))[2].decode()

@@ -62,6 +62,7 @@ def server_context(directory: Path, name: str, cert: x509.Certificate, key) -> s
 
 def new_authority(common_name: str, organization: str, directory: Path | None = None) -> Authority:
     directory = Path(directory or tempfile.mkdtemp(prefix="emx-sim-tls-"))
+    directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
