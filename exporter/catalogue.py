@@ -345,15 +345,15 @@ READER_RSSI = Metric(
 ACCOUNT_ACTIVE_POWER = Metric(
     "energy_meter_account_active_power_watts", "gauge", "W",
     "Active power of one meter of a cloud account; negative when exporting.",
-    labels=("installation", "meter"), obis="1-0:16.7.0", vendors=(IOMETER,))
+    labels=("installation", "meter"), obis="1-0:16.7.0", vendors=(IOMETER, IAMMETER))
 ACCOUNT_ENERGY_IMPORTED = Metric(
     "energy_meter_account_energy_imported_joules_total", "counter", "J",
     "Active energy one meter of a cloud account imported, all tariffs (1 kWh = 3.6e6 J).",
-    labels=("installation", "meter"), obis="1-0:1.8.0", vendors=(IOMETER,))
+    labels=("installation", "meter"), obis="1-0:1.8.0", vendors=(IOMETER, IAMMETER))
 ACCOUNT_ENERGY_EXPORTED = Metric(
     "energy_meter_account_energy_exported_joules_total", "counter", "J",
     "Active energy one meter of a cloud account exported, all tariffs (1 kWh = 3.6e6 J).",
-    labels=("installation", "meter"), obis="1-0:2.8.0", vendors=(IOMETER,))
+    labels=("installation", "meter"), obis="1-0:2.8.0", vendors=(IOMETER, IAMMETER))
 ACCOUNT_TARIFF_ENERGY_IMPORTED = Metric(
     "energy_meter_account_tariff_energy_imported_joules_total", "counter", "J",
     "Active energy one meter of a cloud account imported in one tariff register.",
@@ -367,31 +367,31 @@ ACCOUNT_TARIFF_ENERGY_EXPORTED = Metric(
 ACCOUNT_FREQUENCY = Metric(
     "energy_meter_account_frequency_hertz", "gauge", "Hz",
     "Line frequency at one meter of a cloud account.",
-    labels=("installation", "meter"), obis="1-0:14.7.0", vendors=(IOMETER,))
+    labels=("installation", "meter"), obis="1-0:14.7.0", vendors=(IOMETER, IAMMETER))
 ACCOUNT_POWER_FACTOR = Metric(
     "energy_meter_account_power_factor_ratio", "gauge", "",
     "Power factor of one meter of a cloud account (0..1).",
-    labels=("installation", "meter"), obis="1-0:13.7.0", vendors=(IOMETER,))
+    labels=("installation", "meter"), obis="1-0:13.7.0", vendors=(IOMETER, IAMMETER))
 ACCOUNT_PHASE_ACTIVE_POWER = Metric(
     "energy_meter_account_phase_active_power_watts", "gauge", "W",
     "Active power of one phase of one meter of a cloud account; negative when exporting.",
     labels=("installation", "meter", "phase"), obis=_phases(36, 56, 76), obis_by="phase",
-    vendors=(IOMETER,))
+    vendors=(IOMETER, IAMMETER))
 ACCOUNT_PHASE_VOLTAGE = Metric(
     "energy_meter_account_phase_voltage_volts", "gauge", "V",
     "RMS voltage of one phase of one meter of a cloud account.",
     labels=("installation", "meter", "phase"), obis=_phases(32, 52, 72), obis_by="phase",
-    vendors=(IOMETER,))
+    vendors=(IOMETER, IAMMETER))
 ACCOUNT_PHASE_CURRENT = Metric(
     "energy_meter_account_phase_current_amperes", "gauge", "A",
     "RMS current of one phase of one meter of a cloud account.",
     labels=("installation", "meter", "phase"), obis=_phases(31, 51, 71), obis_by="phase",
-    vendors=(IOMETER,))
+    vendors=(IOMETER, IAMMETER))
 ACCOUNT_PHASE_POWER_FACTOR = Metric(
     "energy_meter_account_phase_power_factor_ratio", "gauge", "",
     "Power factor of one phase of one meter of a cloud account (0..1).",
     labels=("installation", "meter", "phase"), obis=_phases(33, 53, 73), obis_by="phase",
-    vendors=(IOMETER,))
+    vendors=(IOMETER, IAMMETER))
 ACCOUNT_OBIS_VALUE = Metric(
     "energy_meter_account_obis_value", "gauge", "",
     "A register of one meter of a cloud account the exporter has no named metric for, by its "
@@ -400,7 +400,7 @@ ACCOUNT_OBIS_VALUE = Metric(
 ACCOUNT_MEASUREMENT_TIME = Metric(
     "energy_meter_account_measurement_timestamp_seconds", "gauge", "s",
     "When one meter of a cloud account took the newest reading the exporter holds (Unix time).",
-    labels=("installation", "meter"), vendors=(IOMETER,))
+    labels=("installation", "meter"), vendors=(IOMETER, IAMMETER))
 READINGS_RECEIVED = Metric(
     "energy_meter_exporter_readings_received_total", "counter", "",
     "Meter readings a cloud-account target received (subscription messages and query results), "
@@ -523,10 +523,104 @@ BATTERY_UNIT_TEMPERATURE = Metric(
 BATTERY_UNIT_CAPACITY = Metric(
     "energy_meter_battery_unit_capacity_joules", "gauge", "J",
     "Usable capacity of one battery (1 kWh = 3.6e6 J).", labels=("battery",), vendors=(ENPHASE,))
+BATTERY_POWER = Metric(
+    "energy_meter_battery_power_watts", "gauge", "W",
+    "Power out of all batteries together; positive when discharging, negative when charging.",
+    vendors=(ENPHASE,))
+BATTERY_STORED_ENERGY = Metric(
+    "energy_meter_battery_stored_energy_joules", "gauge", "J",
+    "Energy stored in all batteries together now (1 kWh = 3.6e6 J).", vendors=(ENPHASE,))
+MICROINVERTERS_POWER = Metric(
+    "energy_meter_microinverters_power_watts", "gauge", "W",
+    "Production power of all microinverters together, from their last reports (the production "
+    "CT, when installed, measures the same flow more often: energy_meter_production_power_watts).",
+    vendors=(ENPHASE,))
+MICROINVERTERS_ENERGY = Metric(
+    "energy_meter_microinverters_energy_joules_total", "counter", "J",
+    "Energy all microinverters together report since installation (1 kWh = 3.6e6 J).",
+    vendors=(ENPHASE,))
 TOKEN_EXPIRY = Metric(
     "energy_meter_exporter_token_expiry_timestamp_seconds", "gauge", "s",
     "When the access token the exporter uses for the device expires (Unix time).",
     vendors=(ENPHASE,))
+
+# --- IAMMETER push ---------------------------------------------------------------------------
+# Series of the shared receivers (the HTTP push listener, one connection per MQTT broker), not
+# of a target: no vendor/device labels.
+PUSH_REJECTED = Metric(
+    "energy_meter_exporter_push_rejected_total", "counter", "",
+    "Pushed messages refused, by receiver (`http_push`, or `mqtt:<broker>`) and reason: "
+    "unknown_sn, sn_mismatch, malformed, too_large, forbidden_network, rate_limited, not_found.",
+    labels=("listener", "reason"), vendors=(IAMMETER,), base_labels=())
+MQTT_CONNECTED = Metric(
+    "energy_meter_exporter_mqtt_connected", "gauge", "",
+    "1 while the exporter is connected to the MQTT broker and subscribed, else 0.",
+    labels=("broker",), vendors=(IAMMETER,), base_labels=())
+
+# --- IAMMETER cloud --------------------------------------------------------------------------
+# One target is one IAMMETER cloud account holding many meters: its meter series are the
+# `energy_meter_account_*` ones (labels installation, meter), like every cloud account's.
+ACCOUNT_PHASE_ENERGY_IMPORTED = Metric(
+    "energy_meter_account_phase_energy_imported_joules_total", "counter", "J",
+    "Active energy imported through one phase of one meter of a cloud account (1 kWh = 3.6e6 J).",
+    labels=("installation", "meter", "phase"), obis=_phases(21, 41, 61, "8.0"), obis_by="phase",
+    vendors=(IAMMETER,))
+ACCOUNT_PHASE_ENERGY_EXPORTED = Metric(
+    "energy_meter_account_phase_energy_exported_joules_total", "counter", "J",
+    "Active energy exported through one phase of one meter of a cloud account (1 kWh = 3.6e6 J).",
+    labels=("installation", "meter", "phase"), obis=_phases(22, 42, 62, "8.0"), obis_by="phase",
+    vendors=(IAMMETER,))
+ACCOUNT_NET_ACTIVE_POWER = Metric(
+    "energy_meter_account_net_active_power_watts", "gauge", "W",
+    "Net active power of one meter of a cloud account, as its net metering (NEM) computes it; "
+    "negative when exporting.", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_NET_ENERGY_IMPORTED = Metric(
+    "energy_meter_account_net_energy_imported_joules_total", "counter", "J",
+    "Energy one meter of a cloud account imported as its net metering counts it (not the sum of "
+    "its phase counters; 1 kWh = 3.6e6 J).", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_NET_ENERGY_EXPORTED = Metric(
+    "energy_meter_account_net_energy_exported_joules_total", "counter", "J",
+    "Energy one meter of a cloud account exported as its net metering counts it (not the sum of "
+    "its phase counters; 1 kWh = 3.6e6 J).", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_OFFLINE_TIME = Metric(
+    "energy_meter_account_offline_seconds", "gauge", "s",
+    "How long one meter of a cloud account sent nothing to the cloud during the previous day "
+    "(the cloud's offline analysis).", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_AVERAGE_POWER = Metric(
+    "energy_meter_account_average_power_watts", "gauge", "W",
+    "Average active power of one meter of a cloud account over the previous day (the cloud's "
+    "power analysis).", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_DAYTIME_AVERAGE_POWER = Metric(
+    "energy_meter_account_daytime_average_power_watts", "gauge", "W",
+    "Average active power of one meter of a cloud account between 8:00 and 20:00 of the previous "
+    "day (the cloud's power analysis).", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_MINIMUM_POWER = Metric(
+    "energy_meter_account_minimum_power_watts", "gauge", "W",
+    "Lowest active power of one meter of a cloud account during the previous day (the cloud's "
+    "power analysis).", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_MAXIMUM_POWER = Metric(
+    "energy_meter_account_maximum_power_watts", "gauge", "W",
+    "Highest active power of one meter of a cloud account during the previous day (the cloud's "
+    "power analysis).", labels=("installation", "meter"), vendors=(IAMMETER,))
+# Daily figures of a place (a site of the account); `day` is current or previous. They restart
+# from 0 every day, so they are gauges; yield, grid import/export and self use are different
+# names because self use is part of the yield.
+PLACE_DAILY_YIELD = Metric(
+    "energy_meter_place_daily_yield_joules", "gauge", "J",
+    "Solar energy one place of a cloud account produced on the current or previous day "
+    "(1 kWh = 3.6e6 J).", labels=("place", "day"), vendors=(IAMMETER,))
+PLACE_DAILY_GRID_IMPORT = Metric(
+    "energy_meter_place_daily_grid_import_joules", "gauge", "J",
+    "Energy one place of a cloud account took from the grid on the current or previous day "
+    "(1 kWh = 3.6e6 J).", labels=("place", "day"), vendors=(IAMMETER,))
+PLACE_DAILY_GRID_EXPORT = Metric(
+    "energy_meter_place_daily_grid_export_joules", "gauge", "J",
+    "Energy one place of a cloud account fed into the grid on the current or previous day "
+    "(1 kWh = 3.6e6 J).", labels=("place", "day"), vendors=(IAMMETER,))
+PLACE_DAILY_SELF_USE = Metric(
+    "energy_meter_place_daily_self_use_joules", "gauge", "J",
+    "Solar energy one place of a cloud account used itself on the current or previous day "
+    "(1 kWh = 3.6e6 J).", labels=("place", "day"), vendors=(IAMMETER,))
 
 def all_metrics() -> list[Metric]:
     return [v for v in globals().values() if isinstance(v, Metric)]

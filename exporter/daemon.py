@@ -87,7 +87,8 @@ class Daemon:
         ctx = AdapterContext(session=self.session, state=StateDirectory(self.config.state_directory), log=log,
                              shared=self.shared, sections=self.config.sections, store=self.store)
         adapter = spec.create(target, ctx)
-        return TargetRunner(target, adapter, self.store, log, kind=spec.kind)
+        # A transport may poll or stream depending on the target's options (`mode: sse`).
+        return TargetRunner(target, adapter, self.store, log, kind=getattr(adapter, "kind", spec.kind))
 
     async def _apply(self, config: Config) -> None:
         """Make the running targets match `config`: unchanged targets keep running."""

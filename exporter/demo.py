@@ -100,7 +100,14 @@ async def enphase(workdir: Path) -> Participant:
     )
 
 
-PARTICIPANTS: list[Callable[[Path], Awaitable[Participant]]] = [homewizard, iammeter, enphase]
+async def iometer(workdir: Path) -> Participant:
+    from .simulators.iometer import start_demo
+
+    demo = await start_demo()
+    return Participant(targets=demo.targets, stop=[demo.stop], notes=demo.notes)
+
+
+PARTICIPANTS: list[Callable[[Path], Awaitable[Participant]]] = [homewizard, iammeter, enphase, iometer]
 
 
 async def run(host: str, port: int, workdir: Path, ready: asyncio.Event | None = None,

@@ -10,6 +10,8 @@ def load_all() -> None:
         return
     _LOADED = True
     from .homewizard import local as _homewizard_local  # noqa: F401
+    from .iometer import bridge as _iometer_bridge  # noqa: F401
+    from .iometer import partner as _iometer_partner  # noqa: F401
     from .iammeter import http as _iammeter_http  # noqa: F401
     from .iammeter import modbus as _iammeter_modbus  # noqa: F401
     from .enphase import local as _enphase_local  # noqa: F401

@@ -1,0 +1,327 @@
+"""OBIS codes as IOmeter sends them: normalization to one form, and the metric for each code.
+
+Notations (all normalized to the decimal form `1-0:1.8.0`, the form of the `obis` label):
+  - decimal, 5 groups `1-0:1.8.0`, or 6 groups `1-0:1.8.0*255` (the Partner API's formats);
+  - hexadecimal, 6 groups `01-00:01.08.00*ff` (the local bridge; the Partner API on request);
+  - short decimal `C.D.E` such as `1.8.0` (Partner API), medium 1 (electricity), channel 0;
+  - short hexadecimal `10.07.00` (= 16.7.0): a zero-padded group (`07`) or a hex letter marks
+    the hexadecimal notation, since decimal never pads;
+  - the logical-name form `1.0.1.8.0.255` of DLMS.
+A sixth group F of 255 (`*ff`) means "current value" and is dropped; any other F (a billing
+period) stays as `*F`, so that historical values never pass for current ones.
+
+Mapping: the usual codes (IEC 62056-6-1 / DSMR; see protocol-facts) go to the catalogue's named
+metrics, in base units (Wh and kWh to J, kW to W). A code without a named metric is not dropped:
+it is exported as `energy_meter_obis_value{obis, unit}` (a gauge), converted to its base unit
+where the unit is known. Only channel B = 0 and F = 255 map to named metrics: other channels and
+billing periods are different quantities and stay in the generic family.
+
+Power: `16.7.0` is the signed total. Some meters lack it and send the total under `36.7.0`
+(hex `24.07.00`, nominally phase L1; the vendor's own client treats it as the total). When
+`16.7.0` is absent and `36.7.0` comes without `56.7.0`/`76.7.0`, its value is exported as the
+total (`obis` label `1-0:36.7.0`) and not as phase l1, since it is not known to be a phase value.
+
+Labels, and why a cloud account has its own metric names. Every catalogue metric has one fixed
+label set (the exposition writes a family's samples as one group, and `Reading.add` checks the
+labels). The local bridge is one meter per target, so it uses the shared metrics (`ACTIVE_POWER`,
+`ENERGY_IMPORTED`, ...) with `vendor` and `device` only, like every other vendor. A Partner API
+target holds many installations and meters and needs `installation` and `meter` on every series.
+Adding those two labels to the shared metrics would force every other producer (HomeWizard,
+IAMMETER, ...) to fill them with nothing meaningful, so the Partner API uses its own variants,
+`energy_meter_account_*` (same units and OBIS codes, two more labels). `sum()` stays safe: each
+(installation, meter) pair is one distinct meter, totals and phases stay under different names,
+and no series is the sum of its siblings. The reader/gateway health metrics carry
+`installation` and `device_id`, which both APIs provide, so they are shared.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ...catalogue import (
+    ACCOUNT_ACTIVE_POWER,
+    ACCOUNT_ENERGY_EXPORTED,
+    ACCOUNT_ENERGY_IMPORTED,
+    ACCOUNT_FREQUENCY,
+    ACCOUNT_MEASUREMENT_TIME,
+    ACCOUNT_OBIS_VALUE,
+    ACCOUNT_PHASE_ACTIVE_POWER,
+    ACCOUNT_PHASE_CURRENT,
+    ACCOUNT_PHASE_POWER_FACTOR,
+    ACCOUNT_PHASE_VOLTAGE,
+    ACCOUNT_POWER_FACTOR,
+    ACCOUNT_TARIFF_ENERGY_EXPORTED,
+    ACCOUNT_TARIFF_ENERGY_IMPORTED,
+    ACTIVE_POWER,
+    ENERGY_EXPORTED,
+    ENERGY_IMPORTED,
+    FREQUENCY,
+    MEASUREMENT_TIME,
+    OBIS_VALUE,
+    PHASE_ACTIVE_POWER,
+    PHASE_CURRENT,
+    PHASE_POWER_FACTOR,
+    PHASE_VOLTAGE,
+    POWER_FACTOR,
+    TARIFF_ENERGY_EXPORTED,
+    TARIFF_ENERGY_IMPORTED,
+    Metric,
+)
+from ...samples import ParseError, Reading, number_or_none
+
+# --- Normalization ---------------------------------------------------------------------------
+
+_GROUP = r"([0-9A-Za-z]{1,3})"
+_FULL = re.compile(rf"^{_GROUP}-{_GROUP}:{_GROUP}\.{_GROUP}\.{_GROUP}(?:[*&]{_GROUP})?$")
+_SHORT = re.compile(rf"^{_GROUP}\.{_GROUP}\.{_GROUP}(?:[*&]{_GROUP})?$")
+_LOGICAL = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+_HEX_LETTER = re.compile(r"[a-fA-F]")
+
+
+@dataclass(frozen=True, slots=True)
+class Obis:
+    a: int
+    b: int
+    c: int
+    d: int
+    e: int
+    f: int = 255
+
+    def __str__(self) -> str:
+        text = f"{self.a}-{self.b}:{self.c}.{self.d}.{self.e}"
+        return text if self.f == 255 else f"{text}*{self.f}"
+
+
+def parse_obis(code: Any) -> Obis:
+    """The OBIS code in any notation the IOmeter APIs use; ParseError if it is none of them."""
+    if not isinstance(code, str):
+        raise ParseError(f"OBIS code: expected a string, got {type(code).__name__}")
+    text = code.strip()
+    match = _LOGICAL.match(text)
+    if match:
+        return _build([int(g) for g in match.groups()], code)
+    match = _FULL.match(text)
+    prefix: tuple[int, ...] = ()
+    if not match:
+        match = _SHORT.match(text)
+        if not match:
+            raise ParseError(f"not an OBIS code: {code[:40]!r}")
+        prefix = (1, 0)  # short form: electricity, no channel
+    *main, last = match.groups()
+    hexadecimal = _is_hex(main)
+    values = _numbers(main, code, hexadecimal)
+    if last is not None:
+        # F is read on its own terms: "1-0:32.7.0*ff" is decimal with a hex F, and a
+        # three-digit F such as "*255" is decimal whatever the rest.
+        f_hex = _is_hex([last]) or (hexadecimal and len(last) <= 2)
+        values += _numbers([last], code, f_hex)
+    return _build(values, code, prefix)
+
+
+def normalize(code: Any) -> str:
+    """`01-00:01.08.00*ff`, `1.8.0`, `1-0:1.8.0*255`, ... -> `1-0:1.8.0`."""
+    return str(parse_obis(code))
+
+
+def _is_hex(groups: list[str]) -> bool:
+    """Hex if a group holds a hex letter or is zero-padded (decimal never pads)."""
+    return any(_HEX_LETTER.search(g) or (len(g) > 1 and g.startswith("0")) for g in groups)
+
+
+def _numbers(groups: list[str], code: str, hexadecimal: bool) -> list[int]:
+    try:
+        return [int(g, 16 if hexadecimal else 10) for g in groups]
+    except ValueError:
+        raise ParseError(f"not an OBIS code: {code[:40]!r}") from None
+
+
+def _build(values: list[int], code: str, prefix: tuple[int, ...] = ()) -> Obis:
+    values = list(prefix) + values
+    if any(v > 255 for v in values):
+        raise ParseError(f"OBIS code {code[:40]!r}: a group is larger than 255")
+    return Obis(*values)
+
+
+# --- Units -----------------------------------------------------------------------------------
+
+# unit as sent -> (factor to the base unit, dimension)
+_UNITS: dict[str, tuple[float, str]] = {
+    "Wh": (3.6e3, "energy"), "kWh": (3.6e6, "energy"), "MWh": (3.6e9, "energy"),
+    "J": (1.0, "energy"), "kJ": (1e3, "energy"), "MJ": (1e6, "energy"),
+    "W": (1.0, "power"), "kW": (1e3, "power"), "MW": (1e6, "power"),
+    "V": (1.0, "voltage"), "kV": (1e3, "voltage"),
+    "A": (1.0, "current"), "mA": (1e-3, "current"),
+    "Hz": (1.0, "frequency"),
+    "var": (1.0, "reactive"), "kvar": (1e3, "reactive"),
+    "VA": (1.0, "apparent"), "kVA": (1e3, "apparent"),
+    "varh": (3.6e3, "reactive_energy"), "kvarh": (3.6e6, "reactive_energy"),
+    "VAh": (3.6e3, "apparent_energy"), "kVAh": (3.6e6, "apparent_energy"),
+    "": (1.0, "ratio"), "%": (1e-2, "ratio"),
+}
+_BASE_UNIT = {
+    "energy": "J", "power": "W", "voltage": "V", "current": "A", "frequency": "Hz",
+    "reactive": "var", "apparent": "VA", "reactive_energy": "var*s", "apparent_energy": "VA*s",
+    "ratio": "",
+}
+# Case-insensitive spellings, except where case is the meaning (mW is not MW).
+_UNITS_FOLDED = {k.lower(): k for k in _UNITS if k.lower() not in ("mw", "mwh", "mj", "ma")}
+
+
+def _unit_entry(unit: str) -> tuple[str, tuple[float, str]] | None:
+    text = unit.strip()
+    if text in _UNITS:
+        return text, _UNITS[text]
+    canonical = _UNITS_FOLDED.get(text.lower())
+    return (canonical, _UNITS[canonical]) if canonical is not None else None
+
+
+# --- Metrics ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricSet:
+    """The metrics one kind of target writes: the local ones, or the cloud account variants."""
+
+    energy_imported: Metric
+    energy_exported: Metric
+    tariff_imported: Metric
+    tariff_exported: Metric
+    active_power: Metric
+    phase_active_power: Metric
+    phase_voltage: Metric
+    phase_current: Metric
+    frequency: Metric
+    power_factor: Metric
+    phase_power_factor: Metric
+    obis_value: Metric
+    measurement_time: Metric
+
+
+LOCAL = MetricSet(
+    ENERGY_IMPORTED, ENERGY_EXPORTED, TARIFF_ENERGY_IMPORTED, TARIFF_ENERGY_EXPORTED,
+    ACTIVE_POWER, PHASE_ACTIVE_POWER, PHASE_VOLTAGE, PHASE_CURRENT, FREQUENCY, POWER_FACTOR,
+    PHASE_POWER_FACTOR, OBIS_VALUE, MEASUREMENT_TIME,
+)
+ACCOUNT = MetricSet(
+    ACCOUNT_ENERGY_IMPORTED, ACCOUNT_ENERGY_EXPORTED, ACCOUNT_TARIFF_ENERGY_IMPORTED,
+    ACCOUNT_TARIFF_ENERGY_EXPORTED, ACCOUNT_ACTIVE_POWER, ACCOUNT_PHASE_ACTIVE_POWER,
+    ACCOUNT_PHASE_VOLTAGE, ACCOUNT_PHASE_CURRENT, ACCOUNT_FREQUENCY, ACCOUNT_POWER_FACTOR,
+    ACCOUNT_PHASE_POWER_FACTOR, ACCOUNT_OBIS_VALUE, ACCOUNT_MEASUREMENT_TIME,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    field: str  # attribute of MetricSet
+    dimension: str  # the unit dimension the value must have
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+_PHASES = {1: "l1", 2: "l2", 3: "l3"}
+# (C, D) -> quantity per phase: C = 20 * phase + offset for L1..L3 (IEC 62056-6-1).
+_PHASE_QUANTITIES = {
+    16: ("phase_active_power", "power"),  # 36, 56, 76
+    12: ("phase_voltage", "voltage"),  # 32, 52, 72
+    11: ("phase_current", "current"),  # 31, 51, 71
+    13: ("phase_power_factor", "ratio"),  # 33, 53, 73
+}
+
+
+def quantity_for(code: Obis) -> Quantity | None:
+    """The named metric of a code, or None for the generic family."""
+    if code.a != 1 or code.b != 0 or code.f != 255:
+        return None
+    c, d, e = code.c, code.d, code.e
+    if d == 8 and c in (1, 2):
+        if e == 0:
+            return Quantity("energy_imported" if c == 1 else "energy_exported", "energy")
+        field = "tariff_imported" if c == 1 else "tariff_exported"
+        return Quantity(field, "energy", (("tariff", str(e)),))
+    if d != 7 or e != 0:
+        return None
+    if c == 16:
+        return Quantity("active_power", "power")
+    if c == 14:
+        return Quantity("frequency", "frequency")
+    if c == 13:
+        return Quantity("power_factor", "ratio")
+    phase, offset = divmod(c - 20, 20)
+    if phase + 1 in _PHASES and c > 20 and offset in _PHASE_QUANTITIES:
+        field, dimension = _PHASE_QUANTITIES[offset]
+        return Quantity(field, dimension, (("phase", _PHASES[phase + 1]),))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """One register of a reading: its code, value and unit as the device sent them."""
+
+    code: Obis
+    value: float | None
+    unit: str | None
+
+
+def register(obis: Any, value: Any, unit: Any) -> Register:
+    """A register from raw JSON fields; ParseError for wrong types."""
+    code = parse_obis(obis)
+    number = number_or_none(value, f"register {code}")
+    if unit is not None and not isinstance(unit, str):
+        raise ParseError(f"register {code}: unit is not a string")
+    return Register(code, number, unit)
+
+
+_POWER_TOTAL = Obis(1, 0, 16, 7, 0)
+_POWER_L1 = Obis(1, 0, 36, 7, 0)
+_POWER_L2_L3 = (Obis(1, 0, 56, 7, 0), Obis(1, 0, 76, 7, 0))
+
+
+def add_registers(
+    reading: Reading, registers: list[Register], metrics: MetricSet, **labels: str
+) -> None:
+    """Add the samples of one meter's registers to `reading`, in base units.
+
+    `labels` are the extra labels of the metric set (installation and meter for an account).
+    A code that appears twice must carry the same value both times (one series per code).
+    """
+    by_code: dict[Obis, Register] = {}
+    for reg in registers:
+        held = by_code.get(reg.code)
+        if held is not None and (held.value, held.unit) != (reg.value, reg.unit):
+            raise ParseError(f"register {reg.code} appears twice with different values")
+        by_code[reg.code] = reg
+    total_from_l1 = (
+        _POWER_TOTAL not in by_code
+        and _POWER_L1 in by_code
+        and not any(code in by_code for code in _POWER_L2_L3)
+    )
+    for code, reg in by_code.items():
+        if reg.value is None:
+            continue
+        quantity = quantity_for(code)
+        if code == _POWER_L1 and total_from_l1:
+            quantity = Quantity("active_power", "power")
+        if quantity is None:
+            _add_generic(reading, reg, metrics.obis_value, labels)
+            continue
+        if reg.unit is None and quantity.dimension != "ratio":
+            continue  # without a unit the scale is unknown (Wh or kWh): no series, no guess
+        entry = _unit_entry(reg.unit or "")
+        if entry is None or entry[1][1] != quantity.dimension:
+            unit = (reg.unit or "")[:20]
+            raise ParseError(f"register {code}: unit {unit!r} does not fit the quantity")
+        metric: Metric = getattr(metrics, quantity.field)
+        reading.add(
+            metric, reg.value * entry[1][0], obis=str(code), **labels, **dict(quantity.labels)
+        )
+
+
+def _add_generic(reading: Reading, reg: Register, metric: Metric, labels: dict[str, str]) -> None:
+    unit = reg.unit or ""
+    entry = _unit_entry(unit) if unit else None
+    if entry is not None:
+        value, unit = reg.value * entry[1][0], _BASE_UNIT[entry[1][1]]  # type: ignore[operator]
+    else:
+        value = reg.value
+    reading.add(metric, value, obis=str(reg.code), unit=unit, **labels)

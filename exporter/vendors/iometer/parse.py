@@ -1,0 +1,531 @@
+"""Pure parsers for IOmeter: the local bridge API and the Partner GraphQL API.
+
+Local bridge (`http://<bridge>/v1`): `GET /reading` (`iometer.reading.v1`: one meter, its time
+and OBIS registers) and `GET /status` (`iometer.status.v1`: installation, meter number, bridge
+and core state). Partner API (GraphQL, schema in the seed document): installations with their
+meters and devices, `readings` query pages, and `meterReadings` / `liveReadings` subscription
+payloads. `MeterStore` keeps the newest reading of every meter of a Partner API target, so that
+each emitted `Reading` holds the whole account.
+
+Everything here is pure: decoded JSON in, `Reading` (or plain records) out, `ParseError` for
+anything malformed, no series for what is merely absent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Collection, Mapping
+
+from ...catalogue import (
+    DUPLICATE_READINGS,
+    GATEWAY_CONNECTED,
+    READER_ATTACHED,
+    READER_BATTERY,
+    READER_CONNECTED,
+    READER_PIN_STATE,
+    READER_POWER_SOURCE,
+    READER_RSSI,
+    READINGS_RECEIVED,
+    WIFI_RSSI,
+    Metric,
+)
+from ...samples import DeviceInfo, ParseError, Reading, Sample, number_or_none
+from .obis import ACCOUNT, LOCAL, Obis, Register, add_registers, normalize, register
+
+BRIDGE_MODEL = "IOmeter bridge"
+CORE_MODEL = "IOmeter core"
+DEVICE_MODEL = "IOmeter"
+METER_MODEL = "electricity meter"
+
+# --- Small typed accessors -------------------------------------------------------------------
+
+
+def _obj(value: Any, what: str, required: bool = False) -> dict[str, Any] | None:
+    if value is None:
+        if required:
+            raise ParseError(f"{what}: missing")
+        return None
+    if not isinstance(value, dict):
+        raise ParseError(f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, what: str, required: bool = False) -> list[Any]:
+    if value is None:
+        if required:
+            raise ParseError(f"{what}: missing")
+        return []
+    if not isinstance(value, list):
+        raise ParseError(f"{what}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any, what: str, required: bool = False) -> str | None:
+    """A string field; GraphQL IDs may also arrive as whole numbers."""
+    if value is None:
+        if required:
+            raise ParseError(f"{what}: missing")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ParseError(f"{what}: expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _enum(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParseError(f"{what}: expected a state name, got {type(value).__name__}")
+    return value.strip().lower()[:40]
+
+
+_HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})T24(:.*)$")
+
+
+def parse_time(value: Any, what: str = "time") -> float | None:
+    """Unix time from an RFC 3339 string; None for null.
+
+    The Partner API's documented example writes hour 24 (`2024-12-31T24:30:15Z`); that is read
+    as hour 0 of the next day rather than refused.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParseError(f"{what}: expected a timestamp string, got {type(value).__name__}")
+    text = value.strip()
+    shift = 0.0
+    match = _HOUR_24.match(text)
+    if match:
+        text, shift = f"{match.group(1)}T00{match.group(2)}", 86400.0
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)  # RFC 3339 says UTC; devices send Z
+        return moment.timestamp() + shift
+    except (ValueError, OverflowError):
+        raise ParseError(f"{what}: not an RFC 3339 timestamp: {value[:40]!r}") from None
+
+
+def format_time(timestamp: float) -> str:
+    """The API's DateTime form (RFC 3339, UTC, whole seconds, rounded down)."""
+    return datetime.fromtimestamp(int(timestamp // 1), tz=timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+
+
+def _check_typename(obj: dict[str, Any], prefix: str, what: str) -> None:
+    typename = obj.get("__typename")
+    if typename is None:
+        return
+    if not isinstance(typename, str) or not typename.startswith(prefix):
+        raise ParseError(f"{what}: answer of type {str(typename)[:40]!r}, expected {prefix}*")
+
+
+# --- Device state (local status and Partner API devices) -------------------------------------
+
+_CONNECTION = {"connected": 1.0, "disconnected": 0.0}
+_ATTACHMENT = {"attached": 1.0, "detached": 0.0}
+POWER_SOURCES = ("battery", "wired")
+PIN_STATES = ("missing", "pending", "entered")
+
+
+def _flag(reading: Reading, metric: Metric, value: Any, meaning: dict[str, float], **labels: str) -> None:
+    state = _enum(value, metric.name)
+    if state is not None and state in meaning:
+        reading.add(metric, meaning[state], **labels)
+    # An unknown state (newer firmware) gives no series rather than a wrong 0 or 1.
+
+
+def _state_set(
+    reading: Reading, metric: Metric, label: str, value: Any, known: tuple[str, ...], **labels: str
+) -> None:
+    state = _enum(value, metric.name)
+    if state is None:
+        return
+    for name in known if state in known else known + (state,):
+        reading.add(metric, 1.0 if name == state else 0.0, **{label: name}, **labels)
+
+
+def add_device_state(
+    reading: Reading,
+    installation: str,
+    device_id: str,
+    bridge: dict[str, Any] | None,
+    core: dict[str, Any] | None,
+) -> None:
+    labels = {"installation": installation, "device_id": device_id}
+    if bridge is not None:
+        _flag(reading, GATEWAY_CONNECTED, bridge.get("connectionStatus"), _CONNECTION, **labels)
+    if core is None:
+        return
+    _flag(reading, READER_CONNECTED, core.get("connectionStatus"), _CONNECTION, **labels)
+    _flag(reading, READER_ATTACHED, core.get("attachmentStatus"), _ATTACHMENT, **labels)
+    level = number_or_none(core.get("batteryLevel"), "core.batteryLevel")
+    if level is not None and 0 <= level <= 100:  # outside: a placeholder, not a level
+        reading.add(READER_BATTERY, level / 100, **labels)
+    _state_set(reading, READER_POWER_SOURCE, "source", core.get("powerStatus"), POWER_SOURCES, **labels)
+    _state_set(reading, READER_PIN_STATE, "state", core.get("pinStatus"), PIN_STATES, **labels)
+    reading.add(READER_RSSI, core.get("rssi"), **labels)
+
+
+# --- Local bridge ----------------------------------------------------------------------------
+
+
+def parse_bridge_reading(payload: Any) -> Reading:
+    """`GET /v1/reading`: registers in base units, the measurement time, the meter number."""
+    obj = _obj(payload, "reading", required=True)
+    assert obj is not None
+    _check_typename(obj, "iometer.reading.", "reading")
+    reading = Reading()
+    meter = _obj(obj.get("meter"), "meter")
+    if meter is None:
+        return reading  # no meter seen yet: nothing to export
+    number = _text(meter.get("number"), "meter.number")
+    if number:
+        reading.devices.append(DeviceInfo(model=METER_MODEL, serial=number))
+    current = _obj(meter.get("reading"), "meter.reading")
+    if current is None:
+        return reading
+    time = parse_time(current.get("time"), "meter.reading.time")
+    registers = [
+        _bridge_register(item, i)
+        for i, item in enumerate(_list(current.get("registers"), "meter.reading.registers"))
+    ]
+    add_registers(reading, registers, LOCAL)
+    reading.add(LOCAL.measurement_time, time)
+    return reading
+
+
+def _bridge_register(item: Any, index: int) -> Register:
+    obj = _obj(item, f"registers[{index}]", required=True)
+    assert obj is not None
+    if obj.get("obis") is None:
+        raise ParseError(f"registers[{index}]: no OBIS code")
+    return register(obj.get("obis"), obj.get("value"), obj.get("unit"))
+
+
+def parse_bridge_status(payload: Any) -> Reading:
+    """`GET /v1/status`: reader and gateway state, signal strengths, firmware versions."""
+    obj = _obj(payload, "status", required=True)
+    assert obj is not None
+    _check_typename(obj, "iometer.status.", "status")
+    reading = Reading()
+    installation = _text(obj.get("installationId"), "installationId") or ""
+    meter = _obj(obj.get("meter"), "meter")
+    number = _text(meter.get("number"), "meter.number") if meter else None
+    if number:
+        reading.devices.append(DeviceInfo(model=METER_MODEL, serial=number))
+    device = _obj(obj.get("device"), "device")
+    if device is None:
+        return reading
+    device_id = _text(device.get("id"), "device.id") or ""
+    bridge = _obj(device.get("bridge"), "device.bridge")
+    core = _obj(device.get("core"), "device.core")
+    if bridge is not None:
+        reading.add(WIFI_RSSI, bridge.get("rssi"))
+        version = _text(bridge.get("version"), "device.bridge.version")
+        reading.devices.append(DeviceInfo(BRIDGE_MODEL, device_id, version or ""))
+    if core is not None:
+        version = _text(core.get("version"), "device.core.version")
+        if version is not None:
+            reading.devices.append(DeviceInfo(CORE_MODEL, device_id, version))
+    add_device_state(reading, installation, device_id, bridge, core)
+    return reading
+
+
+def merge(*readings: Reading | None) -> Reading:
+    """One Reading from several payloads of one target (reading + status); meter info once."""
+    out = Reading()
+    for part in readings:
+        if part is None:
+            continue
+        out.samples.extend(part.samples)
+        for info in part.devices:
+            if info not in out.devices:
+                out.devices.append(info)
+    return out
+
+
+# --- Partner API: envelopes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphQLResult:
+    data: dict[str, Any] | None
+    errors: tuple[dict[str, Any], ...]
+
+    def error_text(self) -> str:
+        messages = [str(e.get("message", "error"))[:120] for e in self.errors]
+        return "; ".join(messages)[:300]
+
+    def unauthorized(self) -> bool:
+        for error in self.errors:
+            extensions = error.get("extensions")
+            code = str(extensions.get("code", "")) if isinstance(extensions, dict) else ""
+            text = f"{code} {error.get('message', '')}".lower()
+            if any(w in text for w in ("unauthorized", "unauthenticated", "forbidden", "access denied")):
+                return True
+        return False
+
+
+def graphql_result(body: Any) -> GraphQLResult:
+    """The `data` and `errors` of a GraphQL response body (HTTP or a subscription message)."""
+    obj = _obj(body, "GraphQL response", required=True)
+    assert obj is not None
+    if "data" not in obj and "errors" not in obj:
+        raise ParseError("GraphQL response: neither data nor errors")
+    data = _obj(obj.get("data"), "data")
+    errors = []
+    for i, error in enumerate(_list(obj.get("errors"), "errors")):
+        if isinstance(error, str):
+            error = {"message": error}
+        errors.append(_obj(error, f"errors[{i}]", required=True))
+    return GraphQLResult(data, tuple(errors))  # type: ignore[arg-type]
+
+
+# --- Partner API: installations, meters, devices ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeterInfo:
+    id: str
+    number: str
+    installation: str
+
+
+@dataclass(frozen=True)
+class InstallationInfo:
+    id: str
+    meters: tuple[MeterInfo, ...]
+    devices: Reading  # the device-state samples of this installation, already labelled
+
+
+def parse_installations(data: Any) -> list[InstallationInfo]:
+    """One page of the `installations` query (the `data` object of the response)."""
+    obj = _obj(data, "data", required=True)
+    assert obj is not None
+    return [
+        _installation(item, f"installations[{i}]")
+        for i, item in enumerate(_list(obj.get("installations"), "installations", required=True))
+    ]
+
+
+def _installation(item: Any, what: str) -> InstallationInfo:
+    obj = _obj(item, what, required=True)
+    assert obj is not None
+    installation = _text(obj.get("id"), f"{what}.id", required=True)
+    assert installation is not None
+    meters = []
+    for i, raw in enumerate(_list(obj.get("meters"), f"{what}.meters")):
+        meter = _obj(raw, f"{what}.meters[{i}]", required=True)
+        assert meter is not None
+        meter_id = _text(meter.get("id"), f"{what}.meters[{i}].id", required=True)
+        number = _text(meter.get("number"), f"{what}.meters[{i}].number") or ""
+        meters.append(MeterInfo(meter_id or "", number, installation))
+    devices = Reading()
+    seen: set[str] = set()
+    raw_devices = list(_list(obj.get("devices"), f"{what}.devices"))
+    if obj.get("currentDevice") is not None:
+        raw_devices.append(obj.get("currentDevice"))
+    for i, raw in enumerate(raw_devices):
+        device = _obj(raw, f"{what}.devices[{i}]", required=True)
+        assert device is not None
+        device_id = _text(device.get("id"), f"{what}.devices[{i}].id", required=True) or ""
+        if device_id in seen:
+            continue
+        seen.add(device_id)
+        bridge = _obj(device.get("bridge"), f"{what}.devices[{i}].bridge")
+        core = _obj(device.get("core"), f"{what}.devices[{i}].core")
+        add_device_state(devices, installation, device_id, bridge, core)
+        devices.devices.append(DeviceInfo(DEVICE_MODEL, device_id, ""))
+    return InstallationInfo(installation, tuple(meters), devices)
+
+
+# --- Partner API: readings -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    key: str  # the meter's id, else its number
+    number: str
+    installation: str | None
+    time: float
+    registers: tuple[Register, ...]
+
+
+def parse_meter_reading(item: Any, what: str = "reading") -> MeterReading:
+    obj = _obj(item, what, required=True)
+    assert obj is not None
+    meter = _obj(obj.get("meter"), f"{what}.meter", required=True)
+    assert meter is not None
+    meter_id = _text(meter.get("id"), f"{what}.meter.id")
+    number = _text(meter.get("number"), f"{what}.meter.number")
+    if not meter_id and not number:
+        raise ParseError(f"{what}.meter: neither id nor number")
+    installation = _obj(meter.get("installation"), f"{what}.meter.installation")
+    installation_id = _text(installation.get("id"), f"{what}.meter.installation.id") if installation else None
+    time = parse_time(obj.get("time"), f"{what}.time")
+    if time is None:
+        raise ParseError(f"{what}.time: missing")
+    registers = []
+    for i, raw in enumerate(_list(obj.get("values"), f"{what}.values", required=True)):
+        value = _obj(raw, f"{what}.values[{i}]", required=True)
+        assert value is not None
+        if value.get("obisCode") is None:
+            raise ParseError(f"{what}.values[{i}]: no OBIS code")
+        registers.append(register(value.get("obisCode"), value.get("value"), value.get("unit")))
+    return MeterReading(
+        meter_id or number or "", number or "", installation_id, time, tuple(registers)
+    )
+
+
+def parse_readings_page(data: Any, path: tuple[str, ...] = ("readings",)) -> tuple[list[MeterReading], str | None]:
+    """A `readings` query result: its readings and the cursor of the next page (None: done)."""
+    obj = _obj(data, "data", required=True)
+    for key in path:
+        obj = _obj(obj.get(key) if obj else None, key, required=True)
+    assert obj is not None
+    readings = [
+        parse_meter_reading(item, f"readings[{i}]")
+        for i, item in enumerate(_list(obj.get("readings"), "readings.readings", required=True))
+    ]
+    cursor = _text(obj.get("cursor"), "readings.cursor")
+    return readings, cursor or None
+
+
+def parse_subscription(data: Any, field_name: str) -> MeterReading:
+    """One `meterReadings` / `liveReadings` message (its `data` object)."""
+    obj = _obj(data, "data", required=True)
+    assert obj is not None
+    return parse_meter_reading(obj.get(field_name), field_name)
+
+
+# --- Partner API: the newest state of every meter of an account -------------------------------
+
+
+def meter_names(entries: Collection[str]) -> dict[str, str]:
+    """`number=name` entries (the `meters` option) as a mapping; ValueError on a bad entry."""
+    names: dict[str, str] = {}
+    for entry in entries:
+        number, sep, name = str(entry).partition("=")
+        if not sep or not number.strip() or not name.strip():
+            raise ValueError(f"expected 'meter number=name', got {str(entry)[:60]!r}")
+        names[number.strip()] = name.strip()
+    return names
+
+
+@dataclass
+class _MeterState:
+    installation: str
+    label: str
+    number: str
+    time: float
+    registers: dict[Obis, Register]
+    samples: list[Sample]
+
+
+@dataclass
+class MeterStore:
+    """The newest reading of every meter of a Partner API target, and counts of what came in.
+
+    A reading whose time is not newer than the one held for its meter (a replay after a
+    reconnect, or a repeated delivery) never replaces it and is counted as a duplicate. A newer
+    reading replaces the registers it carries and keeps the others (a meter may send its
+    energy totals less often than its power).
+    """
+
+    names: Mapping[str, str] = field(default_factory=dict)  # meter number -> label
+    installations_allowed: Collection[str] | None = None
+    obis_codes: Collection[str] | None = None  # decimal form
+    received: int = 0
+    duplicates: int = 0
+    newest_time: float | None = None  # of any reading received: where a resume starts
+    _meters: dict[str, _MeterState] = field(default_factory=dict)
+    _installations: dict[str, InstallationInfo] = field(default_factory=dict)
+    _meter_installation: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.obis_codes is not None:
+            self.obis_codes = {normalize(code) for code in self.obis_codes}
+        if self.installations_allowed is not None:
+            self.installations_allowed = set(self.installations_allowed)
+
+    def allowed(self, installation: str) -> bool:
+        return self.installations_allowed is None or installation in self.installations_allowed
+
+    def set_installations(self, installations: list[InstallationInfo]) -> None:
+        self._installations = {i.id: i for i in installations if self.allowed(i.id)}
+        for info in self._installations.values():
+            for meter in info.meters:
+                self._meter_installation[meter.id] = info.id
+                if meter.number:
+                    self._meter_installation.setdefault(meter.number, info.id)
+
+    @property
+    def installations(self) -> list[InstallationInfo]:
+        return list(self._installations.values())
+
+    def label_for(self, number: str, key: str) -> str:
+        return self.names.get(number) or number or key
+
+    def offer(self, item: MeterReading) -> bool:
+        """Take a reading in; True if it became the newest of its meter."""
+        self.received += 1
+        if self.newest_time is None or item.time > self.newest_time:
+            self.newest_time = item.time
+        installation = (
+            item.installation
+            or self._meter_installation.get(item.key)
+            or self._meter_installation.get(item.number)
+            or ""
+        )
+        if not self.allowed(installation):
+            return False
+        held = self._meters.get(item.key)
+        if held is not None and item.time <= held.time:
+            self.duplicates += 1
+            return False
+        registers = dict(held.registers) if held is not None else {}
+        for reg in item.registers:
+            if self.obis_codes is None or str(reg.code) in self.obis_codes:
+                registers[reg.code] = reg
+        label = self.label_for(item.number, item.key)
+        part = Reading()
+        add_registers(part, list(registers.values()), ACCOUNT, installation=installation, meter=label)
+        part.add(ACCOUNT.measurement_time, item.time, installation=installation, meter=label)
+        self._meters[item.key] = _MeterState(
+            installation, label, item.number, item.time, registers, part.samples
+        )
+        return True
+
+    def newest(self, key: str) -> float | None:
+        held = self._meters.get(key)
+        return held.time if held else None
+
+    def snapshot(self) -> Reading:
+        """Every meter's newest state, device states and the counters, as one Reading."""
+        reading = Reading()
+        chosen: dict[tuple[str, str], _MeterState] = {}
+        for state in self._meters.values():
+            key = (state.installation, state.label)
+            other = chosen.get(key)
+            if other is None or state.time > other.time:  # two meters, one name: newest wins
+                chosen[key] = state
+        infos: list[DeviceInfo] = []
+        for state in chosen.values():
+            reading.samples.extend(state.samples)
+            infos.append(DeviceInfo(METER_MODEL, state.number, "", meter=state.label))
+        for installation in self._installations.values():
+            reading.samples.extend(installation.devices.samples)
+            infos.extend(installation.devices.devices)
+            for meter in installation.meters:
+                info = DeviceInfo(METER_MODEL, meter.number, "", meter=self.label_for(meter.number, meter.id))
+                infos.append(info)
+        reading.devices.extend(dict.fromkeys(infos))  # each once, in order
+        reading.add(READINGS_RECEIVED, self.received)
+        reading.add(DUPLICATE_READINGS, self.duplicates)
+        return reading

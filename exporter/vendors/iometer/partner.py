@@ -1,0 +1,461 @@
+"""IOmeter Partner API (GraphQL): transport `partner`, one target for a whole partner account.
+
+Discovery: the `installations` query, page by page, gives every installation with its meters
+and IOmeter devices (the device state: gateway and reader connection, attachment, battery,
+power source, PIN). It runs at start and every `discovery_interval`.
+
+Readings, mode `subscription` (default): a GraphQL subscription over WebSocket through gql,
+which speaks both `graphql-transport-ws` and the legacy `graphql-ws` and takes what the server
+picks. `meterReadings(startTime)` streams every meter of the account; `liveReadings` is opened per
+installation with the configured `obis_codes`. When the connection drops, the adapter
+reconnects with a growing delay and resumes `meterReadings` from the newest reading it got (the
+API replays from there, so nothing received meanwhile is lost; the replayed readings come again
+and are dropped as duplicates). Mode `query`: the `readings` query, from the newest reading held,
+page by page with its cursor, once per interval.
+
+What is emitted: the daemon replaces a target's snapshot whole with each emitted Reading, so
+every Reading holds the newest state of ALL meters of the account (`parse.MeterStore`), plus the
+device states and the counters `energy_meter_exporter_readings_received_total` /
+`..._duplicate_readings_total`. A reading never replaces a newer or equal one of its meter, so a
+replay cannot move a counter backwards. Emits are spaced at least `min_emit_interval` apart;
+readings arriving meanwhile are all in the next one.
+
+Queries go through the daemon's HTTP session (`exporter.http`, bounded bodies); the subscription
+has its own WebSocket. The Authorization header (Basic, or WSSE with a fresh nonce) is sent on
+every request, on the WebSocket upgrade and in the `connection_init` payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from typing import Any, Callable, Mapping
+
+from gql import Client, GraphQLRequest, gql
+from graphql import print_ast
+from gql.transport.exceptions import TransportQueryError, TransportServerError
+from gql.transport.websockets import WebsocketsTransport
+
+from ...catalogue import IOMETER
+from ...config import Option, TargetConfig
+from ...context import AdapterContext
+from ...errors import PollError
+from ...http import request, status_error
+from ...samples import ParseError, Reading
+from ..registry import TransportSpec, register
+from . import parse
+from .auth import METHODS, Credentials
+from .obis import normalize
+
+DEFAULT_ENDPOINT = "https://partner.prod.iometer.cloud/api/v1/query"
+MAX_REPLAY = 24 * 3600.0  # the API replays at most 24 h
+MAX_PAGES_PER_POLL = 200  # the rest of a long backlog comes with the next poll
+
+_DEVICE_FIELDS = """
+fragment DeviceState on Device {
+  id
+  bridge { connectionStatus }
+  core { connectionStatus attachmentStatus batteryLevel powerStatus pinStatus }
+}
+"""
+_READING_FIELDS = """
+fragment ReadingFields on MeterReading {
+  meter { id number installation { id } }
+  time
+  values { obisCode value unit }
+}
+"""
+INSTALLATIONS = gql("""
+query Installations($pagination: Pagination) {
+  installations(pagination: $pagination) {
+    id
+    meters { id number }
+    devices { ...DeviceState }
+    currentDevice { ...DeviceState }
+  }
+}
+""" + _DEVICE_FIELDS)
+# For a server whose Pagination input differs from {limit, offset}: one unpaged call.
+INSTALLATIONS_UNPAGED = gql("""
+query InstallationsUnpaged {
+  installations {
+    id
+    meters { id number }
+    devices { ...DeviceState }
+    currentDevice { ...DeviceState }
+  }
+}
+""" + _DEVICE_FIELDS)
+READINGS = gql("""
+query Readings($startTime: DateTime, $limit: Int, $cursor: String) {
+  readings(startTime: $startTime, limit: $limit, cursor: $cursor) {
+    readings { ...ReadingFields }
+    cursor
+  }
+}
+""" + _READING_FIELDS)
+METER_READINGS = gql("""
+subscription MeterReadings($startTime: DateTime) {
+  meterReadings(startTime: $startTime) { ...ReadingFields }
+}
+""" + _READING_FIELDS)
+LIVE_READINGS = gql("""
+subscription LiveReadings($installationId: ID!, $obisCodes: [ObisCode]) {
+  liveReadings(installationId: $installationId, obisCodes: $obisCodes) { ...ReadingFields }
+}
+""" + _READING_FIELDS)
+# The queries as sent over HTTP, printed once.
+_TEXTS = {doc: print_ast(doc.document) for doc in (INSTALLATIONS, INSTALLATIONS_UNPAGED, READINGS)}
+
+OPTIONS = {
+    "partner_id": Option("str", required=True, help="partner id (the user name of the Partner API)"),
+    "secret": Option("secret", required=True, help="partner secret"),
+    "auth": Option("str", default="basic", choices=METHODS,
+                   help="basic, or wsse (the secret itself is never sent)"),
+    "endpoint": Option("str", default=DEFAULT_ENDPOINT, help="GraphQL endpoint for queries (https)"),
+    "ws_endpoint": Option("str", help="GraphQL WebSocket endpoint (default: endpoint with wss://)"),
+    "mode": Option("str", default="subscription", choices=("subscription", "query"),
+                   help="subscription: readings pushed over WebSocket; query: `readings` every interval"),
+    "subscription": Option("str", default="meterReadings", choices=("meterReadings", "liveReadings"),
+                           help="meterReadings: all meters, resumable; liveReadings: per installation"),
+    "installations": Option("list", help="installation ids to export (default: all)"),
+    "meters": Option("list", help="names for meters, as 'meter number=name' entries (label meter)"),
+    "obis_codes": Option("list", help="OBIS codes to export (default: all the API sends)"),
+    "lookback": Option("duration", default=900.0, minimum=0.0,
+                       help="how far back the first query or subscription starts (at most 24h)"),
+    "discovery_interval": Option("duration", default=600.0, minimum=10.0,
+                                 help="time between refreshes of installations, meters and devices"),
+    "page_size": Option("int", default=100, minimum=1, help="items asked for per page"),
+    "reconnect_delay": Option("duration", default=1.0, minimum=0.001,
+                              help="first delay before reconnecting a dropped subscription"),
+    "min_emit_interval": Option("duration", default=1.0, minimum=0.0,
+                                help="subscription: least time between two snapshots"),
+}
+
+
+def check_target(options: Mapping[str, Any]):
+    try:
+        parse.meter_names(options.get("meters") or ())
+    except ValueError as exc:
+        yield "meters", str(exc)
+    for code in options.get("obis_codes") or ():
+        try:
+            normalize(code)
+        except ParseError as exc:
+            yield "obis_codes", str(exc)
+    endpoint = str(options.get("endpoint") or DEFAULT_ENDPOINT)
+    if not endpoint.startswith(("http://", "https://")):
+        yield "endpoint", "must start with https:// (or http://)"
+    ws = options.get("ws_endpoint")
+    if ws and not str(ws).startswith(("ws://", "wss://")):
+        yield "ws_endpoint", "must start with wss:// (or ws://)"
+    lookback = options.get("lookback")
+    if lookback is not None and lookback > MAX_REPLAY:
+        yield "lookback", "the API goes back 24h at most"
+
+
+def ws_url(endpoint: str) -> str:
+    if endpoint.startswith("https://"):
+        return "wss://" + endpoint[len("https://"):]
+    if endpoint.startswith("http://"):
+        return "ws://" + endpoint[len("http://"):]
+    return endpoint
+
+
+class IOmeterPartner:
+    def __init__(self, target: TargetConfig, ctx: AdapterContext) -> None:
+        self.target = target
+        self.ctx = ctx
+        self.log = ctx.log
+        option = target.option
+        self.credentials = Credentials(option("auth", "basic"), option("partner_id"), option("secret"), ctx.clock)
+        self.endpoint = option("endpoint", DEFAULT_ENDPOINT)
+        self.ws_endpoint = option("ws_endpoint") or ws_url(self.endpoint)
+        self.mode = option("mode", "subscription")
+        self.kind = "push" if self.mode == "subscription" else "poll"
+        self.subscription = option("subscription", "meterReadings")
+        codes = option("obis_codes")
+        self.obis_codes = sorted({normalize(c) for c in codes}) if codes else None
+        installations = option("installations")
+        self.store = parse.MeterStore(
+            names=parse.meter_names(option("meters") or ()),
+            installations_allowed=set(installations) if installations else None,
+            obis_codes=self.obis_codes,
+        )
+        self.lookback = min(float(option("lookback", 900.0)), MAX_REPLAY)
+        self.discovery_interval = float(option("discovery_interval", 600.0))
+        self.page_size = int(option("page_size", 100))
+        self.reconnect_delay = float(option("reconnect_delay", 1.0))
+        self.min_emit_interval = float(option("min_emit_interval", 1.0))
+        self.discovered_at: float | None = None
+        self.discovered = asyncio.Event()
+        self._discovery_done = asyncio.Event()  # set after every discovery
+        self.connections = 0  # subscription connections opened (for tests and logs)
+        self.last_error: PollError | None = None
+        self._pending: tuple[str | None, str] | None = None  # (startTime, cursor) of a cut walk
+        self._changed = asyncio.Event()
+        self._paged = True
+
+    # --- HTTP queries ---
+    async def _query(self, document: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
+        body = {"query": _TEXTS[document], "variables": variables}
+        headers = {
+            "Authorization": self.credentials.header(),
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        response = await request(self.ctx.session, "POST", self.endpoint, headers=headers, json_body=body)
+        if response.status in (401, 403):
+            raise PollError("unauthorized", f"{self.endpoint}: HTTP {response.status}: partner id or secret refused")
+        try:
+            result = parse.graphql_result(response.json()) if response.status == 200 else None
+        except ParseError as exc:
+            raise PollError("parse", f"{self.endpoint}: {exc}") from None
+        if result is None:
+            raise status_error(self.endpoint, response)
+        if result.errors:
+            if result.unauthorized():
+                raise PollError("unauthorized", f"{self.endpoint}: {result.error_text()}")
+            raise PollError("http_error", f"{self.endpoint}: GraphQL error: {result.error_text()}")
+        if result.data is None:
+            raise PollError("parse", f"{self.endpoint}: answer without data")
+        return result.data
+
+    async def discover(self) -> list[parse.InstallationInfo]:
+        """Every installation (all pages), its meters and devices; the store learns them."""
+        found: dict[str, parse.InstallationInfo] = {}
+        offset = 0
+        while True:
+            if self._paged:
+                try:
+                    data = await self._query(INSTALLATIONS, {"pagination": {"limit": self.page_size, "offset": offset}})
+                except PollError as exc:
+                    if offset == 0 and exc.reason == "http_error" and "agination" in exc.message:
+                        self.log.warning("installations: paging refused, asking without", error=exc.message)
+                        self._paged = False
+                        continue
+                    raise
+            else:
+                data = await self._query(INSTALLATIONS_UNPAGED, {})
+            page = _parsed(parse.parse_installations, data, "installations")
+            fresh = [i for i in page if i.id not in found]
+            found.update((i.id, i) for i in fresh)
+            # Only an empty page ends the list (a server may cap pages below page_size); a page
+            # of nothing new ends it too (a server that ignores the offset).
+            if not self._paged or not fresh:
+                break
+            offset += len(page)
+        installations = list(found.values())
+        self.store.set_installations(installations)
+        self.discovered_at = self.ctx.clock()
+        self.discovered.set()
+        self._discovery_done.set()
+        return installations
+
+    def _start_time(self) -> str:
+        """Where a query or subscription starts: the newest reading held, else `lookback` ago;
+        never further back than the API keeps."""
+        now = self.ctx.clock()
+        start = self.store.newest_time if self.store.newest_time is not None else now - self.lookback
+        return parse.format_time(max(start, now - MAX_REPLAY + 60))
+
+    async def query_readings(self) -> int:
+        """Walk the `readings` pages from the newest reading held; returns the readings read."""
+        start, cursor = self._pending if self._pending else (self._start_time(), None)
+        self._pending = None
+        count = 0
+        for _ in range(MAX_PAGES_PER_POLL):
+            variables = {"startTime": start, "limit": self.page_size, "cursor": cursor}
+            data = await self._query(READINGS, variables)
+            items, cursor = _parsed(parse.parse_readings_page, data, "readings")
+            for item in items:
+                _offer(self.store, item)
+            count += len(items)
+            if not cursor:
+                return count
+        self._pending = (start, cursor)  # a long backlog: go on from here next time
+        return count
+
+    async def poll(self) -> Reading:
+        """Query mode: refresh discovery when due, read the new readings, return the account."""
+        if self.discovered_at is None or self.ctx.clock() - self.discovered_at >= self.discovery_interval:
+            await self.discover()
+        await self.query_readings()
+        return self.store.snapshot()
+
+    # --- push ---
+    async def run(self, emit: Callable[[Reading], None]) -> None:
+        if self.mode != "subscription":
+            await self._poll_forever(emit)
+            return
+        tasks = [
+            asyncio.create_task(self._emitter(emit)),
+            asyncio.create_task(self._discovery_loop()),
+        ]
+        try:
+            await self._subscription_loop()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _poll_forever(self, emit: Callable[[Reading], None]) -> None:
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.target.timeout):
+                    emit(await self.poll())
+                failures = 0
+            except (PollError, TimeoutError) as exc:
+                failures += 1
+                self._failed(exc if isinstance(exc, PollError) else PollError("timeout", "no answer in time"))
+            ceiling = max(self.target.max_backoff, self.target.interval)
+            await asyncio.sleep(min(self.target.interval * 2 ** min(failures, 16), ceiling))
+
+    async def _emitter(self, emit: Callable[[Reading], None]) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            emit(self.store.snapshot())
+            await asyncio.sleep(self.min_emit_interval)
+
+    async def _discovery_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.target.timeout * 10):
+                    await self.discover()
+                failures = 0
+                self._changed.set()
+                delay = self.discovery_interval
+            except (PollError, TimeoutError) as exc:
+                failures += 1
+                self._failed(exc if isinstance(exc, PollError) else PollError("timeout", "discovery took too long"))
+                delay = min(self.reconnect_delay * 2 ** min(failures, 16), max(self.target.max_backoff, self.reconnect_delay))
+            await asyncio.sleep(delay)
+
+    async def _subscription_loop(self) -> None:
+        delay = self.reconnect_delay
+        while True:
+            before = self.store.received
+            try:
+                await self._subscribe_once()
+                self.log.info("subscription ended by the server; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every way a WebSocket can fail; classified for the log
+                self._failed(_classify(exc, self.ws_endpoint))
+            if self.store.received > before:
+                delay = self.reconnect_delay  # it delivered: the next break starts over gently
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, max(self.target.max_backoff, self.reconnect_delay))
+
+    def _transport(self) -> WebsocketsTransport:
+        context: ssl.SSLContext | bool = ssl.create_default_context() if self.ws_endpoint.startswith("wss://") else False
+        return WebsocketsTransport(
+            url=self.ws_endpoint,
+            headers={"Authorization": self.credentials.header()},
+            init_payload={"Authorization": self.credentials.header()},
+            ssl=context,
+            connect_timeout=self.target.timeout,
+            ack_timeout=self.target.timeout,
+        )
+
+    async def _subscribe_once(self) -> None:
+        client = Client(transport=self._transport(), fetch_schema_from_transport=False)
+        async with client as session:
+            self.connections += 1
+            if self.subscription == "meterReadings":
+                request_ = GraphQLRequest(METER_READINGS, variable_values={"startTime": self._start_time()})
+                await self._consume(session, request_, "meterReadings")
+                return
+            await self.discovered.wait()
+            watched = sorted(i.id for i in self.store.installations)
+            tasks = [
+                asyncio.create_task(self._consume(session, GraphQLRequest(
+                    LIVE_READINGS, variable_values={"installationId": i, "obisCodes": self.obis_codes}
+                ), "liveReadings"))
+                for i in watched
+            ]
+            # A new or removed installation: reconnect and subscribe to the new set.
+            tasks.append(asyncio.create_task(self._until_installations_change(watched)))
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a failed subscription ends the connection
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _until_installations_change(self, watched: list[str]) -> None:
+        while sorted(i.id for i in self.store.installations) == watched:
+            self._discovery_done.clear()
+            await self._discovery_done.wait()
+
+    async def _consume(self, session: Any, request_: GraphQLRequest, field: str) -> None:
+        async for data in session.subscribe(request_):
+            try:
+                item = parse.parse_subscription(data, field)
+                _offer(self.store, item)
+            except (ParseError, PollError) as exc:  # one bad message: skip it, keep the stream
+                self._failed(PollError("parse", f"{field}: {exc}"))
+                continue
+            self._changed.set()
+
+    def _failed(self, exc: PollError) -> None:
+        self.last_error = exc
+        self.log.warning("partner api problem", reason=exc.reason, error=exc.message)
+
+    async def close(self) -> None:
+        return None
+
+
+
+def _offer(store: parse.MeterStore, item: parse.MeterReading) -> None:
+    try:
+        store.offer(item)
+    except ParseError as exc:
+        raise PollError("parse", f"reading of meter {item.number or item.key}: {exc}") from None
+
+
+def _parsed(parser: Callable[[Any], Any], data: Any, what: str) -> Any:
+    try:
+        return parser(data)
+    except ParseError as exc:
+        raise PollError("parse", f"{what}: {exc}") from None
+
+
+def _classify(exc: BaseException, url: str) -> PollError:
+    """A PollError for whatever ended a subscription, without secrets in the message."""
+    if isinstance(exc, PollError):
+        return exc
+    seen: BaseException | None = exc
+    while seen is not None:
+        status = getattr(getattr(seen, "response", None), "status_code", None)
+        close_code = getattr(getattr(seen, "rcvd", None), "code", None)
+        if status in (401, 403) or getattr(seen, "code", None) in (401, 403) or close_code in (4401, 4403):
+            return PollError("unauthorized", f"{url}: partner id or secret refused")
+        if isinstance(seen, TransportServerError) and "unauthorized" in str(seen).lower():
+            return PollError("unauthorized", f"{url}: partner id or secret refused")
+        if isinstance(seen, TransportQueryError):
+            errors = parse.GraphQLResult(None, tuple(e for e in (seen.errors or []) if isinstance(e, dict)))
+            if errors.unauthorized():
+                return PollError("unauthorized", f"{url}: {errors.error_text()}")
+            return PollError("http_error", f"{url}: GraphQL error: {str(seen)[:200]}")
+        if isinstance(seen, TransportServerError):
+            return PollError("http_error", f"{url}: {str(seen)[:200]}")
+        if isinstance(seen, (asyncio.TimeoutError, TimeoutError)):
+            return PollError("timeout", f"{url}: no answer in time")
+        if isinstance(seen, ssl.SSLError):
+            return PollError("tls", f"{url}: TLS failed: {seen.__class__.__name__}")
+        seen = seen.__cause__ or seen.__context__
+    return PollError("connection", f"{url}: subscription lost: {exc.__class__.__name__}: {str(exc)[:160]}")
+
+
+SPEC = register(TransportSpec(
+    vendor=IOMETER, transport="partner", options=OPTIONS, create=IOmeterPartner,
+    kind="push", default_interval=60.0, min_interval=10.0, check_target=check_target,
+    description="IOmeter Partner API (GraphQL): every meter of a partner account, by subscription or query",
+))
