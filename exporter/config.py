@@ -465,7 +465,7 @@ def _target(check: _Checker, raw: dict, path: tuple, defaults: dict, registry) -
     interval, timeout = merged["interval"], merged["timeout"]
     if "timeout" not in common and "timeout" not in defaults:
         timeout = min(timeout, interval)  # the default timeout shrinks to fit a short interval
-    where = path + ("interval",) if "interval" in raw else path
+    where = path + ("interval",) if "interval" in raw else (("defaults", "interval") if "interval" in defaults else path)
     if interval < spec.min_interval:
         check.problem(where, f"{interval:g}s is shorter than {spec.min_interval:g}s, the fastest {vendor} {transport} allows")
     if timeout > interval and spec.kind == "poll":

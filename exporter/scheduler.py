@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from typing import Any
 
 from .config import TargetConfig
@@ -22,9 +23,17 @@ from .store import SnapshotStore
 FIRST_POLL_SPREAD = 10.0
 
 
+# Consecutive failures retried at the normal interval before the delay starts to grow: a glitch
+# (one dropped Wi-Fi packet, a reboot) then costs at most one interval after it clears, while a
+# device that stays away is asked less and less often.
+RETRIES_BEFORE_BACKOFF = 3
+
+
 def backoff_delay(target: TargetConfig, failures: int) -> float:
-    """Delay after the n-th consecutive failure: interval, 2x, 4x ... up to max_backoff."""
-    return min(target.interval * (2 ** max(failures - 1, 0)), target.max_backoff)
+    """Delay after the n-th consecutive failure: the interval for the first few, then 2x, 4x ...
+    up to max_backoff."""
+    growth = max(failures - RETRIES_BEFORE_BACKOFF, 0)
+    return min(target.interval * (2 ** growth), max(target.max_backoff, target.interval))
 
 
 class TargetRunner:
@@ -37,6 +46,9 @@ class TargetRunner:
         self.failures = 0
         self.task: asyncio.Task | None = None
         self.polled_once = asyncio.Event()
+        # How late each recent poll started behind its schedule (seconds): the cadence others
+        # keep while one device misbehaves, and the scheduler's headroom at fleet scale.
+        self.lags: deque[float] = deque(maxlen=1000)
 
     def start(self) -> None:
         body = self._poll_loop() if self.kind == "poll" else self._push_loop()
@@ -84,9 +96,10 @@ class TargetRunner:
         self.failures = 0
         return reading
 
-    def _failed(self, reason: str, message: str, started: float) -> None:
+    def _failed(self, reason: str, message: str, started: float | None) -> None:
         self.failures += 1
-        self.store.record_failure(self.target.name, reason, message, time.monotonic() - started)
+        duration = None if started is None else time.monotonic() - started
+        self.store.record_failure(self.target.name, reason, message, duration)
         # Log the first failure and then every 10th, so a dead device does not flood the log.
         if self.failures == 1 or self.failures % 10 == 0:
             self.log.warning("poll failed", reason=reason, error=message, consecutive=self.failures)
@@ -98,6 +111,7 @@ class TargetRunner:
         while True:
             self.store.set_next_poll(target.name, time.time() + max(0.0, next_due - loop.time()))
             await asyncio.sleep(max(0.0, next_due - loop.time()))
+            self.lags.append(max(0.0, loop.time() - next_due))
             try:
                 await self.poll_once()
             except PollError:
@@ -117,9 +131,17 @@ class TargetRunner:
 
     async def _push_loop(self) -> None:
         """Run a push adapter; it reconnects by itself. Silence longer than the target's
-        interval x 3 (or stale_after) marks it down."""
-        def emit(reading: Reading) -> None:
-            self.store.record_success(self.target.name, reading)
+        interval x 3 (or stale_after) marks it down.
+
+        `emit` takes a Reading (a good message) or a PollError: a push adapter cannot raise into
+        this loop, so a malformed message or a refused connection is handed in like a reading
+        and recorded as the target's failure with its reason."""
+        def emit(item: Reading | PollError) -> None:
+            if isinstance(item, PollError):
+                self._failed(item.reason, item.message, None)
+            else:
+                self.store.record_success(self.target.name, item)
+                self.failures = 0
             self.polled_once.set()
 
         runner = asyncio.create_task(self.adapter.run(emit))

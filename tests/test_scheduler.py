@@ -51,7 +51,8 @@ class FakeAdapter:
 
 def test_backoff_grows_exponentially_to_the_ceiling():
     t = target("x", interval=10, max_backoff=300)
-    assert [backoff_delay(t, n) for n in (1, 2, 3, 4, 5, 6, 7)] == [10, 20, 40, 80, 160, 300, 300]
+    delays = [backoff_delay(t, n) for n in range(1, 11)]
+    assert delays == [10, 10, 10, 20, 40, 80, 160, 300, 300, 300]
 
 
 async def run_for(seconds: float, runners: list[TargetRunner]) -> None:
@@ -74,7 +75,7 @@ async def test_a_hanging_device_does_not_slow_the_others():
     assert store.targets["good"].up and not store.targets["bad"].up
     assert store.targets["bad"].errors == {"timeout": bad.calls}
     # backoff: the hanging device is asked far less often than the healthy one
-    assert bad.calls <= 5
+    assert bad.calls <= 7
 
 
 async def test_errors_and_crashes_become_reasons_not_exceptions():

@@ -126,18 +126,42 @@ class HomeWizardSimulator:
             body["total_liter_m3"] = round(body["total_liter_m3"] + elapsed * 0.0002, 4)
         return body
 
-    async def _fault(self) -> web.Response | None:
-        if self.broken == "slow":
+    async def _fault(self, request: web.Request, v2: bool) -> web.Response | web.StreamResponse | None:
+        """Fault injection for tests: `broken` names what the device does instead of answering."""
+        broken = self.broken
+        if broken is None:
+            return None
+        if broken == "slow":
             await asyncio.sleep(30)
-        if self.broken == "garbage":
+        if broken == "garbage":
             return web.Response(text="<html><body>Bad gateway</body></html>", content_type="text/html")
-        if self.broken == "500":
-            return web.Response(status=500, text="Internal Server Error")
-        if self.broken == "empty":
+        if broken.isdigit() or broken.startswith("status:"):  # "500", "status:429"
+            status = int(broken.removeprefix("status:"))
+            return web.Response(status=status, text=f"HTTP {status}", headers={"Retry-After": "30"} if status == 429 else None)
+        if broken == "empty":
             return web.Response(text="", content_type="application/json")
-        if self.broken == "wrong_types":
-            return _json({"active_power_w": "lots", "total_power_import_kwh": [1]} if self.v1 else {"power_w": {"x": 1}})
+        if broken == "truncated":
+            return web.Response(text='{"active_power_w": -5', content_type="application/json")
+        if broken == "wrong_types":
+            return _json({"power_w": {"x": 1}} if v2 else {"active_power_w": "lots", "total_power_import_kwh": [1]})
+        if broken == "nulls":
+            body = self.v2_measurement if v2 else self.v1_data
+            return _json({key: None for key in body})
+        if broken == "huge":  # 50 MB of JSON, sent without a length as a real runaway would be
+            return await self._huge(request)
         return None
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b'{"x":"' + b"0" * 65536
+        try:
+            for _ in range(50 * 16):
+                await response.write(chunk)
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
 
     # --- API v1 ----------------------------------------------------------------------------------
     def _v1_app(self) -> web.Application:
@@ -154,7 +178,7 @@ class HomeWizardSimulator:
             self.requests.append("v1 /api/v1/data")
             if not self.api_enabled:
                 return disabled()
-            fault = await self._fault()
+            fault = await self._fault(request, v2=False)
             return fault or _json(self._live(self.v1_data, v2=False))
 
         async def system(request: web.Request) -> web.Response:
@@ -182,7 +206,7 @@ class HomeWizardSimulator:
             self.requests.append("v2 /api/measurement")
             if not self._authorized(request):
                 return unauthorized()
-            fault = await self._fault()
+            fault = await self._fault(request, v2=True)
             return fault or _json(self._live(self.v2_measurement, v2=True))
 
         async def system(request: web.Request) -> web.Response:

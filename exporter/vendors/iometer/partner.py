@@ -285,7 +285,8 @@ class IOmeterPartner:
         return self.store.snapshot()
 
     # --- push ---
-    async def run(self, emit: Callable[[Reading], None]) -> None:
+    async def run(self, emit: Callable[[Reading | PollError], None]) -> None:
+        self._emit = emit  # failures go to the scheduler as PollErrors: up 0, reason, counter
         if self.mode != "subscription":
             await self._poll_forever(emit)
             return
@@ -345,7 +346,12 @@ class IOmeterPartner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every way a WebSocket can fail; classified for the log
-                self._failed(_classify(exc, self.ws_endpoint))
+                error = _classify(exc, self.ws_endpoint)
+                if self.store.received > before:
+                    # it worked and then broke: reconnecting is routine, not a failed target
+                    self.log.info("subscription lost; reconnecting", error=error.message)
+                else:
+                    self._failed(error)
             if self.store.received > before:
                 delay = self.reconnect_delay  # it delivered: the next break starts over gently
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
@@ -406,7 +412,11 @@ class IOmeterPartner:
 
     def _failed(self, exc: PollError) -> None:
         self.last_error = exc
-        self.log.warning("partner api problem", reason=exc.reason, error=exc.message)
+        emit = getattr(self, "_emit", None)
+        if emit is not None:
+            emit(exc)  # the scheduler records and logs it
+        else:
+            self.log.warning("partner api problem", reason=exc.reason, error=exc.message)
 
     async def close(self) -> None:
         return None
