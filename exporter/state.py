@@ -20,6 +20,14 @@ class StateDirectory:
     def ensure(self) -> Path:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.path, 0o700)
+        if not getattr(self, "_swept", False):
+            # temporary files of writes a crash interrupted; the files they were for are intact
+            for leftover in self.path.glob(".*.tmp"):
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
+            self._swept = True
         return self.path
 
     def file(self, name: str) -> Path:
