@@ -4,7 +4,7 @@ VENV   := .venv
 PORT   ?= 9896
 PYTEST_ARGS ?=
 
-.PHONY: demo test system-deps venv clean check-config metrics-table
+.PHONY: demo test system-deps venv clean check-config readme-tables
 
 $(VENV)/.installed: pyproject.toml
 	@sh scripts/ensure-venv-support.sh $(PYTHON)
@@ -30,5 +30,5 @@ check-config: venv
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 
-metrics-table: venv
-	$(VENV)/bin/python scripts/update-metrics-table.py
+readme-tables: venv
+	$(VENV)/bin/python scripts/update-readme-tables.py

@@ -255,6 +255,23 @@ QUOTA_REMAINING = Metric(
     "energy_meter_exporter_quota_remaining", "gauge", "",
     "Calls left in a cloud API's quota window (scope: the account, meter or target it counts for).",
     labels=("api", "scope", "window"), base_labels=())
+QUOTA_LIMIT = Metric(
+    "energy_meter_exporter_quota_limit", "gauge", "",
+    "Calls a cloud API's quota window allows (the vendor's published limit).",
+    labels=("api", "scope", "window"), base_labels=())
+ASYNCIO_TASKS = Metric(
+    "energy_meter_exporter_asyncio_tasks", "gauge", "",
+    "Tasks alive in the exporter's event loop (flat over time on a healthy exporter).", base_labels=())
+# The standard process series every Prometheus exporter serves (values from prometheus_client).
+PROCESS_METRICS = (
+    Metric("process_cpu_seconds_total", "counter", "s", "Total user and system CPU time spent in seconds.", base_labels=()),
+    Metric("process_open_fds", "gauge", "", "Number of open file descriptors.", base_labels=()),
+    Metric("process_max_fds", "gauge", "", "Maximum number of open file descriptors.", base_labels=()),
+    Metric("process_virtual_memory_bytes", "gauge", "B", "Virtual memory size in bytes.", base_labels=()),
+    Metric("process_resident_memory_bytes", "gauge", "B", "Resident memory size in bytes.", base_labels=()),
+    Metric("process_start_time_seconds", "gauge", "s", "Start time of the process since unix epoch in seconds.",
+           base_labels=()),
+)
 EXPORTER_SELF = (TARGET_UP, LAST_SUCCESS, POLL_DURATION, POLLS, POLL_ERRORS, COUNTER_REGRESSIONS)
 
 
@@ -623,7 +640,7 @@ PLACE_DAILY_SELF_USE = Metric(
     "(1 kWh = 3.6e6 J).", labels=("place", "day"), vendors=(IAMMETER,))
 
 def all_metrics() -> list[Metric]:
-    return [v for v in globals().values() if isinstance(v, Metric)]
+    return [v for v in globals().values() if isinstance(v, Metric)] + list(PROCESS_METRICS)
 
 
 METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in all_metrics()}

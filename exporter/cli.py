@@ -60,17 +60,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="energy-meter-exporter", help="user name shown in the HomeWizard app")
     p.add_argument("--ca-file", help="CA to verify the device with (default: HomeWizard's CA, bundled)")
     p.add_argument("--insecure", action="store_true", help="do not verify the device's certificate")
+
+    p = sub.add_parser("token", help="fetch an access token from the vendor's cloud into a 0600 file "
+                                     "(0 written, 1 failed, 2 bad input)")
+    _common(p, with_defaults=False)
+    p.add_argument("vendor", choices=["enphase"])
+    from .vendors.enphase.command import add_arguments as enphase_token_arguments
+
+    enphase_token_arguments(p)
+
+    from .discover import DEFAULT_CONCURRENCY, DEFAULT_MDNS_SECONDS, DEFAULT_TIMEOUT
+
+    p = sub.add_parser("discover", help="find meters (mDNS, --scan) and print ready-to-paste targets (0 found, 1 none)",
+                       description="Listen for meters that announce themselves (HomeWizard, Enphase, IOmeter) and "
+                                   "probe addresses given with --scan (IAMMETER and the others); print YAML targets.")
+    _common(p, with_defaults=False)
+    p.add_argument("--scan", action="append", metavar="ADDRESSES",
+                   help="network (192.168.1.0/24), address, name or host:port to probe; comma-separated or repeated")
+    p.add_argument("--ports", metavar="PORTS", help="ports to probe where --scan gives none (default 80,443)")
+    p.add_argument("--no-mdns", action="store_true", help="do not listen for mDNS announcements")
+    p.add_argument("--mdns-timeout", type=float, default=DEFAULT_MDNS_SECONDS, metavar="SECONDS",
+                   help=f"how long to listen for announcements (default {DEFAULT_MDNS_SECONDS:g})")
+    p.add_argument("--interface", action="append", metavar="ADDRESS",
+                   help="local address to listen for mDNS on (repeatable; default all)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"per connection and request (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"devices probed at once (default {DEFAULT_CONCURRENCY})")
+
+    p = sub.add_parser("backfill", help="write a meter's cloud history as OpenMetrics for "
+                                        "promtool tsdb create-blocks-from openmetrics (0 written, 1 failed, 2 bad input)")
+    _common(p, with_defaults=False)
+    p.add_argument("vendor", choices=["iammeter"])
+    from .vendors.iammeter.backfill import add_arguments as backfill_arguments
+
+    backfill_arguments(p)
     return parser
 
 
-def load_or_exit(path: str):
+def load_or_exit(path: str, next_step: str | None = None):
     try:
         return load_config(path)
     except ConfigError as exc:
         print(f"energy-meter-exporter: invalid configuration {path}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        if next_step:
+            print(f"Next: {next_step}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def check_config(path: str) -> int:
+    """`check-config`: the verdict and the targets on stdout, the next step on stderr."""
+    from .console import Console
+
+    config = load_or_exit(path, f"correct the lines above and run `energy-meter-exporter check-config "
+                                f"--config.file {path}` again")
+    console = Console()
+    lines = [f"{path}: valid, {len(config.targets)} targets"]
+    lines += [f"  {t.name}: {t.vendor} {t.transport}, every {t.interval:g}s" for t in config.targets]
+    console.product("\n".join(lines))
+    if config.targets:
+        console.next(f"run `energy-meter-exporter probe {config.targets[0].name}` to poll a target once, then start "
+                     "the exporter and open its status page (http://localhost:9896/)")
+    else:
+        console.next("add targets (`energy-meter-exporter discover` prints them for the meters it finds)")
+    return EXIT_OK
 
 
 def warn_if_world_readable(path: str, config, log) -> None:
@@ -93,18 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     log = logs.get()
 
     if args.command == "check-config":
-        config = load_or_exit(args.config_file)
-        print(f"{args.config_file}: valid, {len(config.targets)} targets")
-        return EXIT_OK
+        return check_config(args.config_file)
     if args.command == "probe":
         from .probe import probe
 
-        config = load_or_exit(args.config_file)
+        config = load_or_exit(args.config_file, "correct the lines above, then run `energy-meter-exporter check-config`")
         return asyncio.run(probe(config, args.name))
+    if args.command == "discover":
+        from .discover import discover_command
+
+        return asyncio.run(discover_command(args))
     if args.command == "pair":
         from .vendors.homewizard.pairing import pair_command
 
         return asyncio.run(pair_command(args))
+    if args.command == "token":
+        from .vendors.enphase.command import token_command
+
+        return asyncio.run(token_command(args))
+    if args.command == "backfill":
+        from .vendors.iammeter.backfill import backfill_command
+
+        return backfill_command(args)
 
     from .daemon import parse_listen_address, serve
 

@@ -29,6 +29,9 @@ class Participant:
     targets: list[dict]
     stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Top-level sections shared by targets (mqtt_brokers, http_push, ...), merged into the
+    # generated configuration: lists are joined, mappings combined.
+    sections: dict = field(default_factory=dict)
 
 
 async def homewizard(workdir: Path) -> Participant:
@@ -62,41 +65,93 @@ async def homewizard(workdir: Path) -> Participant:
 
 async def iammeter(workdir: Path) -> Participant:
     from .simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
+    from .simulators.iammeter_push import HttpPushMeter, MosquittoBroker, MqttMeter, free_port, mosquitto_binary
 
     http = IammeterHttpSimulator("WEM3080T", nem=True, reactive=True)
     modbus = IammeterModbusSimulator(http.state)
     await http.start()
     await modbus.start()
+    targets = [
+        {"name": "iammeter-http", "vendor": "iammeter", "host": http.host, "interval": "5s"},
+        {"name": "iammeter-modbus", "vendor": "iammeter", "transport": "modbus", "host": "127.0.0.1",
+         "port": modbus.port, "interval": "5s"},
+    ]
+    stops = [http.stop, modbus.stop]
+    states = [http.state]
+    sections: dict = {}
+    notes: list[str] = []
 
-    async def advance() -> None:  # the meter's readings move on once a second
+    # A meter in MQTT mode, publishing to a Mosquitto broker of its own every 2 s.
+    if mosquitto_binary():
+        broker = await MosquittoBroker(directory=workdir / "mosquitto").start()
+        mqtt_meter = await MqttMeter("WEM3080", port=broker.port, interval=2.0).start()
+        sections["mqtt_brokers"] = [{"name": "demo-broker", "host": "127.0.0.1", "port": broker.port}]
+        targets.append({"name": "iammeter-mqtt", "vendor": "iammeter", "transport": "mqtt",
+                        "broker": "demo-broker", "sn": mqtt_meter.serial, "interval": "2s"})
+        stops = [mqtt_meter.stop, broker.close, *stops]
+        states.append(mqtt_meter.state)
+        notes.append(f"IAMMETER MQTT: Mosquitto on 127.0.0.1:{broker.port}; a WEM3080 publishes "
+                     f"{mqtt_meter.topic} every 2 s")
+    else:
+        notes.append("IAMMETER MQTT left out: Mosquitto is not installed (apt-get install mosquitto)")
+
+    # A meter in HTTP upload mode, posting to the exporter's push listener every 2 s.
+    push_port = free_port()
+    sections["http_push"] = {"listen": f"127.0.0.1:{push_port}", "allowed_networks": ["127.0.0.0/8"]}
+    push_meter = await HttpPushMeter("WEM3046T", url=f"http://127.0.0.1:{push_port}/", interval=2.0).start()
+    targets.append({"name": "iammeter-push", "vendor": "iammeter", "transport": "push",
+                    "sn": push_meter.serial, "interval": "2s"})
+    stops.insert(0, push_meter.stop)
+    states.append(push_meter.state)
+    notes.append(f"IAMMETER HTTP upload: a WEM3046T posts to http://127.0.0.1:{push_port}/ every 2 s")
+
+    # A cloud account with two meters and a place. Real clock and the seed's quotas: one
+    # metersdata call per 5 minutes, so the values change every 5 minutes.
+    from .simulators.iammeter_cloud import IammeterCloudSimulator, seed_meters
+
+    cloud = IammeterCloudSimulator(meters=[m for m in seed_meters() if m.sn in ("DA2BED94", "3FE34ABE")])
+    await cloud.start()
+    cloud_password = workdir / "iammeter-cloud.password"
+    write_private_file(cloud_password, cloud.password + "\n")
+    targets.append({"name": "iammeter-cloud", "vendor": "iammeter", "transport": "cloud", "base_url": cloud.base_url,
+                    "username": cloud.username, "password_file": str(cloud_password),
+                    "names": ["DA2BED94=garage", "3FE34ABE=house"], "places": ["2393=home"],
+                    "timezone": "Asia/Shanghai", "interval": "5m"})
+    stops.append(cloud.stop)
+    notes.append(f"IAMMETER cloud: an account with two meters at {cloud.base_url} (quotas as the real cloud's: "
+                 "metersdata once per 5 minutes)")
+
+    async def advance() -> None:  # the meters' readings move on once a second
         while True:
             await asyncio.sleep(1)
-            http.state.advance(1)
+            for state in states:
+                state.advance(1)
 
     ticker = asyncio.create_task(advance())
 
     async def stop_ticker() -> None:
         ticker.cancel()
 
-    return Participant(
-        targets=[
-            {"name": "iammeter-http", "vendor": "iammeter", "host": http.host, "interval": "5s"},
-            {"name": "iammeter-modbus", "vendor": "iammeter", "transport": "modbus", "host": "127.0.0.1",
-             "port": modbus.port, "interval": "5s"},
-        ],
-        stop=[stop_ticker, http.stop, modbus.stop],
-    )
+    return Participant(targets=targets, stop=[stop_ticker, *stops], notes=notes, sections=sections)
 
 
 async def enphase(workdir: Path) -> Participant:
     from .simulators.enphase import start_demo
 
+    # Firmware 8.2 with production, net-consumption and storage CTs, 35 microinverters and 5
+    # IQ Batteries; its bodies ship with the package, so this works from a plain clone.
     gateway, enlighten, target = await start_demo()
+    user, password = next(iter(enlighten.accounts.items()))
+    password_file = workdir / "enlighten.password"
+    write_private_file(password_file, password + "\n")
     return Participant(
         targets=[target],
         stop=[gateway.stop, enlighten.stop],
-        notes=[f"Enphase IQ Gateway {gateway.firmware} at {gateway.host}; the exporter fetches its token from "
-               f"the simulated Enlighten at {enlighten.url}"],
+        notes=[f"Enphase IQ Gateway {gateway.firmware} at {gateway.host} (CTs, microinverters, batteries); the "
+               f"exporter fetches its token from the simulated Enlighten at {enlighten.url}",
+               f"Enphase token by hand: energy-meter-exporter token enphase --host {gateway.host} --username {user} "
+               f"--password-file {password_file} --enlighten-url {enlighten.url} --token-url {enlighten.url} "
+               f"--output {workdir / 'enphase.token'}"],
     )
 
 
@@ -109,6 +164,27 @@ async def iometer(workdir: Path) -> Participant:
 
 PARTICIPANTS: list[Callable[[Path], Awaitable[Participant]]] = [homewizard, iammeter, enphase, iometer]
 
+# The same demo with Prometheus, Alertmanager and Grafana around it (docker-compose.yml).
+COMPOSE_HINT = ("With Prometheus, alerts and Grafana dashboards: docker compose --profile demo up -d --build\n"
+                "  then open http://localhost:3000 (admin/admin), folder \"Energy meters\".")
+
+
+def config_document(participants: list[Participant], workdir: Path, extra_targets: list[dict] = ()) -> dict:
+    """The demo's configuration: every participant's targets and shared sections (list sections
+    such as mqtt_brokers are joined, mapping sections merged)."""
+    document: dict = {"state_directory": str(workdir / "state")}
+    for p in participants:
+        for name, value in p.sections.items():
+            held = document.get(name)
+            if isinstance(held, list) and isinstance(value, list):
+                document[name] = held + value
+            elif isinstance(held, dict) and isinstance(value, dict):
+                document[name] = {**held, **value}
+            else:
+                document[name] = value
+    document["targets"] = [t for p in participants for t in p.targets] + list(extra_targets)
+    return document
+
 
 async def run(host: str, port: int, workdir: Path, ready: asyncio.Event | None = None,
               stop: asyncio.Event | None = None) -> int:
@@ -119,8 +195,7 @@ async def run(host: str, port: int, workdir: Path, ready: asyncio.Event | None =
         for start in PARTICIPANTS:
             participants.append(await start(workdir))
         config_path = workdir / "demo.yaml"
-        document = {"state_directory": str(workdir / "state"),
-                    "targets": [t for p in participants for t in p.targets]}
+        document = config_document(participants, workdir)
         write_private_file(config_path, "# Generated by `make demo`.\n" + yaml.safe_dump(document, sort_keys=False))
         try:
             config = load_config(config_path)
@@ -146,6 +221,7 @@ async def run(host: str, port: int, workdir: Path, ready: asyncio.Event | None =
         for p in participants:
             for note in p.notes:
                 print(f"  {note}")
+        print(COMPOSE_HINT)
         print("Press Ctrl-C to stop.\n", flush=True)
         if ready:
             ready.set()

@@ -116,6 +116,14 @@ class FamilyCache:
     def drop_owner(self, owner: str, scope: Iterable[Metric] | None = None) -> None:
         self.set_fragments(owner, {}, scope)
 
+    def fragments_of(self, owner: str) -> dict[Metric, str]:
+        """One owner's rendered lines per family, in scrape order."""
+        return {f.metric: f.fragments[owner] for f in self._families.values() if f.fragments.get(owner)}
+
+    def fragment(self, metric: Metric, owner: str) -> str | None:
+        family = self._families.get(metric.name)
+        return family.fragments.get(owner) if family else None
+
     def owners(self, metric: Metric) -> list[str]:
         family = self._families.get(metric.name)
         return list(family.fragments) if family else []

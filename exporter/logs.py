@@ -28,13 +28,23 @@ def setup(level: str = "info", fmt: str = "logfmt", stream=None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or _Stderr()),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library; pymodbus logs every timeout at ERROR with frame
     # dumps. The exporter reports those failures itself (reason, counter), so keep them quiet
     # unless debugging.
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if numeric == logging.DEBUG else logging.CRITICAL + 1)
+
+
+class _Stderr:
+    """Whatever sys.stderr is at the moment of writing (tests and embedders swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def get(**bound):

@@ -1,44 +1,67 @@
-"""`energy-meter-exporter probe NAME`: poll one target once and print what it would export."""
+"""`energy-meter-exporter probe NAME`: poll one target once and print what it would export.
+
+Exit status: 0 the poll succeeded, 1 it failed, 2 no such target or a push target.
+The metric lines go to stdout; progress, the verdict and the next step to stderr.
+"""
 
 from __future__ import annotations
 
-import sys
+import asyncio
+import time
 
 from .config import Config
+from .console import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Console, next_step
 from .daemon import Daemon, make_session
 from .errors import PollError
 from .exposition import render_samples
 
+TICK = 0.25  # seconds between updates of the progress line
 
-async def probe(config: Config, name: str) -> int:
+
+async def probe(config: Config, name: str, console: Console | None = None) -> int:
+    console = console or Console()
     target = config.target(name)
     if target is None:
         known = ", ".join(t.name for t in config.targets) or "none"
-        print(f"energy-meter-exporter: no target named {name!r} in {config.path} (targets: {known})", file=sys.stderr)
-        return 2
+        console.failed(f"no target named {name!r} in {config.path} (targets: {known})")
+        console.next("give the name of a target as written under `targets:` in the configuration")
+        return EXIT_USAGE
     daemon = Daemon(config)
     daemon.session = make_session()
     try:
         runner = daemon._runner_for(target)
         if runner.kind != "poll":
-            print(f"{name}: a push target cannot be probed; watch /metrics of the running exporter instead",
-                  file=sys.stderr)
-            return 2
+            console.failed(f"{name}: a push target cannot be probed")
+            console.next("start the exporter and watch this target on its status page (/) instead")
+            return EXIT_USAGE
         daemon.store.add_target(target.name, target.vendor, target.stale_after)
-        print(f"Polling {name} ({target.vendor} {target.transport}, timeout {target.timeout:g}s) ...", file=sys.stderr)
+        console.say(f"Polling {name} ({target.vendor} {target.transport}, timeout {target.timeout:g}s) ...")
+        started = time.monotonic()
+        task = asyncio.ensure_future(runner.poll_once())
         try:
-            reading = await runner.poll_once()
+            while not task.done():
+                console.countdown(f"waiting for {name}", target.timeout - (time.monotonic() - started))
+                await asyncio.wait([task], timeout=TICK)
+            reading = task.result()
         except PollError as exc:
-            print(f"{name}: poll failed ({exc.reason}): {exc.message}", file=sys.stderr)
-            return 1
+            console.failed(f"{name}: poll failed ({exc.reason}): {exc.message}")
+            hint = next_step(exc.reason)
+            console.next(f"{hint}; then run `energy-meter-exporter probe {name}` again" if hint else
+                         f"run `energy-meter-exporter probe {name}` again")
+            return EXIT_FAILURE
         finally:
+            if not task.done():
+                task.cancel()
             await runner.adapter.close()
+        elapsed = time.monotonic() - started
         base = (("vendor", target.vendor), ("device", target.name))
-        for info in reading.devices:
-            print(f"# device: model={info.model} serial={info.serial} firmware={info.firmware}")
-        for lines in render_samples(reading.samples, base).values():
-            sys.stdout.write(lines)
-        print(f"{name}: OK, {len(reading.samples)} samples", file=sys.stderr)
-        return 0
+        lines = [f"# device: model={info.model} serial={info.serial} firmware={info.firmware}\n"
+                 for info in reading.devices]
+        lines.extend(render_samples(reading.samples, base).values())
+        console.product("".join(lines))
+        console.ok(f"{name} answered in {elapsed:.2f}s with {len(reading.samples)} samples")
+        console.next(f"start the exporter with this configuration (`energy-meter-exporter --config.file "
+                     f"{config.path}`), open http://localhost:9896/ for the status page and add it to Prometheus")
+        return EXIT_OK
     finally:
         await daemon.session.close()

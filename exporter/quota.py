@@ -36,6 +36,7 @@ class WindowState:
     scope: str
     window: str
     remaining: int
+    limit: int
 
 
 class QuotaLedger:
@@ -105,7 +106,7 @@ class QuotaLedger:
         for key, limits in self.limits.items():
             api, scope = key.split("|", 1)
             for limit in limits:
-                out.append(WindowState(api, scope, limit.window, self.remaining(api, scope, limit)))
+                out.append(WindowState(api, scope, limit.window, self.remaining(api, scope, limit), limit.calls))
         return out
 
     def _save(self) -> None:

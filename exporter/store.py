@@ -8,9 +8,12 @@ not show a frozen value forever.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
+
+from prometheus_client import ProcessCollector
 
 from . import __version__
 from . import catalogue as M
@@ -54,6 +57,8 @@ class SnapshotStore:
         self.clock = clock
         self.reload_ok = 1
         self.reload_time = clock()
+        self._process = ProcessCollector(registry=None)
+        self._process_at = float("-inf")
         self._render_global()
 
     # --- targets ---------------------------------------------------------------------------
@@ -142,13 +147,48 @@ class SnapshotStore:
         lines = "".join(sample_line(metric.name, labels, value) for labels, value in series)
         self.cache.set_fragments(f"global:{owner}", {metric: lines} if lines else {}, scope=(metric,))
 
+    def refresh_process(self, min_age: float = 1.0) -> None:
+        """Process series (memory, file descriptors, CPU, event-loop tasks), at most once per
+        `min_age` seconds however often Prometheus scrapes."""
+        now = time.monotonic()
+        if now - self._process_at < min_age:
+            return
+        self._process_at = now
+        values = {s.name: s.value for family in self._process.collect() for s in family.samples}
+        fragments = {m: sample_line(m.name, (), values[m.name]) for m in M.PROCESS_METRICS if m.name in values}
+        try:
+            fragments[M.ASYNCIO_TASKS] = sample_line(M.ASYNCIO_TASKS.name, (), len(asyncio.all_tasks()))
+        except RuntimeError:  # no running loop (unit tests)
+            pass
+        self.cache.set_fragments("process", fragments, scope=(*M.PROCESS_METRICS, M.ASYNCIO_TASKS))
+
     def set_quota(self, windows) -> None:
-        """Render the quota ledger's windows (`QuotaLedger.windows()`)."""
-        lines = "".join(
-            sample_line(M.QUOTA_REMAINING.name, (("api", w.api), ("scope", w.scope), ("window", w.window)), w.remaining)
-            for w in windows
-        )
-        self.cache.set_fragments("", {M.QUOTA_REMAINING: lines} if lines else {}, scope=(M.QUOTA_REMAINING,))
+        """Render the quota ledger's windows (`QuotaLedger.windows()`): calls left and allowed."""
+        fragments = {}
+        for metric, attr in ((M.QUOTA_REMAINING, "remaining"), (M.QUOTA_LIMIT, "limit")):
+            lines = "".join(
+                sample_line(metric.name, (("api", w.api), ("scope", w.scope), ("window", w.window)), getattr(w, attr))
+                for w in windows
+            )
+            if lines:
+                fragments[metric] = lines
+        self.cache.set_fragments("", fragments, scope=(M.QUOTA_REMAINING, M.QUOTA_LIMIT))
+
+    # --- read-only views (status page, /metrics?target=) ------------------------------------
+    def target_lines(self, name: str) -> dict[Metric, str]:
+        """One target's rendered sample lines (device and status series), per family, in the
+        order of a full scrape. Reads the family cache: nothing is rendered again."""
+        return self.cache.fragments_of(name)
+
+    def target_value(self, name: str, metric: Metric) -> float | None:
+        """The value of a target's single series of `metric` (e.g. its token expiry), or None."""
+        lines = self.cache.fragment(metric, name)
+        if not lines:
+            return None
+        try:
+            return float(lines.splitlines()[0].rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            return None
 
     # --- rendering -------------------------------------------------------------------------
     def _info_lines(self, state: TargetState, base: tuple) -> str:

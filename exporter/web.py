@@ -1,15 +1,16 @@
-"""The exporter's HTTP endpoints: /metrics, the landing page, health, readiness and reload."""
+"""The exporter's HTTP endpoints: /metrics (optionally one target's: `?target=NAME`), the status
+page and its JSON (`/`, `/api/v1/targets`, see statuspage.py), health, readiness and reload."""
 
 from __future__ import annotations
 
-import html
-import time
+import gzip
+import json
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import __version__
-from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from . import statuspage
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, headers
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -47,7 +48,16 @@ def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
         compress = wants_gzip(request.headers.get("Accept-Encoding", ""))
         daemon.store.expire()
-        body = daemon.store.cache.encoded(openmetrics, compress)
+        daemon.store.refresh_process()
+        name = request.query.get("target")
+        if name is not None:
+            if name not in daemon.store.targets:
+                return web.Response(status=404, text=f"No target named {name!r}.\n")
+            body = target_body(daemon, name, openmetrics)
+            if compress:
+                body = gzip.compress(body, compresslevel=3)
+        else:
+            body = daemon.store.cache.encoded(openmetrics, compress)
         headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
         if compress:
             headers["Content-Encoding"] = "gzip"
@@ -69,7 +79,17 @@ def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
         return web.Response(status=405, text="Use POST to reload.\n", headers={"Allow": "POST"})
 
     async def landing(request: web.Request) -> web.Response:
-        return web.Response(text=landing_page(daemon), content_type="text/html")
+        try:
+            refresh = float(request.query.get("refresh", statuspage.DEFAULT_REFRESH))
+        except ValueError:
+            refresh = statuspage.DEFAULT_REFRESH
+        refresh = min(max(refresh, 1.0), 3600.0) if refresh == refresh else statuspage.DEFAULT_REFRESH
+        return web.Response(text=statuspage.render(daemon, refresh), content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+    async def targets(request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(statuspage.status(daemon)), content_type="application/json",
+                            headers={"Cache-Control": "no-store"})
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
@@ -77,56 +97,16 @@ def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/-/reload", reload_wrong_method)
     app.router.add_get("/", landing)
+    app.router.add_get("/api/v1/targets", targets)
     return app
 
 
-def _ago(when: float | None, now: float) -> str:
-    if when is None:
-        return "never"
-    seconds = max(0, now - when)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
-def landing_page(daemon: "Daemon") -> str:
-    """A table of targets. Only names, vendors, states and error texts: never connection secrets."""
-    now = time.time()
-    rows = []
-    for target in daemon.config.targets:
-        state = daemon.store.targets.get(target.name)
-        if state is None:
-            continue
-        status = "up" if state.up else ("pending" if state.last_attempt is None else "down")
-        error = "" if state.last_error is None else f"{state.last_reason}: {state.last_error}"
-        rows.append(
-            "<tr class='{cls}'><td>{name}</td><td>{vendor}</td><td>{transport}</td><td>{status}</td>"
-            "<td>{success}</td><td>{error}</td></tr>".format(
-                cls=status, name=html.escape(target.name), vendor=html.escape(target.vendor),
-                transport=html.escape(target.transport), status=status,
-                success=html.escape(_ago(state.last_success, now)), error=html.escape(error),
-            )
-        )
-    reload_note = "" if daemon.store.reload_ok else (
-        "<p class='warn'>The last configuration reload failed; the previous configuration is still running. "
-        "See the log.</p>")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>energy-meter-exporter</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em .6em; text-align: left; }}
-tr.down td {{ background: #fde8e8; }} tr.up td:nth-child(4) {{ color: #157f1f; }} .warn {{ color: #a00; }}
-</style></head><body>
-<h1>energy-meter-exporter {html.escape(__version__)}</h1>
-<p><a href="/metrics">Metrics</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-{reload_note}
-<table><thead><tr><th>Target</th><th>Vendor</th><th>Transport</th><th>State</th><th>Last success</th><th>Last error</th></tr></thead>
-<tbody>
-{"".join(rows) or "<tr><td colspan=6>No targets configured.</td></tr>"}
-</tbody></table>
-</body></html>
-"""
+def target_body(daemon: "Daemon", name: str, openmetrics: bool) -> bytes:
+    """One target's series only, from the cached lines (each family's header once)."""
+    parts = []
+    for metric, lines in daemon.store.target_lines(name).items():
+        parts.append(headers(metric)[1 if openmetrics else 0])
+        parts.append(lines)
+    if openmetrics:
+        parts.append("# EOF\n")
+    return "".join(parts).encode("utf-8")

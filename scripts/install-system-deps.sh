@@ -1,6 +1,7 @@
 #!/bin/sh
 # System programs the test suite runs for real: promtool and a Prometheus server, a Mosquitto
-# MQTT broker, Alertmanager and Pushgateway. Installed with apt-get when running as root.
+# MQTT broker, Alertmanager and Pushgateway, and headless Chromium (the status page test drives it over
+# the DevTools protocol). Installed with apt-get when running as root.
 set -e
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing="$missing $2"; }
@@ -9,6 +10,7 @@ need prometheus prometheus
 need mosquitto mosquitto
 need prometheus-alertmanager prometheus-alertmanager
 need prometheus-pushgateway prometheus-pushgateway
+need chromium chromium
 [ -z "$missing" ] && exit 0
 packages=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

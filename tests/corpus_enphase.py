@@ -17,6 +17,7 @@ _JSON_PARSERS: dict[str, Any] = {
     "production.json_details_1": lambda p, m: parse.parse_production_json(p, parse.gateway_phase_count(m)),
     "ivp_meters_readings": lambda p, m: parse.parse_meter_readings(p, m),
     "ivp_meters_reports": lambda p, m: parse.parse_meter_reports(p, parse.gateway_phase_count(m)),
+    "ivp_meters_reports_consumption": lambda p, m: parse.parse_meter_reports(p, parse.gateway_phase_count(m)),
     "ivp_meters_gridReading": lambda p, m: parse.parse_grid_reading(p, parse.gateway_phase_count(m)),
     "ivp_pdm_energy": lambda p, m: parse.parse_pdm_energy(p),
     "ivp_ensemble_inventory": lambda p, m: parse.parse_ensemble_inventory(p),
@@ -58,3 +59,40 @@ def readings(conformance_root: Path) -> Iterator[tuple[str, Reading]]:
                 yield name, parse.parse_production_page(body, parse.gateway_phase_count(meters))
             elif path.name in _JSON_PARSERS:
                 yield name, _JSON_PARSERS[path.name](json.loads(body), meters)
+
+
+# Shapes Enphase's technical brief TEB-00060 shows (seed document) that no capture holds.
+SEED_LIVEDATA = {
+    "connection": {"mqtt_state": "connected", "prov_state": "configured", "auth_state": "ok",
+                   "sc_stream": "enabled", "sc_debug": "enabled"},
+    "meters": {
+        "last_update": 1654221647, "soc": 100, "main_relay_state": 0, "gen_relay_state": 5, "backup_bat_mode": 1,
+        "backup_soc": 10, "is_split_phase": 1, "phase_count": 0, "enc_agg_soc": 100, "enc_agg_energy": 24800,
+        "acb_agg_soc": 0, "acb_agg_energy": 0,
+        "pv": {"agg_p_mw": 329549, "agg_s_mva": 329549, "agg_p_ph_a_mw": 329549, "agg_p_ph_b_mw": 0,
+               "agg_p_ph_c_mw": 0, "agg_s_ph_a_mva": 329549, "agg_s_ph_b_mva": 0, "agg_s_ph_c_mva": 0},
+        "storage": {"agg_p_mw": -220800, "agg_s_mva": -559446, "agg_p_ph_a_mw": -220800, "agg_p_ph_b_mw": 0,
+                    "agg_p_ph_c_mw": 0, "agg_s_ph_a_mva": -559446, "agg_s_ph_b_mva": 0, "agg_s_ph_c_mva": 0},
+        "grid": {"agg_p_mw": 0, "agg_s_mva": 0, "agg_p_ph_a_mw": 0, "agg_p_ph_b_mw": 0, "agg_p_ph_c_mw": 0,
+                 "agg_s_ph_a_mva": 0, "agg_s_ph_b_mva": 0, "agg_s_ph_c_mva": 0},
+        "load": {"agg_p_mw": 108749, "agg_s_mva": -229897, "agg_p_ph_a_mw": 108749, "agg_p_ph_b_mw": 0,
+                 "agg_p_ph_c_mw": 0, "agg_s_ph_a_mva": -229897, "agg_s_ph_b_mva": 0, "agg_s_ph_c_mva": 0},
+        "generator": {"agg_p_mw": 0, "agg_s_mva": 0, "agg_p_ph_a_mw": 0, "agg_p_ph_b_mw": 0, "agg_p_ph_c_mw": 0,
+                      "agg_s_ph_a_mva": 0, "agg_s_ph_b_mva": 0, "agg_s_ph_c_mva": 0},
+    },
+    "tasks": {"task_id": 27672012, "timestamp": 1654219883},
+    "counters": {"main_CfgLoad": 1, "rest_Status": 579},
+}
+SEED_DEVICE_LIST = {
+    "usb": {"ck2_bridge": "connected", "auto_scan": "false"},
+    "devices": [
+        {"serial_number": "492203008650", "device_type": 13, "com_interface": 2, "com_interface_str": "CAN",
+         "status": "Connected", "dev_info": {"capacity": 4960, "DER_Index": 1}},
+        {"serial_number": "122132000709", "device_type": 0, "com_interface": 2, "status": "Unknown"},
+    ],
+}
+
+
+def documented() -> Iterator[tuple[str, Reading]]:
+    yield "seed: /ivp/livedata/status", parse.parse_livedata(SEED_LIVEDATA)
+    yield "seed: /ivp/ensemble/device_list", parse.parse_device_list(SEED_DEVICE_LIST)

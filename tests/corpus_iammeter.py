@@ -39,3 +39,26 @@ def documented() -> Iterator[tuple[str, Reading]]:
     yield "/api/ratio", parse_ratio({"CTratio": 400})
     yield "modbus three phase", decode_three_phase(three_phase_image(), "WEM3080T")
     yield "modbus single phase", decode_single_phase([23000, 100, 0, 230, 0, 3200, 0, 0])
+    yield from cloud_documented()
+
+
+def cloud_documented() -> Iterator[tuple[str, Reading]]:
+    """Every example body of the cloud API document (`seeds/iammeter-cloud-api.txt`, embedded in
+    the cloud simulator): there is no capture of that API."""
+    from datetime import date
+
+    from exporter.simulators import iammeter_cloud as seed
+    from exporter.vendors.iammeter import cloud_parse as cp
+
+    labels = cp.MeterLabels("", "meter")
+    for sn, reading in cp.parse_metersdata(seed.SEED_METERSDATA["data"], {}).items():
+        yield f"cloud metersdata {sn}", reading
+    for name in ("SEED_METERDATA_SINGLE", "SEED_METERDATA_THREE", "SEED_METERDATA2_SINGLE", "SEED_METERDATA2_THREE"):
+        yield f"cloud {name}", cp.parse_meterdata(getattr(seed, name)["data"], "SN", labels)
+    for name in ("SEED_METERDATALIST_SINGLE", "SEED_METERDATALIST_THREE", "SEED_METERDATALIST2"):
+        for point in cp.parse_meterdatalist(getattr(seed, name)["data"], "SN"):
+            yield f"cloud {name} at {point.time:.0f}", cp.history_reading(point, "SN", labels)
+    yield "cloud powerAnalysis", cp.parse_power_analysis(seed.SEED_POWER_ANALYSIS["data"], labels)
+    yield "cloud offlineAnalysis", cp.parse_offline_analysis(seed.SEED_OFFLINE_ANALYSIS["data"], labels)
+    for place, body in seed.SEED_ENERGY_HISTORY.items():
+        yield f"cloud energyhistory {place}", cp.parse_energy_history(body["data"], place, date(2024, 5, 6))

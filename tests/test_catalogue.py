@@ -11,25 +11,34 @@ import pytest
 from exporter import catalogue as M
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- metrics-table:start -->", "<!-- metrics-table:end -->"
 
 
 def test_names_follow_the_prometheus_conventions():
     names = [m.name for m in M.all_metrics()]
     assert len(names) == len(set(names))
     for m in M.all_metrics():
-        assert re.fullmatch(r"energy_meter_[a-z0-9_]+", m.name), m.name
+        assert re.fullmatch(r"(energy_meter|process)_[a-z0-9_]+", m.name), m.name
         assert m.name.endswith("_total") == (m.kind == "counter"), m.name
         if m.obis_by:
             assert m.obis_by in m.labels, m.name
         assert "phase" not in m.labels or m.name.startswith("energy_meter_phase_") or "phase" in m.name, m.name
 
 
-def test_readme_table_matches_the_catalogue():
+def readme_block(marker: str) -> str:
     readme = (ROOT / "README.md").read_text()
-    assert START in readme and END in readme
-    table = readme.split(START, 1)[1].split(END, 1)[0].strip() + "\n"
-    assert table == M.markdown_table(), "README metric table is out of date: run `make metrics-table`"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    assert start in readme and end in readme
+    return readme.split(start, 1)[1].split(end, 1)[0].lstrip("\n")
+
+
+def test_readme_table_matches_the_catalogue():
+    assert readme_block("metrics-table") == M.markdown_table(), "README metric table is out of date: run `make readme-tables`"
+
+
+def test_readme_target_keys_match_the_code():
+    from exporter.vendors.registry import options_markdown
+
+    assert readme_block("target-keys") == options_markdown(), "README target keys are out of date: run `make readme-tables`"
 
 
 def corpus_modules():

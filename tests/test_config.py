@@ -189,3 +189,12 @@ def test_example_config_is_valid():
     example = Path(__file__).resolve().parents[1] / "config.example.yaml"
     cfg = load_config(example, environ={"HOMEWIZARD_P1_TOKEN": "0123456789abcdef0123456789abcdef"})
     assert {t.vendor for t in cfg.targets} >= {"homewizard"}
+
+
+def test_every_vendor_has_exactly_one_default_transport():
+    from exporter.vendors import registry
+
+    for vendor in registry.vendor_names():
+        defaults = [s.transport for s in registry.specs() if s.vendor == vendor and s.default]
+        assert len(defaults) == 1, (vendor, defaults)
+    assert registry.transports("iammeter")[0] == "http"

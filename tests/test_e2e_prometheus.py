@@ -2,64 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import textwrap
-import urllib.parse
 
 import pytest
 
 from exporter.simulators.homewizard import HomeWizardSimulator
 
-from .conftest import ExporterProcess, free_port, http_get, require_binary, wait_until
+from .conftest import ExporterProcess, free_port, require_binary, wait_until
+from .prometheus import PrometheusServer
 
 TOKEN = "00112233445566778899aabbccddeeff"
-
-
-class PrometheusServer:
-    def __init__(self, binary: str, workdir, scrape_port: int) -> None:
-        self.port = free_port()
-        config = workdir / "prometheus.yml"
-        config.write_text(textwrap.dedent(f"""
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-            scrape_configs:
-              - job_name: energy
-                static_configs:
-                  - targets: ['127.0.0.1:{scrape_port}']
-        """))
-        self.log = open(workdir / "prometheus.log", "w")
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        wait_until(self._ready, timeout=30, what="prometheus ready")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited: {open(self.log.name).read()[-2000:]}")
-        return http_get(f"http://127.0.0.1:{self.port}/-/ready", timeout=1)[0] == 200
-
-    def query(self, expr: str) -> list[dict]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        status, _, body = http_get(url)
-        data = json.loads(body)
-        assert status == 200 and data["status"] == "success", data
-        return data["data"]["result"]
-
-    def value(self, expr: str) -> float | None:
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 @pytest.fixture

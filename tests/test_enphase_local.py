@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from exporter.config import Secret, TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import PollError
 from exporter.logs import get as get_log
-from exporter.simulators.enphase import EnlightenSimulator, GatewaySimulator, TokenIssuer
+from exporter.simulators.enphase import (DEFAULT_FIRMWARE, PACKAGED, EnlightenSimulator, GatewaySimulator, TokenIssuer,
+                                         firmware_folder, start_demo)
 from exporter.state import StateDirectory
-from exporter.vendors.enphase.local import SPEC, EnphaseLocal, check_target
+from exporter.vendors.enphase.local import SPEC, EnphaseLocal, check_target, parse_window
 from exporter.vendors.enphase.token import TokenStore
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "enphase"
@@ -64,10 +66,12 @@ async def sims(clock):
     await enlighten.stop()
 
 
-def make(session, state_dir, clock, name="roof", **options) -> EnphaseLocal:
+def make(session, state_dir, clock, name="roof", timeout=5.0, **options) -> EnphaseLocal:
     options.setdefault("tls_verify", True)
-    target = TargetConfig(name=name, vendor="enphase", transport="local", interval=10, timeout=5, max_backoff=60,
-                          stale_after=60, jitter=0, options=options)
+    # The nightly window depends on the time of day; the tests of it set it themselves.
+    options.setdefault("nightly_window", "off")
+    target = TargetConfig(name=name, vendor="enphase", transport="local", interval=10, timeout=timeout,
+                          max_backoff=60, stale_after=60, jitter=0, options=options)
     ctx = AdapterContext(session=session, state=StateDirectory(state_dir), log=get_log(), clock=clock)
     return EnphaseLocal(target, ctx)
 
@@ -95,18 +99,36 @@ async def test_token_firmware_fetches_a_token_and_reads_cts_and_production(sims,
 async def test_endpoints_poll_at_their_own_cadence(sims, session, tmp_path, clock):
     gateway, enlighten = sims
     adapter = make(session, tmp_path, clock, **cloud(gateway, enlighten))
+    per_poll = []
     for _ in range(19):  # three minutes of 10 s polls
+        before = len(gateway.requests)
         reading = await adapter.poll()
+        per_poll.append(len(gateway.requests) - before)
         clock.advance(10)
+    # Staggered: no poll reads more than the CT readings and two other endpoints (the first
+    # poll also reads /info and the CT list).
+    assert per_poll[0] == 4 and max(per_poll[1:]) <= 3
     assert gateway.count("/ivp/meters/readings") == 19
     assert gateway.count("/production.json") == 4  # 0, 60, 120, 180 s
     assert gateway.count("/api/v1/production/inverters") == 1  # every 5 minutes
-    assert gateway.count("/ivp/ensemble/inventory") == 3
+    assert gateway.count("/ivp/ensemble/inventory") == 3  # 20, 80, 140 s
+    assert gateway.count("/ivp/meters/gridReading") == 3  # 10, 70, 130 s
+    assert gateway.count("/ivp/pdm/energy") == 3  # 40, 100, 160 s
+    assert gateway.count("/ivp/meters/reports/consumption") == 3  # 50, 110, 170 s
+    # Not on this firmware (404): asked once, then switched off.
+    assert gateway.count("/ivp/livedata/status") == 1 and gateway.count("/ivp/ensemble/device_list") == 1
     assert gateway.count("/info") == 1 and gateway.count("/ivp/meters") == 1
     assert gateway.count("/api/v1/production") == 0  # only a fallback for /production.json
     # Cached results of the endpoints not read this time are still in every reading.
     assert reading.value_of(M.INVERTER_POWER, inverter="482208990017") == 142
     assert reading.value_of(M.PRODUCTION_POWER) == 2885.154
+    assert reading.value_of(M.MICROINVERTERS_POWER) == 2680  # /production.json's inverters entry, not pdm's
+    assert reading.value_of(M.MICROINVERTERS_ENERGY) == 11764258 * 3600
+    # One source per metric: the net CT's channels, not /ivp/meters/gridReading's or the reports'.
+    phases = {dict(s.labels)["phase"]: s.value for s in reading.samples if s.metric is M.PHASE_ACTIVE_POWER}
+    assert phases == {"l1": -271.656, "l2": 432.145}
+    names = [(s.metric.name, s.labels) for s in reading.samples]
+    assert len(names) == len(set(names))
 
 
 async def test_token_renewed_before_it_expires(sims, session, tmp_path, clock):
@@ -139,24 +161,62 @@ async def test_refused_token_is_renewed_once_and_the_poll_recovers(sims, session
     assert enlighten.login_calls == 2
 
 
-async def test_token_refused_after_renewal_fails_and_backs_off(sims, session, tmp_path, clock):
+async def test_token_refused_after_renewal_fails_and_backs_off(clock, session, tmp_path):
+    needs("8.3.5169_with_generator")
+    # Enlighten signs tokens the gateway does not accept (say, for another gateway).
+    gateway = await GatewaySimulator("8.3.5169_with_generator", issuer=TokenIssuer(clock=clock)).start()
+    enlighten = await EnlightenSimulator(TokenIssuer(clock=clock), {USER: PASSWORD}).start()
+    try:
+        adapter = make(session, tmp_path, clock, **cloud(gateway, enlighten))
+        with pytest.raises(PollError) as err:
+            await adapter.poll()
+        assert err.value.reason == "unauthorized" and "refused the token" in str(err.value)
+        assert enlighten.login_calls == 1
+        assert gateway.count("/auth/check_jwt") == 1  # asked once whether the token is the problem
+        for _ in range(5):
+            clock.advance(10)
+            with pytest.raises(PollError):
+                await adapter.poll()
+        assert enlighten.login_calls == 1  # it does not ask Enlighten again on every poll
+        clock.advance(900)
+        with pytest.raises(PollError) as err:
+            await adapter.poll()
+        assert enlighten.login_calls == 2  # renewed once after the back-off
+        assert "even after fetching a new token" in str(err.value)
+    finally:
+        await gateway.stop()
+        await enlighten.stop()
+
+
+async def test_endpoint_refusing_the_account_is_switched_off_not_an_auth_failure(sims, session, tmp_path, clock):
     gateway, enlighten = sims
+    gateway.installer_only.add("/ivp/meters/gridReading")  # 401 to owner tokens
+    adapter = make(session, tmp_path, clock, **cloud(gateway, enlighten))
+    with capture_logs() as logs:
+        for _ in range(30):  # five minutes
+            reading = await adapter.poll()
+            clock.advance(10)
+    assert reading.value_of(M.ACTIVE_POWER) == 160.49
+    assert gateway.count("/ivp/meters/gridReading") == 1  # switched off after the first 401
+    assert enlighten.login_calls == 1  # the token was fine: no renewal
+    assert gateway.count("/auth/check_jwt") == 0  # a 200 earlier in that poll showed the token works
+    assert any("refuses it for this endpoint" in e["event"] for e in logs)
+    clock.advance(3600)
+    await adapter.poll()
+    assert gateway.count("/ivp/meters/gridReading") == 2  # asked again an hour later
+
+
+async def test_a_401_on_the_first_request_of_a_poll_asks_check_jwt(sims, session, tmp_path, clock):
+    gateway, enlighten = sims
+    gateway.installer_only.add("/ivp/meters/readings")
     adapter = make(session, tmp_path, clock, **cloud(gateway, enlighten))
     await adapter.poll()
-    gateway.force("/ivp/meters/readings", 401)
     clock.advance(10)
-    with pytest.raises(PollError) as err:
-        await adapter.poll()
-    assert err.value.reason == "unauthorized"
-    assert enlighten.login_calls == 2  # renewed once
-    for _ in range(5):
-        clock.advance(10)
-        with pytest.raises(PollError):
-            await adapter.poll()
-    assert enlighten.login_calls == 2  # then it stops asking Enlighten for a while
-    gateway.force("/ivp/meters/readings", None)
-    clock.advance(10)
-    assert (await adapter.poll()).value_of(M.ACTIVE_POWER) == 160.49
+    reading = await adapter.poll()  # readings off: the other endpoints' figures remain
+    assert gateway.count("/ivp/meters/readings") == 1
+    assert enlighten.login_calls == 1
+    assert reading.value_of(M.CT_ACTIVE_POWER, meter="production") is None
+    assert reading.value_of(M.ACTIVE_POWER) == 165.301  # now from /production.json
 
 
 async def test_multi_factor_account_asks_for_a_pasted_token(sims, session, tmp_path, clock):
@@ -351,3 +411,194 @@ async def test_simulator_answers_like_the_gateway(sims, session):
     foreign = gateway.issuer.mint("999999999999")
     async with session.get(f"{gateway.url}/ivp/meters", ssl=ssl, headers={"Authorization": f"Bearer {foreign}"}) as resp:
         assert resp.status == 401
+
+
+# --- live data, the nightly period, every firmware, the demo gateway -----------------------------
+
+
+def livedata(updated: float) -> bytes:
+    """A /ivp/livedata/status body like the seed's, with batteries, refreshed at `updated`."""
+    storage = {"agg_p_mw": -220800, "agg_s_mva": -559446, "agg_p_ph_a_mw": -220800, "agg_p_ph_b_mw": 0}
+    return json.dumps({
+        "connection": {"mqtt_state": "connected", "prov_state": "configured", "auth_state": "ok",
+                       "sc_stream": "enabled", "sc_debug": "disabled"},
+        "meters": {"last_update": int(updated), "soc": 87, "main_relay_state": 1, "gen_relay_state": 5,
+                   "backup_bat_mode": 1, "backup_soc": 10, "is_split_phase": 1, "phase_count": 2,
+                   "enc_agg_soc": 87, "enc_agg_energy": 8700, "acb_agg_soc": 0, "acb_agg_energy": 0,
+                   "pv": {"agg_p_mw": 2891863}, "storage": storage, "grid": {"agg_p_mw": 160490},
+                   "load": {"agg_p_mw": 2831553}, "generator": {"agg_p_mw": 0}},
+        "tasks": {"task_id": 27672012, "timestamp": int(updated)},
+    }).encode()
+
+
+async def test_live_data_gives_the_battery_figures_in_base_units(sims, session, tmp_path, clock):
+    gateway, enlighten = sims
+    gateway.bodies["ivp_livedata_status"] = livedata(clock.now)
+    adapter = make(session, tmp_path, clock, **cloud(gateway, enlighten))
+    for _ in range(4):  # the live data are first read on the fourth poll
+        reading = await adapter.poll()
+        clock.advance(10)
+    assert reading.value_of(M.BATTERY_STATE_OF_CHARGE) == 0.87
+    assert reading.value_of(M.BATTERY_POWER) == pytest.approx(-220.8)  # milliwatts -> W; charging
+    assert reading.value_of(M.BATTERY_STORED_ENERGY) == 8700 * 3600
+    assert reading.value_of(M.PRODUCTION_POWER) == 2885.154 and reading.value_of(M.ACTIVE_POWER) == 160.49
+
+
+async def test_stale_live_data_are_not_exported(sims, session, tmp_path, clock):
+    gateway, enlighten = sims
+    gateway.bodies["ivp_livedata_status"] = livedata(clock.now - 3600)  # the stream went off an hour ago
+    adapter = make(session, tmp_path, clock, **cloud(gateway, enlighten))
+    with capture_logs() as logs:
+        for _ in range(4):
+            reading = await adapter.poll()
+            clock.advance(10)
+    assert gateway.count("/ivp/livedata/status") == 1
+    assert reading.value_of(M.BATTERY_STATE_OF_CHARGE) is None and reading.value_of(M.BATTERY_POWER) is None
+    assert sum("live data stream is off" in e["event"] for e in logs) == 1
+
+
+def at_utc(clock: Clock, hour: int, minute: int) -> None:
+    day = clock.now - clock.now % 86400
+    clock.now = day + hour * 3600 + minute * 60
+
+
+async def test_nightly_unresponsive_period_is_a_gap_not_an_error(sims, session, tmp_path, clock):
+    gateway, enlighten = sims
+    at_utc(clock, 22, 58)
+    adapter = make(session, tmp_path, clock, timeout=0.5, nightly_window="22:45-23:30", timezone="UTC",
+                   **cloud(gateway, enlighten))
+    assert (await adapter.poll()).value_of(M.ACTIVE_POWER) == 160.49
+    gateway.hang()
+    clock.advance(10)
+    with capture_logs() as logs:
+        reading = await adapter.poll()  # gives up before the scheduler's timeout would
+    assert reading.samples == [s for s in reading.samples if s.metric is M.TOKEN_EXPIRY]
+    assert reading.devices[0].serial == gateway.serial  # still says who it is
+    assert [e["log_level"] for e in logs if "nightly" in e["event"]] == ["info"]
+    asked = len(gateway.requests)
+    clock.advance(5)
+    await adapter.poll()  # within the back-off (10 s after the first failure): the gateway is not asked
+    assert len(gateway.requests) == asked
+    clock.advance(5)
+    await adapter.poll()  # asked again, fails again: next try 20 s later
+    assert len(gateway.requests) == asked + 1
+    gateway.wake()
+    clock.advance(20)
+    with capture_logs() as logs:
+        assert (await adapter.poll()).value_of(M.ACTIVE_POWER) == 160.49
+    assert any("answers again" in e["event"] for e in logs)
+
+
+async def test_failures_outside_the_nightly_window_are_errors(sims, session, tmp_path, clock):
+    gateway, enlighten = sims
+    at_utc(clock, 12, 0)
+    adapter = make(session, tmp_path, clock, nightly_window="22:45-23:30", timezone="UTC", **cloud(gateway, enlighten))
+    await adapter.poll()
+    gateway.force("/ivp/meters/readings", 500)
+    clock.advance(10)
+    with pytest.raises(PollError) as err:
+        await adapter.poll()
+    assert err.value.reason == "http_error"
+    at_utc(clock, 23, 0)  # the same failure at 23:00 is the gateway's nightly period
+    reading = await adapter.poll()
+    assert reading.value_of(M.ACTIVE_POWER) is None and reading.devices
+
+
+def test_nightly_window_and_timezone_options_are_checked():
+    def problems(**options):
+        return dict(check_target({"host": "envoy.local", "tls_verify": True, "digest_user": "envoy", **options}))
+
+    assert problems(nightly_window="23:00-23:20") == {} and problems(nightly_window="off") == {}
+    assert "nightly_window" in problems(nightly_window="11pm")
+    assert "nightly_window" in problems(nightly_window="25:00-01:00")
+    assert "timezone" in problems(timezone="Mars/Olympus")
+    assert parse_window("23:50-00:10").contains(5) and not parse_window("23:50-00:10").contains(60)
+
+
+FIRMWARES = {
+    # folder: (production power, lifetime production in Wh, what else the gateway shows)
+    "3.9.36": (1271, 6012540, {"inverters": 12}),
+    "4.2.27": (5891, 10279087, {}),
+    "5.0.62": (7904, 133798554, {"inverters": 40}),
+    "7.3.466_with_cts_3phase": (-6.481, 4351113.2, {"ct": ("production", 488.925)}),
+    "7.6.175_with_cts": (488.154, 3183793.303, {"ct": ("production", 488.925), "consumption": 476.686}),
+    "8.2.4286_with_3cts_and_battery_split": (7123.097, 13431328.665, {"ct": ("storage", -7083.656), "battery": 0.464}),
+    "8.3.5169_with_generator": (2885.154, 11567953.818, {"ct": ("net-consumption", 160.49)}),
+    "8.3.5433_tot_is_net_cons": (357.492, 14405465.109, {"ct": ("total-consumption", 786.513),
+                                                           "consumption": None}),
+}
+
+
+@pytest.mark.parametrize("firmware", sorted(FIRMWARES))
+async def test_every_firmware_through_the_adapter(firmware, session, tmp_path, clock):
+    needs(firmware)
+    power, lifetime, extra = FIRMWARES[firmware]
+    issuer = TokenIssuer(clock=clock)
+    gateway = await GatewaySimulator(firmware, issuer=issuer).start()
+    try:
+        options = {"host": gateway.host}
+        if gateway.tokens_required:
+            options.update(token=Secret(gateway.mint_token()), tls_fingerprint=gateway.fingerprint)
+        adapter = make(session, tmp_path, clock, **options)
+        for _ in range(7):  # every endpoint has been read once
+            reading = await adapter.poll()
+            clock.advance(10)
+        assert reading.devices[0].serial == gateway.serial
+        assert reading.value_of(M.PRODUCTION_POWER) == power
+        assert reading.value_of(M.PRODUCTION_ENERGY) == pytest.approx(lifetime * 3600)
+        if "inverters" in extra:
+            assert len({s.labels for s in reading.samples if s.metric is M.INVERTER_POWER}) == extra["inverters"]
+        if "ct" in extra:
+            meter, value = extra["ct"]
+            assert reading.value_of(M.CT_ACTIVE_POWER, meter=meter) == value
+        if "consumption" in extra:  # 8.3.5433: the total that copies net consumption is not exported
+            assert reading.value_of(M.CONSUMPTION_POWER) == extra["consumption"]
+        if "battery" in extra:
+            assert reading.value_of(M.BATTERY_STATE_OF_CHARGE) == pytest.approx(extra["battery"])
+        names = [(s.metric.name, s.labels) for s in reading.samples]
+        assert len(names) == len(set(names))  # never one series twice
+    finally:
+        await gateway.stop()
+
+
+async def test_demo_gateway_has_cts_inverters_and_a_battery_from_packaged_bodies(session, tmp_path, clock):
+    gateway, enlighten, target = await start_demo()
+    try:
+        assert gateway.firmware == DEFAULT_FIRMWARE
+        assert firmware_folder(DEFAULT_FIRMWARE) == PACKAGED / DEFAULT_FIRMWARE  # not ../shared
+        options = {k: v for k, v in target.items() if k not in ("name", "vendor")}
+        options["password"] = Secret(options["password"])
+        adapter = make(session, tmp_path, clock, **options)
+        for _ in range(3):
+            reading = await adapter.poll()
+            clock.advance(10)
+        assert reading.value_of(M.CT_ACTIVE_POWER, meter="storage") == -7083.656
+        assert reading.value_of(M.BATTERY_POWER) == -7083.656  # charging
+        assert len({s.labels for s in reading.samples if s.metric is M.INVERTER_POWER}) == 35
+        assert reading.value_of(M.BATTERY_UNIT_STATE_OF_CHARGE, battery="492320000140") == 0.39
+        assert enlighten.login_calls == 1
+    finally:
+        await gateway.stop()
+        await enlighten.stop()
+
+
+def test_packaged_demo_bodies_are_the_corpus():
+    packaged = sorted(p for p in PACKAGED.rglob("*") if p.is_file())
+    assert packaged, f"no packaged bodies under {PACKAGED}"
+    if not CORPUS.is_dir():
+        pytest.skip(f"conformance corpus not found at {CORPUS}")
+    for path in packaged:
+        original = CORPUS / path.relative_to(PACKAGED)
+        assert original.read_bytes() == path.read_bytes(), path
+    # Every body of the demo firmware is packaged, not only some.
+    folder = CORPUS / DEFAULT_FIRMWARE
+    assert {p.name for p in folder.iterdir()} == {p.name for p in (PACKAGED / DEFAULT_FIRMWARE).iterdir()}
+
+
+async def test_consumption_report_is_served_from_the_captured_reports(sims, session):
+    gateway, _ = sims
+    ssl = aiohttp.Fingerprint(bytes.fromhex(gateway.fingerprint))
+    headers = {"Authorization": f"Bearer {gateway.mint_token()}"}
+    async with session.get(f"{gateway.url}/ivp/meters/reports/consumption", ssl=ssl, headers=headers) as resp:
+        assert resp.status == 200
+        assert [r["reportType"] for r in await resp.json()] == ["net-consumption", "total-consumption"]

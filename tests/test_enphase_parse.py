@@ -249,17 +249,53 @@ def test_two_cts_with_one_role_get_distinct_labels():
 
 
 def test_livedata_milliwatts_and_battery():
-    payload = {"meters": {"soc": 87, "enc_agg_soc": 87, "enc_agg_energy": 8700,
+    payload = {"meters": {"last_update": 1654221647, "soc": 87, "enc_agg_soc": 87, "enc_agg_energy": 8700,
+                          "acb_agg_soc": 0, "acb_agg_energy": 0,
                           "pv": {"agg_p_mw": 329549}, "grid": {"agg_p_mw": -120000}, "load": {"agg_p_mw": 209549},
-                          "storage": {"agg_p_mw": -220800}}}
-    reading = parse.parse_livedata(payload)
-    assert reading.value_of(M.PRODUCTION_POWER) == pytest.approx(329.549)
-    assert reading.value_of(M.ACTIVE_POWER) == pytest.approx(-120.0)
-    assert reading.value_of(M.CONSUMPTION_POWER) == pytest.approx(209.549)
-    assert reading.value_of(M.CT_ACTIVE_POWER, meter="storage") == pytest.approx(-220.8)
+                          "storage": {"agg_p_mw": -220800}, "generator": {"agg_p_mw": 0}}}
+    reading = parse.parse_livedata(payload, now=1654221650)
+    assert reading.value_of(M.BATTERY_POWER) == pytest.approx(-220.8)  # milliwatts; negative: charging
     assert reading.value_of(M.BATTERY_STATE_OF_CHARGE) == 0.87
-    no_battery = {"meters": {"soc": 0, "enc_agg_soc": 0, "enc_agg_energy": 0, "acb_agg_soc": 0, "acb_agg_energy": 0}}
-    assert parse.parse_livedata(no_battery).value_of(M.BATTERY_STATE_OF_CHARGE) is None
+    assert reading.value_of(M.BATTERY_STORED_ENERGY) == 8700 * WH
+    # pv, load and grid repeat the CTs (zeros without CTs), the generator is zeros without one.
+    assert {s.metric for s in reading.samples} == {M.BATTERY_POWER, M.BATTERY_STATE_OF_CHARGE,
+                                                    M.BATTERY_STORED_ENERGY}
+    # Without batteries the gateway sends zeros: they are not a battery.
+    no_battery = {"meters": {"soc": 0, "enc_agg_soc": 0, "enc_agg_energy": 0, "acb_agg_soc": 0, "acb_agg_energy": 0,
+                             "storage": {"agg_p_mw": 0}, "pv": {"agg_p_mw": 1000}}}
+    assert parse.parse_livedata(no_battery).samples == []
+
+
+def test_livedata_frozen_while_the_stream_is_off_gives_no_series():
+    payload = {"connection": {"sc_stream": "disabled"},
+               "meters": {"last_update": 1690722598, "soc": 100, "enc_agg_energy": 3500, "storage": {"agg_p_mw": 0}}}
+    assert parse.livedata_updated_at(payload) == 1690722598
+    assert parse.parse_livedata(payload, now=1690722598 + 3600).samples == []
+    assert parse.parse_livedata(payload, now=1690722598 + 30).value_of(M.BATTERY_STATE_OF_CHARGE) == 1.0
+
+
+def test_microinverter_totals_next_to_the_production_ct():
+    name = "8.3.5169_with_generator"
+    details = parse.parse_production_json(load(name, "production.json_details_1"), 2)
+    assert details.value_of(M.PRODUCTION_POWER) == 2885.154  # the CT
+    assert details.value_of(M.MICROINVERTERS_POWER) == 2680  # the inverters' reports
+    assert details.value_of(M.MICROINVERTERS_ENERGY) == 11764258 * WH
+    pdm = parse.parse_pdm_energy(load(name, "ivp_pdm_energy"))
+    assert pdm.value_of(M.MICROINVERTERS_POWER) == 2682 and pdm.value_of(M.MICROINVERTERS_ENERGY) == 11764258 * WH
+    # A gateway without microinverters: inverters entry with no active devices and no lifetime.
+    none = {"production": [{"type": "inverters", "activeCount": 0, "wNow": 0, "whLifetime": 0}]}
+    assert parse.parse_production_json(none).value_of(M.MICROINVERTERS_POWER) is None
+
+
+def test_storage_ct_is_the_battery_power_and_only_one_ct_feeds_the_grid_names():
+    cts = parse.parse_meters([{"eid": 1, "state": "enabled", "measurementType": "net-consumption", "phaseCount": 1},
+                              {"eid": 2, "state": "enabled", "measurementType": "net-consumption", "phaseCount": 1},
+                              {"eid": 3, "state": "enabled", "measurementType": "storage", "phaseCount": 1}])
+    reading = parse.parse_meter_readings([{"eid": 1, "activePower": 100.0}, {"eid": 2, "activePower": 50.0},
+                                          {"eid": 3, "activePower": 1500.0}], cts)
+    assert series(reading, M.ACTIVE_POWER) == {(("obis", "1-0:16.7.0"),): 100.0}
+    assert reading.value_of(M.CT_ACTIVE_POWER, meter="net-consumption-2") == 50.0
+    assert reading.value_of(M.BATTERY_POWER) == 1500.0  # discharging
 
 
 def test_device_list_battery_capacity():
@@ -306,6 +342,10 @@ MALFORMED = [
     (parse.parse_ensemble_inventory, {"type": "ENCHARGE"}),
     (parse.parse_ensemble_inventory, [{"type": "ENCHARGE", "devices": [{"serial_num": "1", "percentFull": 250}]}]),
     (parse.parse_livedata, {"meters": {"pv": {"agg_p_mw": "x"}}}),
+    (parse.parse_livedata, {"meters": {"soc": 120}}),
+    (parse.parse_livedata, {"meters": {"enc_agg_energy": -5}}),
+    (parse.parse_livedata, {"meters": {"generator": [1]}}),
+    (parse.parse_livedata, {"meters": []}),
     (parse.parse_device_list, {"devices": [{"device_type": 13}]}),
     (parse.parse_pdm_energy, {"production": []}),
     (parse.parse_info, "not xml at all"),
@@ -329,7 +369,8 @@ KEYS = ["wNow", "whLifetime", "activeCount", "type", "measurementType", "lines",
         "actEnergyRcvd", "timestamp", "state", "phaseCount", "serialNumber", "lastReportWatts", "lastReportDate",
         "maxReportWatts", "wattsNow", "wattHoursLifetime", "reportType", "cumulative", "actPower", "whDlvdCum",
         "phase", "devices", "serial_num", "percentFull", "encharge_capacity", "temperature", "meters", "pv", "grid",
-        "agg_p_mw", "soc", "eim", "pcu", "device_type", "serial_number", "dev_info", "capacity"]
+        "agg_p_mw", "soc", "eim", "pcu", "device_type", "serial_number", "dev_info", "capacity", "last_update",
+        "enc_agg_energy", "acb_agg_soc", "generator", "load"]
 SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
            | st.text(max_size=8) | st.sampled_from(["eim", "inverters", "production", "net-consumption",
                                                    "total-consumption", "enabled", "L1", "L2", "ENCHARGE", "1e999"]))
@@ -342,6 +383,7 @@ PARSERS = [
     parse.parse_meters, lambda p: parse.parse_meter_readings(p, METERS), parse.parse_meter_reports,
     parse.parse_grid_reading, parse.parse_livedata, parse.parse_ensemble_inventory, parse.parse_device_list,
     lambda p: parse.parse_production_json(p, 2), lambda p: parse.parse_grid_reading(p, 1),
+    lambda p: parse.parse_livedata(p, 1.7e9), parse.livedata_updated_at,
 ]
 
 
@@ -352,7 +394,7 @@ def test_arbitrary_json_gives_a_reading_or_parse_error(payload, which):
         result = PARSERS[which](payload)
     except ParseError:
         return
-    assert isinstance(result, (Reading, dict))
+    assert result is None or isinstance(result, (Reading, dict, float))
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,11 +1,14 @@
 """An IQ Gateway (Envoy) and the Enlighten token services, on real sockets on 127.0.0.1.
 
-`GatewaySimulator` serves one firmware's captured bodies (a folder of
-`shared/conformance/enphase/`, or data built into this module when that folder is absent) at
-their paths: `/info` as XML without auth; firmware 7 and later over HTTPS with a certificate made
-at start-up and JWT bearer auth (401 for a missing, foreign, expired or revoked token, and
-`/auth/check_jwt`); older firmware over plain HTTP with Digest auth on the endpoints that want it.
-Endpoints the firmware lacks answer 404 like the gateway does.
+`GatewaySimulator` serves one firmware's captured bodies at their paths: the demo firmware's
+bodies ship with the package (`data/enphase/<firmware>/`, copies of the conformance corpus),
+every other firmware is read from `shared/conformance/enphase/` next to the project, and when
+neither is there a gateway built into this module answers. `/info` is XML without auth;
+firmware 7 and later speak HTTPS with a self-signed certificate made at start-up and JWT bearer
+auth (401 for a missing, foreign, expired or revoked token, and `/auth/check_jwt`); older
+firmware speaks plain HTTP with Digest auth on the endpoints that want it. Endpoints the firmware
+lacks answer 404 like the gateway does; `/ivp/meters/reports/consumption` is the consumption
+part of a captured `/ivp/meters/reports`.
 
 `EnlightenSimulator` plays the cloud side of Enphase's token flow: `POST /login/login.json`
 (answers a `session_id`, or no session when the account has multi-factor authentication) and
@@ -13,7 +16,10 @@ Endpoints the firmware lacks answer 404 like the gateway does.
 Enlighten hands out.
 
 Switches for tests: `GatewaySimulator.expire_tokens()`, `.force(path, status)`,
-`EnlightenSimulator.mfa`, `.token_lifetime`, and the request logs `requests`, `login_calls`.
+`.installer_only` (paths that refuse owner tokens with 401 although `/auth/check_jwt` accepts
+them), `.hang()` / `.wake()` (the nightly unresponsive period: requests get no answer),
+`.bodies` (file name -> body, to add or replace an endpoint), `EnlightenSimulator.mfa`,
+`.token_lifetime`, and the request logs `requests`, `login_calls`.
 
 Demo: `python -m exporter.simulators.enphase [--firmware NAME]` prints the URLs, the
 certificate fingerprint and a token.
@@ -45,8 +51,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .tls import server_context
+
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "enphase"
-DEFAULT_FIRMWARE = "8.3.5169_with_generator"
+PACKAGED = Path(__file__).with_name("data") / "enphase"
+# CTs (production, net consumption, storage), 35 microinverters and 5 IQ Batteries.
+DEFAULT_FIRMWARE = "8.2.4286_with_3cts_and_battery_split"
 EMBEDDED = "embedded"
 OWNER_LIFETIME = 365 * 86400
 INSTALLER_LIFETIME = 12 * 3600
@@ -110,7 +120,8 @@ class TokenIssuer:
 
 
 class SelfSigned:
-    """A self-signed certificate like the gateway's (made at start, kept in a temporary folder)."""
+    """A self-signed certificate like the gateway's (`CN=envoy-<serial>`, issued by itself; made
+    at start, kept in a temporary folder)."""
 
     def __init__(self, common_name: str = "envoy") -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -126,14 +137,8 @@ class SelfSigned:
             .sign(key, hashes.SHA256())
         )
         self.directory = Path(tempfile.mkdtemp(prefix="emx-sim-enphase-"))
-        cert_file, key_file = self.directory / "envoy.pem", self.directory / "envoy.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        key_file.chmod(0o600)
         self.fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert_file, key_file)
+        self.context: ssl.SSLContext = server_context(self.directory, "envoy", cert, key)
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -152,17 +157,44 @@ def file_name(path: str, query: str = "") -> str:
 
 
 def firmwares() -> list[str]:
-    """Folders of the corpus (firmware captures) available to the simulator."""
-    if not CORPUS.is_dir():
-        return [EMBEDDED]
-    return sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
+    """Firmware captures available to the simulator: the packaged ones and the corpus's."""
+    names = {p.name for base in (PACKAGED, CORPUS) if base.is_dir() for p in base.iterdir() if p.is_dir()}
+    return sorted(names) or [EMBEDDED]
+
+
+def firmware_folder(firmware: str) -> Path | None:
+    """Where a firmware's bodies come from: the package's copy first, then the corpus."""
+    if firmware == EMBEDDED:
+        return None
+    for base in (PACKAGED, CORPUS):
+        if (base / firmware).is_dir():
+            return base / firmware
+    return None
 
 
 def load_bodies(firmware: str) -> dict[str, bytes]:
-    folder = CORPUS / firmware
-    if firmware != EMBEDDED and folder.is_dir():
-        return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    return embedded_bodies()
+    folder = firmware_folder(firmware)
+    if folder is None:
+        return embedded_bodies()
+    bodies = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    reports = bodies.get("ivp_meters_reports")
+    if reports is not None and "ivp_meters_reports_consumption" not in bodies:
+        consumption = _consumption_reports(reports)
+        if consumption is not None:
+            bodies["ivp_meters_reports_consumption"] = consumption
+    return bodies
+
+
+def _consumption_reports(reports: bytes) -> bytes | None:
+    """`/ivp/meters/reports/consumption`: the consumption reports of `/ivp/meters/reports`."""
+    try:
+        payload = json.loads(reports)
+    except ValueError:
+        return None
+    if not isinstance(payload, list):
+        return None
+    chosen = [r for r in payload if isinstance(r, dict) and str(r.get("reportType", "")).endswith("consumption")]
+    return json.dumps(chosen, indent=4).encode() if chosen else None
 
 
 def embedded_bodies() -> dict[str, bytes]:
@@ -269,7 +301,10 @@ class GatewaySimulator:
         self.digest_paths = digest_paths
         self.requests: deque[str] = deque(maxlen=100_000)  # path (with query) of each request, in order
         self.forced: dict[str, int] = {}
+        self.installer_only: set[str] = set()
         self.sessions: set[str] = set()
+        self._awake = asyncio.Event()
+        self._awake.set()
         self._nonces: set[str] = set()
         self._tls: SelfSigned | None = None
         self._runner: web.AppRunner | None = None
@@ -287,6 +322,13 @@ class GatewaySimulator:
             self.forced.pop(path, None)
         else:
             self.forced[path] = status
+
+    def hang(self) -> None:
+        """From now on requests get no answer (the gateway's nightly unresponsive period)."""
+        self._awake.clear()
+
+    def wake(self) -> None:
+        self._awake.set()
 
     def count(self, path: str) -> int:
         return sum(1 for p in self.requests if p.split("?")[0] == path)
@@ -318,7 +360,7 @@ class GatewaySimulator:
         await self._runner.setup()
         context = None
         if self.tokens_required:
-            self._tls = SelfSigned()
+            self._tls = SelfSigned(f"envoy-{self.serial}")
             context = self._tls.context
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context)
         await site.start()
@@ -326,6 +368,7 @@ class GatewaySimulator:
         return self
 
     async def stop(self) -> None:
+        self._awake.set()  # let hanging requests finish, so that shutting down does not wait for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -335,6 +378,7 @@ class GatewaySimulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path, query = request.path, request.query_string
         self.requests.append(f"{path}?{query}" if query else path)
+        await self._awake.wait()
         if path in self.forced:
             status = self.forced[path]
             return web.Response(status=status, body=NOT_FOUND if status == 404 else b"",
@@ -375,6 +419,8 @@ class GatewaySimulator:
         if self.tokens_required:
             token = self._bearer(request)
             if token and self.issuer.check(token, self.serial):
+                if path in self.installer_only and _claims(token).get("enphaseUser") != "installer":
+                    return web.Response(status=401, text="")
                 return None
             if request.cookies.get("sessionId") in self.sessions:
                 return None
@@ -427,6 +473,14 @@ def _split_params(text: str) -> list[str]:
     if current.strip():
         parts.append(current)
     return parts
+
+
+def _claims(token: str) -> dict:
+    try:
+        claims = json.loads(_unb64(token.split(".")[1]))
+    except (ValueError, IndexError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _tag(xml: bytes, tag: str) -> str | None:

@@ -14,4 +14,7 @@ def load_all() -> None:
     from .iometer import partner as _iometer_partner  # noqa: F401
     from .iammeter import http as _iammeter_http  # noqa: F401
     from .iammeter import modbus as _iammeter_modbus  # noqa: F401
+    from .iammeter import mqtt as _iammeter_mqtt  # noqa: F401
+    from .iammeter import push as _iammeter_push  # noqa: F401
+    from .iammeter import cloud as _iammeter_cloud  # noqa: F401
     from .enphase import local as _enphase_local  # noqa: F401

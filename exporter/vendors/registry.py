@@ -48,6 +48,8 @@ class TransportSpec:
     description: str = ""
     # Shared sections the transport reads; its targets restart when one of them changes.
     uses_sections: tuple[str, ...] = ()
+    # The vendor's transport when a target names none (exactly one per vendor).
+    default: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,51 @@ def vendor_names() -> list[str]:
 
 
 def transports(vendor: str) -> list[str]:
-    """Transports of a vendor, the default (first registered) first."""
+    """Transports of a vendor, the default first (whatever order the modules were imported in)."""
     _ensure_loaded()
-    return [t for v, t in _SPECS if v == vendor]
+    specs = [spec for (v, _), spec in _SPECS.items() if v == vendor]
+    return [spec.transport for spec in sorted(specs, key=lambda spec: not spec.default)]
 
 
+
+
+def _default_text(option: "Option") -> str:
+    if option.required:
+        return "required"
+    if option.default is None or option.default in ((), []):
+        return ""
+    if option.kind == "duration":
+        return f"{option.default:g}s"
+    if isinstance(option.default, bool):
+        return "true" if option.default else "false"
+    return f"{option.default:g}" if isinstance(option.default, float) else str(option.default)
+
+
+def options_markdown() -> str:
+    """The README's reference of every transport's target keys and shared sections (kept equal
+    to the code by tests/test_catalogue.py)."""
+    lines: list[str] = []
+    for spec in sorted(specs(), key=lambda s: (s.vendor, not s.default, s.transport)):
+        default = " (the default transport)" if spec.default else ""
+        lines.append(f"#### `vendor: {spec.vendor}`, `transport: {spec.transport}`{default}\n")
+        if spec.description:
+            lines.append(f"{spec.description}. Interval: default {spec.default_interval:g}s, "
+                         f"at least {spec.min_interval:g}s.\n")
+        lines.append("| key | kind | default | meaning |\n|---|---|---|---|")
+        for key, option in spec.options.items():
+            kind = option.kind + (f" ({', '.join(option.choices)})" if option.choices else "")
+            name = f"`{key}` / `{key}_file`" if option.kind == "secret" else f"`{key}`"
+            lines.append(f"| {name} | {kind} | {_default_text(option)} | {option.help} |")
+        lines.append("")
+    for section in sorted(sections().values(), key=lambda s: s.name):
+        shape = "a list of named entries" if section.many else "one mapping"
+        lines.append(f"#### Section `{section.name}` ({shape})\n")
+        if section.description:
+            lines.append(section.description + "\n")
+        lines.append("| key | kind | default | meaning |\n|---|---|---|---|")
+        for key, option in section.options.items():
+            kind = option.kind + (f" ({', '.join(option.choices)})" if option.choices else "")
+            name = f"`{key}` / `{key}_file`" if option.kind == "secret" else f"`{key}`"
+            lines.append(f"| {name} | {kind} | {_default_text(option)} | {option.help} |")
+        lines.append("")
+    return "\n".join(lines)

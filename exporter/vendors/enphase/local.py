@@ -5,12 +5,23 @@ auth on some endpoints (user `envoy` with the last six digits of the serial, or 
 from 7 on it speaks HTTPS with a self-signed certificate and wants a JWT as a bearer token (see
 `token.py` for where tokens come from and when they are renewed).
 
-Each endpoint has its own cadence: CT readings every poll, the system figures and batteries
-every minute, the microinverters every five minutes (they report no more often), `/info` and
-the CT list every hour. `poll()` reads what is due, one request at a time, and merges the cached
-results of the rest into one Reading. An endpoint that answers 404 (or an HTML page where JSON
-belongs) is switched off for an hour; a 401 renews the token once, then the poll fails and the
-exporter does not ask Enlighten again for a while.
+Each endpoint has its own cadence: CT readings every poll, the microinverters every five
+minutes (they report no more often), `/info` and the CT list every hour, the rest every minute.
+`poll()` reads what is due, one request at a time, and merges the cached results of the rest
+into one Reading. Where several endpoints give the same quantity, the first endpoint of
+`ENDPOINTS` that gives any series of a metric provides all of that metric's series, so one
+name never mixes two sources (the README lists which endpoint wins for what).
+
+An endpoint that answers 404 (or an HTML page where JSON belongs) is switched off for an hour.
+A 401 is checked against `/auth/check_jwt`: if the gateway accepts the token there, the endpoint
+only refuses this account (some are for installers) and is switched off for an hour too;
+otherwise the token is renewed once, and if that does not help the poll fails and the exporter
+does not ask Enlighten again for a while.
+
+The gateway is unresponsive for a while around 23:00 local time every night. Failures inside
+`nightly_window` are expected: logged at info level once, retried with the usual backoff, and
+the poll gives the device's identity but no measurements, so the target stays up and shows a
+gap rather than an error (or a frozen value).
 
 TLS: the gateway's certificate is self-signed, so no CA can vouch for it. Pin it with
 `tls_fingerprint` (SHA-256 of the certificate; the error message of a failed handshake shows
@@ -20,12 +31,14 @@ the one the gateway presents), or turn checks off with `tls_verify: false`, whic
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import re
 import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 
@@ -42,9 +55,11 @@ from .token import ENLIGHTEN_URL, TOKEN_URL, TOKEN_WEB_PAGE, TokenError, TokenIn
 
 INFO_REFRESH = 3600.0  # firmware upgrades switch the auth scheme
 METERS_REFRESH = 3600.0  # the CT configuration rarely changes
-OFF_FOR = 3600.0  # an endpoint that answered 404 is not asked again for this long
+OFF_FOR = 3600.0  # an endpoint that answered 404 (or refused the account) is not asked again for this long
 AUTH_BACKOFF = 900.0  # after a refused token or Digest login, wait this long before trying again
 RENEW_RETRY = 3600.0  # a renewal ahead of expiry that failed is retried after at most this long
+NIGHTLY_WINDOW = "22:45-23:30"  # around the gateway's nightly unresponsive period (local time)
+NIGHT_REASONS = frozenset({"timeout", "connection", "http_error"})  # how that period shows
 
 
 @dataclass(frozen=True)
@@ -57,14 +72,22 @@ class Endpoint:
     needs_cts: bool = False
 
 
-# Order = precedence when two endpoints give the same series.
+# Order = precedence: the first endpoint that gives any series of a metric gives all of them.
+# CT readings (every poll) beat the minute-by-minute system figures; the gateway's own battery
+# figures (live data) beat the ones computed from the units (inventory). The staggers spread
+# the first reads over the first polls, so no poll reads everything at once.
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("meters_readings", "/ivp/meters/readings", 0, needs_cts=True),
     Endpoint("production_json", "/production.json?details=1", 60),
     Endpoint("api_v1_production", "/api/v1/production", 60, fallback_of=("production_json",)),
     Endpoint("production_page", "/production", 60, fallback_of=("production_json", "api_v1_production")),
+    Endpoint("livedata", "/ivp/livedata/status", 60, stagger=3),
+    Endpoint("pdm_energy", "/ivp/pdm/energy", 60, stagger=4),
+    Endpoint("consumption_report", "/ivp/meters/reports/consumption", 60, stagger=5, needs_cts=True),
+    Endpoint("grid_reading", "/ivp/meters/gridReading", 60, stagger=1, needs_cts=True),
     Endpoint("inverters", "/api/v1/production/inverters", 300, stagger=1),
     Endpoint("inventory", "/ivp/ensemble/inventory", 60, stagger=2),
+    Endpoint("device_list", "/ivp/ensemble/device_list", 60, stagger=6),
 )
 ENDPOINT_NAMES = tuple(e.name for e in ENDPOINTS)
 
@@ -82,7 +105,43 @@ OPTIONS = {
     "token_url": Option("str", default=TOKEN_URL, help="Enphase token service (tests point it elsewhere)"),
     "renew_margin": Option("duration", help="renew the token this long before it expires (default: 1/12 of its lifetime, at most 30 days)"),
     "disable": Option("list", help=f"endpoints never to read: {', '.join(ENDPOINT_NAMES)}"),
+    "nightly_window": Option("str", default=NIGHTLY_WINDOW,
+                             help="local time span (HH:MM-HH:MM) in which the gateway's failures are expected "
+                                  "(its nightly unresponsive period); 'off' treats them as errors"),
+    "timezone": Option("str", help="the gateway's time zone for nightly_window (default: this host's)"),
 }
+
+
+@dataclass(frozen=True)
+class Window:
+    """A daily span of local time, in minutes after midnight; may wrap past midnight."""
+
+    start: int
+    end: int
+
+    def contains(self, minute: int) -> bool:
+        if self.start <= self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d}"
+
+
+def parse_window(text: str | None) -> Window | None:
+    """`HH:MM-HH:MM` -> Window; None for `off` or empty; ValueError when malformed."""
+    if text is None or text.strip().lower() in ("", "off", "none", "false"):
+        return None
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if not match:
+        raise ValueError("expected HH:MM-HH:MM (local time), or off")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+        raise ValueError("hours 0-23, minutes 0-59")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError("the window is empty")
+    return Window(start, end)
 
 
 def normalize_fingerprint(text: str) -> str | None:
@@ -117,6 +176,16 @@ def check_target(options: Mapping[str, Any]):
     for name in options.get("disable") or ():
         if name not in ENDPOINT_NAMES:
             yield "disable", f"unknown endpoint {name!r} (one of: {', '.join(ENDPOINT_NAMES)})"
+    try:
+        parse_window(options.get("nightly_window"))
+    except ValueError as exc:
+        yield "nightly_window", str(exc)
+    zone = options.get("timezone")
+    if zone:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            yield "timezone", f"unknown time zone {zone!r} (use a name such as America/Los_Angeles)"
 
 
 @dataclass
@@ -125,6 +194,14 @@ class _State:
     off_until: float = 0.0
     reading: Reading | None = None
     read_at: float = 0.0
+
+
+@dataclass
+class _Night:
+    """Failures inside the nightly window, for the backoff."""
+
+    failures: int = 0
+    retry_at: float = 0.0
 
 
 class EnphaseLocal:
@@ -171,12 +248,68 @@ class EnphaseLocal:
         self._renewed_this_poll = False
         self._digest: DigestAuth | None = None
         self._warned_expiry = False
+        self._accepted_this_poll = False  # a request with the current token got a 200 this poll
+        self._jwt_check: tuple[str, bool] | None = None  # /auth/check_jwt's verdict this poll
+        self._told_livedata_stale = False
+        self.window = parse_window(target.option("nightly_window", NIGHTLY_WINDOW))
+        zone = target.option("timezone")
+        self.tz = ZoneInfo(zone) if zone else None
+        self.night: _Night | None = None
 
     # --- the poll ----------------------------------------------------------------------------
 
     async def poll(self) -> Reading:
         now = self.clock()
+        if not self._in_window(now):
+            self.night = None
+            return await self._poll(now)
+        # The gateway's nightly unresponsive period: failures are expected, not errors.
+        night = self.night or _Night()
+        if now < night.retry_at:
+            return self._identity()
+        try:
+            # Give up a little before the scheduler's own timeout would count a failure.
+            async with asyncio.timeout(self.target.timeout * 0.8):
+                reading = await self._poll(now)
+        except TimeoutError:
+            failure = f"no answer within {self.target.timeout * 0.8:g}s"
+        except PollError as exc:
+            if exc.reason not in NIGHT_REASONS:
+                raise
+            failure = exc.message
+        else:
+            if night.failures:
+                self.log.info("the gateway answers again after its nightly unresponsive period",
+                              failed_polls=night.failures)
+            self.night = None
+            return reading
+        night.failures += 1
+        night.retry_at = now + min(self.target.interval * 2 ** (night.failures - 1), self.target.max_backoff)
+        self.night = night
+        log = self.log.info if night.failures == 1 else self.log.debug
+        log("the gateway does not answer in its nightly unresponsive period (expected); no measurements "
+            "until it does", window=str(self.window), error=failure, retry_in_s=round(night.retry_at - now, 1))
+        return self._identity()
+
+    def _in_window(self, now: float) -> bool:
+        if self.window is None:
+            return False
+        local = dt.datetime.fromtimestamp(now, self.tz) if self.tz else dt.datetime.fromtimestamp(now)
+        return self.window.contains(local.hour * 60 + local.minute)
+
+    def _identity(self) -> Reading:
+        """What a poll gives while the gateway is not asked: who it is, no measurements."""
+        reading = Reading()
+        if self.info:
+            reading.devices.extend(self.info.reading().devices)
+        if self.info and self.info.needs_token and self.token:
+            reading.add(TOKEN_EXPIRY, self.token.expires_at)
+        return reading
+
+    async def _poll(self, now: float) -> Reading:
         self._renewed_this_poll = False
+        self._accepted_this_poll = False
+        self._jwt_check = None
         if self.info is None or now - self.info_read_at >= INFO_REFRESH:
             await self._read_info(now)
         assert self.info is not None
@@ -205,23 +338,17 @@ class EnphaseLocal:
         return True
 
     def _merge(self, now: float) -> Reading:
-        merged = Reading()
-        seen: set[tuple] = set()
-        if self.info:
-            merged.devices.extend(self.info.reading().devices)
-        if self.info and self.info.needs_token and self.token:
-            merged.add(TOKEN_EXPIRY, self.token.expires_at)
+        merged = self._identity()
+        claimed: set[str] = set()
         for endpoint in ENDPOINTS:
             state = self.states[endpoint.name]
             if state.reading is None or not self._active(endpoint, now):
                 continue
             if now - state.read_at > 3 * max(endpoint.cadence, self.target.interval):
                 continue  # too old to pass for the present
-            for sample in state.reading.samples:
-                key = (sample.metric.name, sample.labels)
-                if key not in seen:
-                    seen.add(key)
-                    merged.samples.append(sample)
+            # One source per metric: the first endpoint that has it gives all its series.
+            merged.samples.extend(s for s in state.reading.samples if s.metric.name not in claimed)
+            claimed.update(s.metric.name for s in state.reading.samples)
         return merged
 
     # --- endpoints --------------------------------------------------------------------------
@@ -265,10 +392,16 @@ class EnphaseLocal:
         path = "/ivp/meters"
         resp = await self._get(path)
         self.meters_due = now + METERS_REFRESH
-        if resp.status == 404 or (resp.status == 200 and _looks_like_html(resp.body)):
+        if (resp.status == 404 or (resp.status == 200 and _looks_like_html(resp.body))
+                or await self._refuses_account(resp)):
             self.meters, self.meters_off_until = {}, now + OFF_FOR
             return
-        self._check_status(path, resp, now)
+        try:
+            self._check_status(path, resp, now)
+        except PollError as exc:
+            if exc.reason == "unauthorized":
+                self.meters_due = now  # again on the next poll (the scheduler backs off)
+            raise
         try:
             self.meters = parse.parse_meters(resp.json())
         except ParseError as exc:
@@ -283,15 +416,29 @@ class EnphaseLocal:
                           endpoint=endpoint.path, status=resp.status, retry_in_s=OFF_FOR)
             state.off_until, state.reading = now + OFF_FOR, None
             return
-        self._check_status(endpoint.path, resp, now)
+        if await self._refuses_account(resp):
+            self.log.info("the gateway accepts the token but refuses it for this endpoint (it may be for "
+                          "installers only); switched off for a while", endpoint=endpoint.path,
+                          status=resp.status, user_type=self.token.user_type if self.token else None,
+                          retry_in_s=OFF_FOR)
+            state.off_until, state.reading = now + OFF_FOR, None
+            return
+        try:
+            self._check_status(endpoint.path, resp, now)
+        except PollError as exc:
+            if exc.reason == "unauthorized":
+                # Refused credentials fail every poll until fixed (the scheduler backs off);
+                # other errors wait for the endpoint's next turn.
+                state.next_due = now
+            raise
         url = self._url(self.scheme, endpoint.path)
         try:
-            state.reading = self._parse(endpoint, resp)
+            state.reading = self._parse(endpoint, resp, now)
         except ParseError as exc:
             raise PollError("parse", f"{url}: {exc}") from None
         state.read_at = now
 
-    def _parse(self, endpoint: Endpoint, resp: Response) -> Reading:
+    def _parse(self, endpoint: Endpoint, resp: Response, now: float) -> Reading:
         phases = parse.gateway_phase_count(self.meters)
         name = endpoint.name
         if name == "production_page":
@@ -307,6 +454,23 @@ class EnphaseLocal:
             return parse.parse_inverters(payload)
         if name == "inventory":
             return parse.parse_ensemble_inventory(payload)
+        if name == "livedata":
+            reading = parse.parse_livedata(payload, now)
+            updated = parse.livedata_updated_at(payload)
+            if not reading.samples and updated and not self._told_livedata_stale:
+                self._told_livedata_stale = True
+                self.log.info("the gateway's live data stream is off, so /ivp/livedata/status holds old figures; "
+                              "they are not exported (the Enphase app turns the stream on while its live view "
+                              "is open)", updated=_iso(updated))
+            return reading
+        if name == "pdm_energy":
+            return parse.parse_pdm_energy(payload)
+        if name == "consumption_report":
+            return parse.parse_meter_reports(payload, phases)
+        if name == "grid_reading":
+            return parse.parse_grid_reading(payload, phases)
+        if name == "device_list":
+            return parse.parse_device_list(payload)
         raise AssertionError(name)  # pragma: no cover
 
     def _check_status(self, path: str, resp: Response, now: float) -> None:
@@ -345,10 +509,10 @@ class EnphaseLocal:
         assert self.info is not None
         headers = {"Accept": "application/json"}
         if self.info.needs_token:
-            assert self.token is not None
-            resp = await self._send(self.scheme, path, {**headers, "Authorization": f"Bearer {self.token.token}"})
-            if resp.status == 401 and await self._recover_token():
-                resp = await self._send(self.scheme, path, {**headers, "Authorization": f"Bearer {self.token.token}"})
+            resp = await self._bearer_get(path, headers)
+            # A 401 with a token the gateway accepts is about this endpoint, not the token.
+            if resp.status == 401 and not await self._token_accepted() and await self._recover_token():
+                resp = await self._bearer_get(path, headers)
             return resp
         digest = self._digest_auth()
         header = digest.authorization("GET", path)
@@ -357,6 +521,32 @@ class EnphaseLocal:
             # First challenge, or a stale nonce: answer it once.
             resp = await self._send(self.scheme, path, {**headers, "Authorization": digest.authorization("GET", path) or ""})
         return resp
+
+    async def _bearer_get(self, path: str, headers: Mapping[str, str]) -> Response:
+        assert self.token is not None
+        resp = await self._send(self.scheme, path, {**headers, "Authorization": f"Bearer {self.token.token}"})
+        if resp.status == 200:
+            self._accepted_this_poll = True
+        return resp
+
+    async def _token_accepted(self) -> bool:
+        """Whether the gateway takes the current token: some request with it got a 200 this poll,
+        or `/auth/check_jwt` (which answers 200 for a valid token) says so. Asked once a poll."""
+        if self._accepted_this_poll:
+            return True
+        assert self.token is not None
+        if self._jwt_check is not None and self._jwt_check[0] == self.token.token:
+            return self._jwt_check[1]
+        resp = await self._send(self.scheme, "/auth/check_jwt", {"Authorization": f"Bearer {self.token.token}"})
+        self._jwt_check = (self.token.token, resp.status == 200)
+        return self._jwt_check[1]
+
+    async def _refuses_account(self, resp: Response) -> bool:
+        """A 401/403 from an endpoint while the gateway accepts the token: the endpoint is not
+        for this account (installer-only, or not on this model), not an authentication failure."""
+        if resp.status not in (401, 403) or self.info is None or not self.info.needs_token or self.token is None:
+            return False
+        return await self._token_accepted()
 
     def _digest_auth(self) -> DigestAuth:
         if self._digest is None:
@@ -515,7 +705,7 @@ def _iso(timestamp: float) -> str:
 
 SPEC = register(TransportSpec(
     vendor="enphase",
-    transport="local",
+    transport="local", default=True,
     options=OPTIONS,
     create=EnphaseLocal,
     kind="poll",

@@ -20,9 +20,14 @@ of others, so the names keep them apart):
   siblings; still, adding series of different roles does not give anything meaningful (the
   README says so). The net-consumption CT appears both here and under the grid names above, so
   that dashboards written for other meters work unchanged.
-* `energy_meter_inverter_*{inverter="<serial>"}`: each microinverter's last report.
+* `energy_meter_inverter_*{inverter="<serial>"}`: each microinverter's last report;
+  `energy_meter_microinverters_*`: all of them together as the gateway adds them up (on a
+  system with a production CT this differs from the production figures, which are the CT's).
 * `energy_meter_battery_unit_*{battery="<serial>"}`: each IQ Battery (Encharge);
-  `energy_meter_battery_state_of_charge_ratio` is the capacity-weighted state of all of them.
+  `energy_meter_battery_state_of_charge_ratio` is the state of all of them (the gateway's own
+  figure from the live data, else the capacity-weighted mean of the units),
+  `energy_meter_battery_power_watts` the power out of them (storage CT, or the live data;
+  positive = discharging), `energy_meter_battery_stored_energy_joules` what they hold.
 
 Known firmware faults, and what the parsers do about them:
 
@@ -288,12 +293,13 @@ def parse_inverters(payload: Any) -> Reading:
 # --- /production.json, /production.json?details=1, /production ---------------------------------
 
 
-def _eim_in_use(entry: dict, what: str) -> bool:
-    """Whether a CT ("eim") entry describes an installed meter.
+def _in_use(entry: dict, what: str) -> bool:
+    """Whether an entry of `/production.json` describes installed devices.
 
-    `activeCount` is 0 for CTs that are not installed, whose entries then carry random power
-    values and a lifetime of 0; some firmware also drops `activeCount` to 0 for a poll now and
-    then on a working CT, whose lifetime then still counts, so the lifetime decides."""
+    `activeCount` is 0 for CTs ("eim") that are not installed, whose entries then carry random
+    power values and a lifetime of 0, and for systems without microinverters; some firmware
+    also drops `activeCount` to 0 for a poll now and then on a working CT, whose lifetime then
+    still counts, so the lifetime decides."""
     active = _int(entry.get("activeCount"), f"{what}.activeCount")
     if active is None or active > 0:
         return True
@@ -323,14 +329,19 @@ def parse_production_json(payload: Any, phase_count: int | None = None) -> Readi
                 continue
             if measurement is not None and _opt_str(entry, "measurementType", what) != measurement:
                 continue
-            if kind == "eim" and not _eim_in_use(entry, what):
+            if kind == "eim" and not _in_use(entry, what):
                 continue
             return entry, what
         return None
 
     reading = Reading()
+    inverters = pick(production, "production", "inverters", None)
+    if inverters and _in_use(*inverters):
+        entry, what = inverters
+        reading.add(cat.MICROINVERTERS_POWER, _num(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(cat.MICROINVERTERS_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
     ct_production = pick(production, "production", "eim", "production")
-    source = ct_production or pick(production, "production", "inverters", None)
+    source = ct_production or inverters
     if source:
         entry, what = source
         reading.add(cat.PRODUCTION_POWER, _num(entry.get("wNow"), f"{what}.wNow"))
@@ -411,7 +422,10 @@ def parse_production_page(body: bytes | str, phase_count: int | None = None) -> 
 
 def parse_pdm_energy(payload: Any) -> Reading:
     """`GET /ivp/pdm/energy`: production from the production CT ("eim") when it counts, else from
-    the microinverters ("pcu"); "rgm" is unused. Consumption ("eim") is total consumption."""
+    the microinverters ("pcu"); "rgm" is unused. Consumption ("eim") is total consumption.
+    The microinverters' own figures ("pcu") are also given as the microinverter totals. The
+    today and seven-day figures are not exported: they reset at the gateway's midnight, late or
+    to odd values on some firmware, and `increase()` over the lifetime counters gives them."""
     data = _obj(payload, "/ivp/pdm/energy")
     production = _opt_obj(data, "production", "/ivp/pdm/energy") or {}
     consumption = _opt_obj(data, "consumption", "/ivp/pdm/energy") or {}
@@ -427,6 +441,11 @@ def parse_pdm_energy(payload: Any) -> Reading:
         return lifetime is not None and lifetime > 0
 
     reading = Reading()
+    pcu = groups["pcu"]
+    if counts(pcu, "production.pcu"):
+        assert pcu is not None
+        reading.add(cat.MICROINVERTERS_POWER, _num(pcu.get("wattsNow"), "production.pcu.wattsNow"))
+        reading.add(cat.MICROINVERTERS_ENERGY, _wh(pcu.get("wattHoursLifetime"), "production.pcu.wattHoursLifetime"))
     chosen = "eim" if counts(groups["eim"], "production.eim") else "pcu"
     group = groups[chosen]
     if group is not None:
@@ -512,8 +531,11 @@ def parse_meter_readings(payload: Any, meters: Mapping[int, MeterConfig]) -> Rea
         if config is None or not config.enabled or not config.label:
             continue
         _add_ct(reading, config.label, row, values, channels, what)
-        if config.role == "net-consumption":
+        if config.label == "net-consumption":
             _add_grid(reading, row, values, channels, what)
+        elif config.label == "storage":
+            # The storage CT sits between the batteries and the house: forward = discharging.
+            reading.add(cat.BATTERY_POWER, values["activePower"])
     return reading
 
 
@@ -665,18 +687,40 @@ def parse_grid_reading(payload: Any, phase_count: int | None = None) -> Reading:
 # --- /ivp/livedata/status ------------------------------------------------------------------------------
 
 
-def parse_livedata(payload: Any) -> Reading:
-    """`GET /ivp/livedata/status`: aggregate powers in milliwatts per meter.
+LIVEDATA_MAX_AGE = 300.0  # older live figures are left over from when the stream was last on
+_BATTERY_KEYS = ("soc", "enc_agg_soc", "acb_agg_soc", "enc_agg_energy", "acb_agg_energy")
 
-    pv -> production, load -> (total) consumption, grid -> the grid names, storage and
-    generator -> the CT names with `meter` = storage / generator. Only totals: the per-phase
-    values carry no phase count of their own (CT readings have them). State of charge is given
-    only when the gateway reports any battery (a non-zero SoC or stored energy): a system without
-    batteries reports 0 there."""
+
+def livedata_updated_at(payload: Any) -> float | None:
+    """When the gateway last refreshed the figures of `/ivp/livedata/status` (Unix time)."""
+    meters = _opt_obj(_obj(payload, "/ivp/livedata/status"), "meters", "/ivp/livedata/status")
+    if meters is None:
+        return None
+    value = meters.get("last_update", meters.get("timestamp"))
+    return _timestamp(value, "meters.last_update")
+
+
+def parse_livedata(payload: Any, now: float | None = None) -> Reading:
+    """`GET /ivp/livedata/status`: the gateway's live view, powers in milliwatts.
+
+    The gateway refreshes these figures only while its live stream is on (the Enphase app turns
+    it on while its live view is open, for a few minutes); otherwise they are frozen at the
+    time in `last_update`. With `now`, figures older than `LIVEDATA_MAX_AGE` give no series.
+
+    Exported: storage -> battery power (positive = discharging), the batteries' state of charge
+    and stored energy (Wh), only when the gateway reports any battery (a non-zero state of
+    charge or stored energy): a system without batteries reports zeros there, which are not a
+    battery. Not exported: pv, load and grid repeat what the CTs measure (read every poll from
+    `/ivp/meters/readings`, and `/production.json`), and a gateway without CTs reports zeros
+    there that are not measurements; the generator section likewise holds zeros on systems
+    without a generator that cannot be told from an idle one."""
     data = _obj(payload, "/ivp/livedata/status")
     meters = _opt_obj(data, "meters", "/ivp/livedata/status")
     reading = Reading()
     if meters is None:
+        return reading
+    updated = livedata_updated_at(data)
+    if now is not None and updated is not None and now - updated > LIVEDATA_MAX_AGE:
         return reading
 
     def milliwatts(section: str) -> float | None:
@@ -686,17 +730,23 @@ def parse_livedata(payload: Any) -> Reading:
         value = _num(group.get("agg_p_mw"), f"meters.{section}.agg_p_mw")
         return None if value is None else value * MW_TO_W
 
-    reading.add(cat.PRODUCTION_POWER, milliwatts("pv"))
-    reading.add(cat.CONSUMPTION_POWER, milliwatts("load"))
-    reading.add(cat.ACTIVE_POWER, milliwatts("grid"))
-    reading.add(cat.CT_ACTIVE_POWER, milliwatts("storage"), meter="storage")
-    reading.add(cat.CT_ACTIVE_POWER, milliwatts("generator"), meter="generator")
-    battery = {k: _num(meters.get(k), f"meters.{k}") for k in ("soc", "enc_agg_soc", "acb_agg_soc", "enc_agg_energy", "acb_agg_energy")}
-    if any(v for v in battery.values()):
-        soc = battery["soc"]
-        if soc is not None and not 0 <= soc <= 100:
-            raise ParseError(f"meters.soc: {soc} is not a percentage")
+    for section in ("pv", "load", "grid", "generator"):
+        milliwatts(section)  # shape check only (see above)
+    battery = {k: _num(meters.get(k), f"meters.{k}") for k in _BATTERY_KEYS}
+    for key in ("soc", "enc_agg_soc", "acb_agg_soc"):
+        value = battery[key]
+        if value is not None and not 0 <= value <= 100:
+            raise ParseError(f"meters.{key}: {value} is not a percentage")
+    for key in ("enc_agg_energy", "acb_agg_energy"):
+        value = battery[key]
+        if value is not None and value < 0:
+            raise ParseError(f"meters.{key}: stored energy {value} is negative")
+    if any(battery.values()):
+        soc = battery["soc"] if battery["soc"] is not None else battery["enc_agg_soc"]
         reading.add(cat.BATTERY_STATE_OF_CHARGE, None if soc is None else soc / 100)
+        stored = [v for v in (battery["enc_agg_energy"], battery["acb_agg_energy"]) if v is not None]
+        reading.add(cat.BATTERY_STORED_ENERGY, sum(stored) * JOULES_PER_WH if stored else None)
+        reading.add(cat.BATTERY_POWER, milliwatts("storage"))
     return reading
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,26 +104,29 @@ def _safe_json(resp):
 
 
 async def pair_command(args) -> int:
-    out = sys.stderr
-    print(f"Pairing with the HomeWizard device at {args.host}.", file=out)
-    print("Press the button on the device now (you have "
-          f"{args.timeout:g} seconds; its light blinks once it accepts).", file=out)
-    interactive = out.isatty()
+    """Exit status: 0 paired (token written), 1 pairing failed."""
+    from ...console import EXIT_FAILURE, EXIT_OK, Console
+
+    console = Console()
+    console.say(f"Pairing with the HomeWizard device at {args.host}.")
+    console.say("Press the button on the device now (you have "
+                f"{args.timeout:g} seconds; its light blinks once it accepts).")
 
     def progress(left: float) -> None:
-        line = f"  waiting for the button ... {left:4.0f}s left"
-        print("\r" + line if interactive else line, end="" if interactive else "\n", file=out, flush=True)
+        console.countdown("waiting for the button", left)
 
     try:
         result = await pair(args.host, args.name, args.timeout, args.ca_file, args.insecure, progress)
     except PairingError as exc:
-        print(("\n" if interactive else "") + f"Pairing failed: {exc}", file=out)
-        return 1
+        console.failed(str(exc))
+        console.next(f"check that {args.host} is the device's address, then run the command again "
+                     "and press the button while the countdown runs")
+        return EXIT_FAILURE
     path = Path(args.output or f"homewizard-{result.serial}.token")
     write_private_file(path, result.token + "\n")
-    print(("\n" if interactive else "") + f"Paired with {result.product} {result.serial}. Token written to {path} (mode 0600).",
-          file=out)
-    print("Next: add this target to your configuration and run `energy-meter-exporter check-config`:\n", file=out)
-    print(f"  - name: {result.product.lower()}-{result.serial[-6:]}\n    vendor: homewizard\n"
-          f"    host: {args.host}\n    token_file: {path.resolve()}\n    serial: {result.serial}", file=out)
-    return 0
+    console.ok(f"paired with {result.product} {result.serial}. Token written to {path} (mode 0600).")
+    console.next("add this target to your configuration, then run `energy-meter-exporter check-config` "
+                 f"and `energy-meter-exporter probe {result.product.lower()}-{result.serial[-6:]}`:")
+    console.block(f"- name: {result.product.lower()}-{result.serial[-6:]}\n  vendor: homewizard\n"
+                  f"  host: {args.host}\n  token_file: {path.resolve()}\n  serial: {result.serial}")
+    return EXIT_OK

@@ -331,7 +331,7 @@ def parse_or_fail(parser: Callable[[Any], Reading], payload: Any, path: str) -> 
 
 
 SPEC = register(TransportSpec(
-    vendor=IOMETER, transport="local", options=OPTIONS, create=IOmeterBridge,
+    vendor=IOMETER, transport="local", options=OPTIONS, create=IOmeterBridge, default=True,
     kind="poll", default_interval=10.0, min_interval=1.0, check_target=check_target,
     description="IOmeter bridge, local API: /v1/reading and /v1/status, polled or as Server-Sent Events",
 ))

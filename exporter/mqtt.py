@@ -1,0 +1,390 @@
+"""MQTT brokers the exporter subscribes to: the `mqtt_brokers:` section and one shared connection
+per broker.
+
+A `BrokerConnection` keeps one client connected for every target that reads from that broker:
+it subscribes to the topic filters its users register, hands each message to their handler, and
+after a lost connection reconnects with exponential backoff (capped) and subscribes again (the
+broker forgets a clean session's subscriptions). `energy_meter_exporter_mqtt_connected{broker}`
+tells whether it is connected now. Retained messages, which the broker replays on subscribing,
+are ignored: they are readings of unknown age. A failed connection attempt is passed to the users as a
+`PollError` (unauthorized, tls, connection, timeout, config), so that their targets go down with
+a reason at once instead of only going stale later; a broker that restarts and takes the
+connection back at the first attempt marks nobody down.
+
+Passwords travel only to the broker: messages name the broker and the user, never the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import aiomqtt
+
+from . import catalogue as M
+from .config import Option, Secret
+from .errors import PollError
+from .vendors.registry import SectionSpec, register_section
+
+DEFAULT_TOPIC = "device/+/realtime"
+# A connection that held for this long counts as good: the backoff starts again from the
+# beginning after it drops. A broker that accepts and then drops at once (a client id used
+# twice) is retried ever more slowly instead of in a tight loop.
+STABLE_AFTER = 10.0
+# Reasons a subscriber refuses a message for; shown from the start at 0.
+REJECT_REASONS = ("unknown_sn", "sn_mismatch", "malformed", "too_large")
+
+OPTIONS: dict[str, Option] = {
+    "host": Option("str", required=True, help="address of the broker"),
+    "port": Option("int", minimum=1, help="port of the broker (default 1883, with tls 8883)"),
+    "username": Option("str", help="user name, if the broker asks for one"),
+    "password": Option("secret", help="password of that user (or password_file)"),
+    "tls": Option("bool", default=False, help="connect with TLS"),
+    "ca_file": Option("path", help="CA certificate(s) to verify the broker with (default: the system store)"),
+    "tls_verify": Option("bool", default=True, help="verify the broker's certificate and name (false: encrypt only)"),
+    "client_id": Option("str", help="MQTT client id (default: energy-meter-exporter-<random>); unique per broker"),
+    "topic": Option("str", default=DEFAULT_TOPIC, help="topic filter the meters publish under; '+' stands for the SN"),
+    "keepalive": Option("duration", default=60.0, minimum=5.0, help="MQTT keepalive interval"),
+    "reconnect_delay": Option("duration", default=1.0, minimum=0.01, help="first delay before a reconnection"),
+    "max_reconnect_delay": Option("duration", default=60.0, minimum=0.01, help="ceiling of the reconnection delay"),
+}
+
+SECTION = register_section(SectionSpec(
+    name="mqtt_brokers", options=OPTIONS, many=True,
+    description="MQTT brokers that meters publish to; targets name one with `broker:`",
+))
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    name: str
+    host: str
+    port: int
+    username: str | None = None
+    password: Secret | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    tls_verify: bool = True
+    client_id: str | None = None
+    topic: str = DEFAULT_TOPIC
+    keepalive: float = 60.0
+    reconnect_delay: float = 1.0
+    max_reconnect_delay: float = 60.0
+
+    @classmethod
+    def from_section(cls, item: Mapping[str, Any]) -> "BrokerSettings":
+        tls = bool(item.get("tls") or False)
+        port = item.get("port") or (8883 if tls else 1883)
+        password = item.get("password")
+        if isinstance(password, str):
+            password = Secret(password)
+
+        def get(key: str, default: Any) -> Any:
+            value = item.get(key)
+            return default if value is None else value
+
+        return cls(
+            name=str(item["name"]), host=str(item["host"]), port=int(port),
+            username=item.get("username"), password=password, tls=tls, ca_file=item.get("ca_file"),
+            tls_verify=bool(get("tls_verify", True)), client_id=item.get("client_id"),
+            topic=str(get("topic", DEFAULT_TOPIC)), keepalive=float(get("keepalive", 60.0)),
+            reconnect_delay=float(get("reconnect_delay", 1.0)),
+            max_reconnect_delay=float(get("max_reconnect_delay", 60.0)),
+        )
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+    def key(self) -> tuple:
+        """Identity for shared connections: a changed setting means a new connection."""
+        return tuple(sorted((k, v) for k, v in self.__dict__.items()))
+
+
+def topic_filter_problem(topic: str) -> str | None:
+    """Why `topic` is not a valid MQTT topic filter, or None."""
+    if not topic:
+        return "empty topic filter"
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "'#' must be a whole level and the last one"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching ('+' one level, '#' the rest)."""
+    filter_levels, levels = topic_filter.split("/"), topic.split("/")
+    for index, pattern in enumerate(filter_levels):
+        if pattern == "#":
+            return True
+        if index >= len(levels) or (pattern != "+" and pattern != levels[index]):
+            return False
+    return len(levels) == len(filter_levels)
+
+
+def wildcard_value(topic_filter: str, topic: str) -> str | None:
+    """The topic level that the filter's first '+' matched (the meter's SN), or None."""
+    filter_levels, levels = topic_filter.split("/"), topic.split("/")
+    for index, pattern in enumerate(filter_levels):
+        if pattern == "+":
+            return levels[index] if index < len(levels) else None
+    return None
+
+
+Handler = Callable[[str, bytes], None]
+ErrorListener = Callable[[PollError], None]
+
+
+class BrokerConnection:
+    """One client connection to one broker, shared by every target that reads from it."""
+
+    def __init__(self, settings: BrokerSettings, log: Any, store: Any = None) -> None:
+        self.settings = settings
+        self.log = log.bind(broker=settings.name) if hasattr(log, "bind") else log
+        self.store = store
+        self.connected = asyncio.Event()
+        self.last_error: PollError | None = None
+        self.connections = 0  # successful connections so far (tests, status)
+        self.failures = 0  # consecutive failed attempts or short-lived connections
+        self._handlers: dict[str, list[Handler]] = {}
+        self._error_listeners: list[ErrorListener] = []
+        self._client: aiomqtt.Client | None = None
+        self._subscribed: set[str] = set()
+        self._task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # (un)subscriptions in flight
+        self._client_id = settings.client_id or f"energy-meter-exporter-{uuid.uuid4().hex[:12]}"
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+
+    # --- users -----------------------------------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        handlers = self._handlers.setdefault(topic_filter, [])
+        if handler not in handlers:
+            handlers.append(handler)
+        if self._client is not None and topic_filter not in self._subscribed:
+            self._subscribed.add(topic_filter)
+            self._in_background(self._subscribe(self._client, topic_filter))
+
+    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        handlers = self._handlers.get(topic_filter, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers:
+            self._handlers.pop(topic_filter, None)
+            client = self._client
+            if client is not None and topic_filter in self._subscribed:
+                self._subscribed.discard(topic_filter)
+                self._in_background(self._quietly(client.unsubscribe(topic_filter)))
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._background.discard)
+
+    def add_error_listener(self, listener: ErrorListener) -> None:
+        self._error_listeners.append(listener)
+
+    def remove_error_listener(self, listener: ErrorListener) -> None:
+        if listener in self._error_listeners:
+            self._error_listeners.remove(listener)
+
+    @property
+    def listener(self) -> str:
+        """The `listener` label of this broker's refused messages."""
+        return f"mqtt:{self.settings.name}"
+
+    def count_rejected(self, reason: str) -> None:
+        """Count a message nobody took (energy_meter_exporter_push_rejected_total)."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self._publish_rejected()
+
+    def _publish_rejected(self) -> None:
+        if self.store is not None:
+            self.store.set_global(f"mqtt-rejected:{self.settings.name}", M.PUSH_REJECTED, [
+                ((("listener", self.listener), ("reason", r)), n) for r, n in sorted(self.rejected.items())])
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> "BrokerConnection":
+        self._publish_state()
+        self._publish_rejected()
+        self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.settings.name}")
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        for task in list(self._background):
+            task.cancel()
+        if self.store is not None:
+            self.store.set_global(f"mqtt:{self.settings.name}", M.MQTT_CONNECTED, [])
+            self.store.set_global(f"mqtt-rejected:{self.settings.name}", M.PUSH_REJECTED, [])
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            was_connected = False
+            try:
+                async with self._new_client() as client:
+                    was_connected = True
+                    await self._on_connected(client)
+                    async for message in client.messages:
+                        self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except aiomqtt.MqttError as exc:
+                error = self._classify(exc, was_connected)
+            except PollError as exc:  # the TLS settings could not be loaded
+                error = exc
+            except Exception as exc:  # a bug here must not end the subscription for good
+                self.log.exception("mqtt connection crashed", error_type=exc.__class__.__name__)
+                error = PollError("internal", f"MQTT broker {self.settings.name!r}: internal error: "
+                                              f"{exc.__class__.__name__}")
+            finally:
+                self._client = None
+                self._subscribed = set()
+                self.connected.clear()
+                self._publish_state()
+            if was_connected and time.monotonic() - started >= STABLE_AFTER:
+                self.failures = 0
+            self.failures += 1
+            self.last_error = error
+            if was_connected:
+                self.log.warning("mqtt connection lost", reason=error.reason, error=error.message)
+            else:
+                if self.failures == 1 or self.failures % 10 == 0:
+                    self.log.warning("mqtt connection failed", reason=error.reason, error=error.message,
+                                     consecutive=self.failures)
+                # Only a failed attempt marks the targets down: a broker that comes straight
+                # back after a restart does not make every meter flap.
+                for listener in list(self._error_listeners):
+                    listener(error)
+            await asyncio.sleep(self._delay())
+
+    def _delay(self) -> float:
+        s = self.settings
+        base = min(s.reconnect_delay * 2 ** max(self.failures - 1, 0), s.max_reconnect_delay)
+        return base * random.uniform(0.9, 1.1)
+
+    def _new_client(self) -> aiomqtt.Client:
+        s = self.settings
+        return aiomqtt.Client(
+            s.host, s.port, username=s.username,
+            password=s.password.reveal() if s.password else None,
+            identifier=self._client_id, keepalive=int(s.keepalive),
+            tls_context=self._tls_context() if s.tls else None,
+            timeout=max(5.0, min(s.keepalive, 30.0)),
+            logger=_QUIET_LOGGER,
+        )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        s = self.settings
+        try:
+            context = ssl.create_default_context(cafile=s.ca_file) if s.ca_file else ssl.create_default_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise PollError("config", f"MQTT broker {s.name!r}: cannot load ca_file {s.ca_file}: "
+                                      f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not s.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _on_connected(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self.connections += 1
+        for topic_filter in list(self._handlers):
+            self._subscribed.add(topic_filter)
+            await self._subscribe(client, topic_filter)
+        self.last_error = None
+        self.connected.set()
+        self._publish_state()
+        self.log.info("mqtt connected", address=self.settings.address, subscriptions=sorted(self._subscribed),
+                      connection=self.connections)
+
+    async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        try:
+            granted = await client.subscribe(topic_filter, qos=0)
+        except aiomqtt.MqttError as exc:
+            # The next connection subscribes again; a refused filter is worth a warning.
+            self.log.warning("mqtt subscribe failed", topic=topic_filter, error=_clean(str(exc), self.settings))
+            return
+        if any(getattr(code, "value", code) >= 0x80 for code in granted):
+            self.log.warning("mqtt broker refused the subscription", topic=topic_filter,
+                             hint="check the broker's ACL for this user")
+
+    @staticmethod
+    async def _quietly(awaitable) -> None:
+        try:
+            await awaitable
+        except aiomqtt.MqttError:
+            pass
+
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        if message.retain:
+            # Replayed by the broker on subscribing: a reading of unknown age, not a live one.
+            return
+        topic = message.topic.value
+        payload = message.payload
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif not isinstance(payload, (bytes, bytearray)):
+            payload = b"" if payload is None else str(payload).encode()
+        for topic_filter, handlers in list(self._handlers.items()):
+            if topic_matches(topic_filter, topic):
+                for handler in list(handlers):
+                    try:
+                        handler(topic, bytes(payload))
+                    except Exception as exc:  # one bad handler must not stop the others
+                        self.log.exception("mqtt handler crashed", topic=topic, error_type=exc.__class__.__name__)
+
+    def _publish_state(self) -> None:
+        if self.store is not None:
+            self.store.set_global(f"mqtt:{self.settings.name}", M.MQTT_CONNECTED,
+                                  [((("broker", self.settings.name),), 1 if self.connected.is_set() else 0)])
+
+    def _classify(self, exc: aiomqtt.MqttError, was_connected: bool) -> PollError:
+        s = self.settings
+        where = f"MQTT broker {s.name!r} ({s.address})"
+        if was_connected:
+            return PollError("connection", f"{where}: connection lost")
+        code = getattr(exc, "rc", None)
+        value = getattr(code, "value", code)
+        text = _clean(str(exc), s)
+        if value in (4, 5, 134, 135):
+            who = f"user {s.username!r}" if s.username else "an anonymous client"
+            what = "bad user name or password" if value in (4, 134) else "not authorized"
+            return PollError("unauthorized", f"{where} refused the login of {who}: {what}")
+        lowered = text.lower()
+        if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
+            return PollError("tls", f"{where}: TLS failed: {text}")
+        if "timed out" in lowered or "timeout" in lowered:
+            return PollError("timeout", f"{where}: no answer in time")
+        return PollError("connection", f"{where}: cannot connect: {text}")
+
+
+def _clean(text: str, settings: BrokerSettings) -> str:
+    """Belt and braces: a message must never carry the password, whatever the library says."""
+    if settings.password:
+        secret = settings.password.reveal()
+        if secret and secret in text:
+            text = text.replace(secret, "<secret>")
+    return re.sub(r"\s+", " ", text).strip()[:200]
+
+
+# paho's own debug lines (one per ping) are of no use to the exporter's users; its warnings are.
+_QUIET_LOGGER = logging.getLogger("exporter.mqtt.client")
+_QUIET_LOGGER.setLevel(logging.WARNING)

@@ -1,0 +1,124 @@
+"""IAMMETER meters in HTTP upload mode: they POST the `/api/monitorjson` document to an address
+of the user's choosing every upload interval (port 443 means HTTPS to the meter, any other port
+plain HTTP; the firmware sends the body as text/plain).
+
+All push targets share the one listener of the `http_push:` section (`exporter/push.py`); a
+target claims the uploads that carry its SN. The meter's address field takes `host:port` with
+no path, so the listener accepts any path unless `http_push.path` names one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Iterable
+
+from ... import logs
+from ...config import Config, Option, TargetConfig
+from ...context import AdapterContext
+from ...errors import PollError
+from ...push import PushListener, PushSettings, Sink, normalize_id, parse_listen, parse_networks
+from ..registry import TransportSpec, register
+from . import http as _http  # noqa: F401  (registered first: http stays the default transport)
+from .mqtt import check_target
+from .parse import parse_monitorjson
+
+# After a failure to listen (port taken), the listener is tried again after this long, doubling.
+RETRY_LISTEN_AFTER = 1.0
+MAX_RETRY_LISTEN_AFTER = 60.0
+
+OPTIONS: dict[str, Option] = {
+    "sn": Option("str", required=True, help="the meter's serial number; uploads carrying another SN are refused"),
+}
+
+
+def check_config(config: Config) -> Iterable[tuple[tuple, str]]:
+    section = config.sections.get("http_push") or {}
+    if section.get("listen"):
+        try:
+            parse_listen(section["listen"])
+        except ValueError as exc:
+            yield ("http_push", "listen"), str(exc)
+    try:
+        parse_networks(section.get("allowed_networks"))
+    except ValueError as exc:
+        yield ("http_push", "allowed_networks"), str(exc)
+    seen: dict[str, str] = {}
+    # The loader runs this only when every target is valid, so the index is the file's index.
+    for index, target in enumerate(config.targets):
+        if (target.vendor, target.transport) != ("iammeter", "push"):
+            continue
+        if not section.get("listen") and not seen:  # said once, at the first push target
+            yield (("targets", index, "transport"),
+                   "transport push receives on the http_push listener, which has no `listen` address: "
+                   "add for example `http_push: {listen: \":8088\"}`")
+        sn = normalize_id(target.option("sn", ""))
+        if sn in seen:
+            yield ("targets", index, "sn"), f"SN {sn} is already received by push target {seen[sn]!r}"
+        else:
+            seen[sn] = target.name
+
+
+class IammeterPushAdapter:
+    """A push target: claims its SN on the shared listener and waits for uploads."""
+
+    def __init__(self, target: TargetConfig, context: AdapterContext) -> None:
+        self.target = target
+        self._context = context
+        self.sn = normalize_id(target.option("sn"))
+        self.listener: PushListener | None = None
+        self._key: tuple | None = None
+        self._sink: Sink | None = None
+
+    async def run(self, emit: Callable[[Any], None]) -> None:
+        try:
+            settings = PushSettings.from_section(self._context.sections.get("http_push") or {})
+        except PollError as exc:
+            emit(exc)
+            await asyncio.Event().wait()
+        store, shared = self._context.store, self._context.shared
+
+        async def new_listener() -> PushListener:
+            return await PushListener(settings, logs.get(listener="http_push"), store).start()
+
+        delay = RETRY_LISTEN_AFTER
+        while True:
+            try:
+                listener = await shared.acquire(settings.key(), new_listener)
+                break
+            except PollError as exc:  # the port is taken: say so, and try again later
+                emit(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_LISTEN_AFTER)
+        self._sink = Sink(self.target.name, emit, parse_monitorjson)
+        self.listener, self._key = listener, settings.key()
+        listener.attach(self.sn, self._sink)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is None:
+            return
+        listener.detach(self.sn, self._sink)
+        await self._context.shared.release(self._key)
+
+
+def create(target: TargetConfig, context: AdapterContext) -> IammeterPushAdapter:
+    return IammeterPushAdapter(target, context)
+
+
+SPEC = register(TransportSpec(
+    vendor="iammeter",
+    transport="push",
+    options=OPTIONS,
+    create=create,
+    kind="push",
+    default_interval=60.0,  # the meter's default upload interval
+    min_interval=2.0,  # the fastest the firmware uploads
+    check_target=check_target,
+    check_config=check_config,
+    uses_sections=("http_push",),
+    description="IAMMETER meter in HTTP upload mode (POSTs to the http_push listener)",
+))

@@ -1,0 +1,309 @@
+"""IAMMETER meters in HTTP upload mode: the shared push listener on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import textwrap
+
+import aiohttp
+import pytest
+import structlog
+
+from exporter import catalogue as c
+from exporter.config import ConfigError, TargetConfig, load_config
+from exporter.context import AdapterContext, SharedResources
+from exporter.daemon import Daemon
+from exporter.scheduler import TargetRunner
+from exporter.simulators.iammeter_push import HttpPushMeter
+from exporter.state import StateDirectory
+from exporter.store import SnapshotStore
+from exporter.vendors.iammeter import push as iam_push
+
+from .conftest import async_wait_until, free_port, sample_value
+
+KWH = 3.6e6
+SN = "3E0BAF87"
+OTHER_SN = "5DB50BF4"
+
+
+def target(sn: str = SN, name: str = "meter") -> TargetConfig:
+    return TargetConfig(name=name, vendor="iammeter", transport="push", interval=2.0, timeout=2.0,
+                        max_backoff=60.0, stale_after=60.0, jitter=0.0, options={"sn": sn})
+
+
+class Exporter:
+    """Push targets run by the scheduler's push loop into a store, as the daemon wires them."""
+
+    def __init__(self, session, tmp_path, section: dict) -> None:
+        self.store = SnapshotStore()
+        self.shared = SharedResources()
+        self.session = session
+        self.tmp_path = tmp_path
+        self.sections = {"http_push": section}
+        self.runners: list[TargetRunner] = []
+
+    async def add(self, config: TargetConfig, wait: bool = True) -> TargetRunner:
+        self.store.add_target(config.name, config.vendor, config.stale_after)
+        context = AdapterContext(session=self.session, state=StateDirectory(self.tmp_path), log=structlog.get_logger(),
+                                 shared=self.shared, sections=self.sections, store=self.store)
+        runner = TargetRunner(config, iam_push.SPEC.create(config, context), self.store, structlog.get_logger(),
+                              kind="push")
+        runner.start()
+        self.runners.append(runner)
+        if wait:
+            await async_wait_until(lambda: runner.adapter.listener is not None, what="the listener")
+        return runner
+
+    def value(self, name: str, **labels) -> float | None:
+        self.store.expire()
+        return sample_value(self.store.cache.body(False), name, **labels)
+
+    def rejected(self, reason: str) -> float | None:
+        return self.value(c.PUSH_REJECTED.name, listener="http_push", reason=reason)
+
+    def state(self, name: str = "meter"):
+        return self.store.targets[name]
+
+    async def close(self) -> None:
+        for runner in self.runners:
+            await runner.stop()
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def port():
+    return free_port()
+
+
+@contextlib.asynccontextmanager
+async def exporter(session, tmp_path, **section):
+    e = Exporter(session, tmp_path, section)
+    try:
+        yield e
+    finally:
+        await e.close()
+
+
+async def test_an_upload_of_a_configured_meter_is_accepted(session, tmp_path, port, conformance):
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/", conformance=conformance)
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}") as e:
+        await e.add(target())
+        status, reply = await meter.post_once()
+        assert (status, reply) == (200, {"successful": True, "message": "ok"})
+        assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l3") == 263.5
+        assert e.value(c.PHASE_ENERGY_EXPORTED.name, device="meter", phase="l1") == pytest.approx(11.201 * KWH)
+        assert e.value(c.DEVICE_INFO.name, device="meter", serial=SN, model="WEM3080T") == 1
+        assert e.value(c.TARGET_UP.name, device="meter") == 1
+        assert e.rejected("unknown_sn") == 0  # shown from the start, so that rate() works at once
+
+
+async def test_one_listener_for_all_push_targets(session, tmp_path, port):
+    first = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/")
+    second = HttpPushMeter("WEM3080", url=f"http://127.0.0.1:{port}/upload", serial=OTHER_SN.lower())
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}") as e:
+        a = await e.add(target(SN, "three-phase"))
+        b = await e.add(target(OTHER_SN, "single-phase"))
+        assert a.adapter.listener is b.adapter.listener
+        assert (await first.post_once())[0] == 200
+        assert (await second.post_once())[0] == 200  # any path; the SN's case does not matter
+        assert e.value(c.ACTIVE_POWER.name, device="single-phase") == 152.0
+        assert e.value(c.PHASE_ACTIVE_POWER.name, device="three-phase", phase="l3") == 1213
+        await a.stop()
+        assert (await first.post_once())[0] == 403  # its SN is no longer claimed
+        await b.stop()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await second.post_once()  # the last target closed the listener
+
+
+async def test_an_unknown_sn_is_refused_and_counted(session, tmp_path, port):
+    stranger = HttpPushMeter("WEM3080", url=f"http://127.0.0.1:{port}/", serial="ABCDEF01")
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}") as e:
+        await e.add(target())
+        for expected in (1, 2):
+            status, reply = await stranger.post_once()
+            assert status == 403 and reply["successful"] is False and "ABCDEF01" in reply["message"]
+            assert e.rejected("unknown_sn") == expected
+        assert e.state().polls == 0 and e.value(c.ACTIVE_POWER.name) is None
+
+
+@pytest.mark.parametrize("networks, status", [(["10.0.0.0/8", "192.168.0.0/16"], 403), (["127.0.0.0/8"], 200)])
+async def test_only_allowed_source_networks_may_push(session, tmp_path, port, networks, status):
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/")
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}", allowed_networks=tuple(networks)) as e:
+        await e.add(target())
+        assert (await meter.post_once())[0] == status
+        assert e.rejected("forbidden_network") == (1 if status == 403 else 0)
+        assert (e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") is not None) == (status == 200)
+
+
+async def test_an_oversized_body_is_refused_with_413(session, tmp_path, port):
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/")
+    meter.fault = "huge"  # 70 kB, over the default 64 KiB
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}", max_body_bytes=65536) as e:
+        await e.add(target())
+        assert (await meter.post_once())[0] == 413
+
+        async def chunks():  # no Content-Length: the limit holds while reading
+            for _ in range(20):
+                yield b"x" * 8192
+
+        async with session.post(f"http://127.0.0.1:{port}/", data=chunks()) as resp:
+            assert resp.status == 413
+        assert e.rejected("too_large") == 2
+        assert e.state().polls == 0
+
+
+@pytest.mark.parametrize("fault", ["garbage", "short_row", "nulls", "string_value"])
+async def test_a_malformed_upload_is_refused_and_fails_its_target(session, tmp_path, port, fault):
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/")
+    other = HttpPushMeter("WEM3080", url=f"http://127.0.0.1:{port}/", serial=OTHER_SN)
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}") as e:
+        await e.add(target())
+        await e.add(target(OTHER_SN, "other"))
+        assert (await meter.post_once())[0] == 200
+        meter.fault = fault
+        status, reply = await meter.post_once()
+        assert status == 400 and reply["successful"] is False
+        assert (await other.post_once())[0] == 200
+        assert e.state().last_reason == "parse" and not e.state().up
+        assert e.value(c.POLL_ERRORS.name, device="meter", reason="parse") == 1
+        assert e.state("other").up and e.value(c.POLL_ERRORS.name, device="other", reason="parse") is None
+        assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0  # the last good value
+        assert e.rejected("malformed") == 1
+
+
+async def test_a_body_that_names_no_configured_meter_is_only_counted(session, tmp_path, port):
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}") as e:
+        await e.add(target())
+        for body in (b"<html>not json", b'{"Datas": [[1, 2, 3, 4, 5]]}', b'[1, 2]'):
+            async with session.post(f"http://127.0.0.1:{port}/", data=body) as resp:
+                assert resp.status == 400, body
+        assert e.rejected("malformed") == 3
+        assert e.state().polls == 0 and e.state().last_reason is None
+
+
+async def test_path_method_and_rate_limit(session, tmp_path, port):
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/iammeter")
+    url = f"http://127.0.0.1:{port}"
+    async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}", path="iammeter",
+                        max_requests_per_minute=3) as e:
+        await e.add(target())
+        assert (await meter.post_once())[0] == 200
+        async with session.post(url + "/elsewhere", data=meter.body()) as resp:
+            assert resp.status == 404
+        async with session.get(url + "/iammeter") as resp:
+            assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        async with session.post(url + "/iammeter", data=meter.body()) as resp:
+            assert resp.status == 429  # the fourth request of this minute, limit 3
+        assert (e.rejected("not_found"), e.rejected("rate_limited")) == (1, 1)
+
+
+async def test_a_port_in_use_is_a_target_error_not_a_crash(session, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with exporter(session, tmp_path, listen=f"127.0.0.1:{port}") as e:
+            await e.add(target(), wait=False)
+            await async_wait_until(lambda: e.state().last_reason == "config", what="reason config")
+            assert f"cannot listen on 127.0.0.1:{port}" in e.state().last_error
+
+
+# --- configuration and the daemon -----------------------------------------------------------------
+
+
+def write(path, text: str):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+TARGETS = "targets:\n  - name: a\n    vendor: iammeter\n    transport: push\n    sn: 3E0BAF87\n"
+
+
+@pytest.mark.parametrize("section, expected", [
+    ("", ":4: targets[0].transport: transport push receives on the http_push listener, which has no `listen`"),
+    ("http_push:\n  listen: localhost\n", ":2: http_push.listen: 'localhost': expected [host]:port"),
+    ("http_push:\n  listen: ':8088'\n  allowed_networks: [10.0.0.0/33]\n",
+     ":3: http_push.allowed_networks: '10.0.0.0/33' is not a network"),
+])
+def test_config_problems_of_the_listener(tmp_path, section, expected):
+    config = write(tmp_path / "c.yaml", section + TARGETS)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert f"{config}{expected}" in str(info.value)
+
+
+def test_config_refuses_an_sn_on_two_push_targets(tmp_path):
+    config = write(tmp_path / "c.yaml", """\
+        http_push:
+          listen: ":8088"
+        targets:
+          - {name: a, vendor: iammeter, transport: push, sn: 3E0BAF87}
+          - {name: b, vendor: iammeter, transport: push, sn: 3E0BAF87}
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert f"{config}:5: targets[1].sn: SN 3E0BAF87 is already received by push target 'a'" in str(info.value)
+
+
+async def test_the_daemon_exports_a_meter_that_posts(tmp_path, conformance):
+    port = free_port()
+    config = write(tmp_path / "exporter.yaml", f"""\
+        state_directory: state
+        http_push:
+          listen: 127.0.0.1:{port}
+          allowed_networks: [127.0.0.0/8]
+        targets:
+          - name: house
+            vendor: iammeter
+            transport: push
+            sn: {SN}
+            interval: 2s
+    """)
+    daemon = Daemon(load_config(config))
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/", interval=0.2, conformance=conformance)
+    await daemon.start("127.0.0.1", 0)
+    try:
+        await meter.start()
+        async with aiohttp.ClientSession() as http:
+            body = ""
+            for _ in range(100):
+                async with http.get(f"http://127.0.0.1:{daemon.port}/metrics") as resp:
+                    body = await resp.text()
+                if sample_value(body, c.PHASE_CURRENT.name, device="house", phase="l1") is not None:
+                    break
+                await asyncio.sleep(0.1)
+        assert sample_value(body, c.PHASE_CURRENT.name, device="house", phase="l1", vendor="iammeter") == 9.99
+        assert sample_value(body, c.PUSH_REJECTED.name, listener="http_push", reason="forbidden_network") == 0
+        assert sample_value(body, c.TARGET_UP.name, device="house") == 1
+        assert meter.last_reply == {"successful": True, "message": "ok"}
+
+        # A changed listener section restarts the push targets on a new listener (same port).
+        config.write_text(config.read_text().replace("[127.0.0.0/8]", "[192.0.2.0/24]"))
+        ok, _ = await daemon.reload()
+        assert ok
+        await meter.stop()
+
+        async def answered():  # the restarted target opens the new listener right after the reload
+            try:
+                return await meter.post_once()
+            except aiohttp.ClientConnectionError:
+                return None
+
+        for _ in range(50):
+            answer = await answered()
+            if answer is not None:
+                break
+            await asyncio.sleep(0.05)
+        status, reply = answer
+        assert status == 403 and "allowed_networks" in reply["message"]
+    finally:
+        await meter.stop()
+        await daemon.stop()
