@@ -1,7 +1,7 @@
 #!/bin/sh
 # System programs the test suite runs for real: promtool and a Prometheus server, a Mosquitto
 # MQTT broker, Alertmanager and Pushgateway, and headless Chromium (the status page test drives it over
-# the DevTools protocol). Installed with apt-get when running as root.
+# the DevTools protocol), docker-compose to validate the compose file. Installed with apt-get when running as root.
 set -e
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing="$missing $2"; }
@@ -11,6 +11,8 @@ need mosquitto mosquitto
 need prometheus-alertmanager prometheus-alertmanager
 need prometheus-pushgateway prometheus-pushgateway
 need chromium chromium
+# `docker-compose config` validates the shipped docker-compose.yml (no Docker engine needed).
+need docker-compose docker-compose
 [ -z "$missing" ] && exit 0
 packages=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

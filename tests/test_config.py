@@ -187,8 +187,13 @@ def test_missing_config_file(tmp_path):
 
 def test_example_config_is_valid():
     example = Path(__file__).resolve().parents[1] / "config.example.yaml"
-    cfg = load_config(example, environ={"HOMEWIZARD_P1_TOKEN": "0123456789abcdef0123456789abcdef"})
-    assert {t.vendor for t in cfg.targets} >= {"homewizard"}
+    environ = {"HOMEWIZARD_P1_TOKEN": "0123456789abcdef0123456789abcdef", "IAMMETER_PASSWORD": "x",
+               "IOMETER_PARTNER_SECRET": "y", "MQTT_PASSWORD": "z", "ENLIGHTEN_PASSWORD": "w"}
+    cfg = load_config(example, environ=environ)
+    kinds = {(t.vendor, t.transport) for t in cfg.targets}
+    from exporter.vendors import registry
+
+    assert kinds == {(s.vendor, s.transport) for s in registry.specs()}  # an example of every kind
 
 
 def test_every_vendor_has_exactly_one_default_transport():
