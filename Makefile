@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
+	@sh scripts/install-system-deps.sh demo
 	$(VENV)/bin/python -m exporter.demo --port $(PORT)
 
 system-deps:

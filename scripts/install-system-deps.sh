@@ -2,21 +2,28 @@
 # System programs the test suite runs for real: promtool and a Prometheus server, a Mosquitto
 # MQTT broker, Alertmanager and Pushgateway, and headless Chromium (the status page test drives it over
 # the DevTools protocol), docker-compose to validate the compose file. Installed with apt-get when running as root.
+#
+# `install-system-deps.sh demo` installs only what `make demo` runs: the Mosquitto broker.
 set -e
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing="$missing $2"; }
-need promtool prometheus
-need prometheus prometheus
-need mosquitto mosquitto
-need prometheus-alertmanager prometheus-alertmanager
-need prometheus-pushgateway prometheus-pushgateway
-need chromium chromium
-# `docker-compose config` validates the shipped docker-compose.yml (no Docker engine needed).
-need docker-compose docker-compose
+case "${1:-test}" in
+demo)
+    need mosquitto mosquitto ;;
+*)
+    need promtool prometheus
+    need prometheus prometheus
+    need mosquitto mosquitto
+    need prometheus-alertmanager prometheus-alertmanager
+    need prometheus-pushgateway prometheus-pushgateway
+    need chromium chromium
+    # `docker-compose config` validates the shipped docker-compose.yml (no Docker engine needed).
+    need docker-compose docker-compose ;;
+esac
 [ -z "$missing" ] && exit 0
 packages=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "Installing system packages for the tests: $packages"
+    echo "Installing system packages: $packages"
     apt-get update -qq
     # Debian starts these as services on install; the tests run their own instances.
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
