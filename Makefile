@@ -4,7 +4,7 @@ VENV   := .venv
 PORT   ?= 9896
 PYTEST_ARGS ?=
 
-.PHONY: demo test system-deps venv clean check-config readme-tables
+.PHONY: demo test system-deps venv clean check-config readme-tables soak bench
 
 $(VENV)/.installed: pyproject.toml
 	@sh scripts/ensure-venv-support.sh $(PYTHON)
@@ -27,6 +27,17 @@ test: system-deps venv
 
 check-config: venv
 	$(VENV)/bin/energy-meter-exporter check-config --config.file config.example.yaml
+
+# The exporter at fleet scale beside prometheus_client and a real Pushgateway (under 10 minutes):
+# prints a table and writes bench/RESULTS.md. BENCH_ARGS: e.g. --sizes 100,1000 for a quick run.
+BENCH_ARGS ?=
+bench: system-deps venv
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# Minutes, not part of `make test`: 1,000 simulated meters, 10 % failing, memory/fds/tasks slopes.
+SOAK_MINUTES ?= 10
+soak: venv
+	$(VENV)/bin/python -m bench.soak --targets 1000 --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -31,6 +31,15 @@ def _common(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
                         help="log format (default logfmt)")
 
 
+def _shard(value: str):
+    from .daemon import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:  # argparse prints it and exits with 2
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--shard ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="energy-meter-exporter",
@@ -41,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"address to serve /metrics on (default {DEFAULT_LISTEN})")
     parser.add_argument("--web.config.file", dest="web_config", metavar="PATH",
                         help="TLS and basic auth settings, in the format of Prometheus's exporter-toolkit")
+    parser.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
+                        help="poll only this replica's share of the targets: INDEX from 0 to COUNT-1 "
+                             "(targets of one cloud account stay together; see README, Running at scale)")
     parser.add_argument("--version", action="version", version=f"energy-meter-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -131,7 +143,11 @@ def check_config(path: str) -> int:
 def warn_if_world_readable(path: str, config, log) -> None:
     from .config import Secret
 
-    if not any(isinstance(v, Secret) for t in config.targets for v in t.options.values()):
+    # secrets sit in targets and in shared sections (an MQTT broker's password)
+    items = [dict(t.options) for t in config.targets]
+    for section in config.sections.values():
+        items.extend(section if isinstance(section, (list, tuple)) else [section])
+    if not any(isinstance(v, Secret) for item in items if isinstance(item, dict) for v in item.values()):
         return
     try:
         mode = os.stat(path).st_mode
@@ -190,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     warn_if_world_readable(args.config_file, config, log)
     log.info("starting", version=__version__, config=args.config_file)
-    return asyncio.run(serve(config, host, port, web_config))
+    return asyncio.run(serve(config, host, port, web_config, shard=args.shard))
 
 
 if __name__ == "__main__":  # pragma: no cover

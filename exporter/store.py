@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import ProcessCollector
 
 from . import __version__
 from . import catalogue as M
 from .catalogue import Metric
-from .exposition import FamilyCache, render_samples, sample_line
+from .exposition import FamilyCache, base_label_text, format_value, render_series, sample_line
 from .samples import DeviceInfo, Reading, Sample
 
 # A counter reading lower than the one held is a firmware glitch until it has stayed lower for
@@ -28,7 +30,7 @@ COUNTER_RESET_GRACE = 3600.0
 DEVICE_FAMILIES_KEY = "device"
 
 
-@dataclass
+@dataclass(slots=True)  # 10,000 of them in a fleet: no per-object __dict__
 class TargetState:
     name: str
     vendor: str
@@ -45,9 +47,51 @@ class TargetState:
     regressions: int = 0
     devices: list[DeviceInfo] = field(default_factory=list)
     has_series: bool = False
-    # (metric name, labels) -> [held value, time the first lower reading was seen or None]
-    counters: dict[tuple[str, tuple], list] = field(default_factory=dict)
-    device_families: set[Metric] = field(default_factory=set)
+    # The series of the last reading as exported (counters held): its metrics (one tuple
+    # shared by targets of a kind), their labels and values. The next poll is compared with
+    # them: only families whose values changed are rendered again (about a third of a meter's
+    # lines), and counters are held against them.
+    metrics: tuple[Metric, ...] = ()
+    labels: tuple[tuple, ...] = ()
+    values: Any = None  # array("d"), or a list if a value does not fit one
+    # Counters not in the last reading, held in case they come back: (name, labels) -> value.
+    retired: dict[tuple[str, tuple], float] | None = None
+    # While a counter reads lower than held: (name, labels) -> when that was first seen.
+    lower_since: dict[tuple[str, tuple], float] | None = None
+    device_families: tuple[Metric, ...] = ()
+    base: str = ""  # the target's labels, rendered once: vendor="...",device="..."
+    info_lines: bytes = b""  # device_info lines of `devices`
+
+
+# Targets of one kind export the same families and series: one tuple for all of them, and
+# the positions of its counters.
+_SHARED: dict[tuple[Metric, ...], tuple[Metric, ...]] = {}
+_COUNTERS: dict[tuple[Metric, ...], tuple[int, ...]] = {}
+
+
+def _shared(metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
+    found = _SHARED.get(metrics)
+    if found is None:
+        if len(_SHARED) > 10_000:
+            _SHARED.clear()
+        found = _SHARED[metrics] = metrics
+    return found
+
+
+def _counter_positions(metrics: tuple[Metric, ...]) -> tuple[int, ...]:
+    found = _COUNTERS.get(metrics)
+    if found is None:
+        if len(_COUNTERS) > 10_000:
+            _COUNTERS.clear()
+        found = _COUNTERS[metrics] = tuple(i for i, m in enumerate(metrics) if m.kind == "counter")
+    return found
+
+
+def _values(values: list) -> Any:
+    try:
+        return array("d", values)
+    except (OverflowError, TypeError):
+        return values
 
 
 class SnapshotStore:
@@ -68,6 +112,7 @@ class SnapshotStore:
             if state is not None:
                 self.remove_target(name)
             state = self.targets[name] = TargetState(name, vendor, stale_after)
+            state.base = base_label_text((("vendor", vendor), ("device", name)))
         state.stale_after = stale_after
         self._render_status(state)
         return state
@@ -82,15 +127,20 @@ class SnapshotStore:
         if state is None:  # removed by a reload while its poll was in flight
             return
         now = self.clock()
-        samples = self._hold_counters(state, reading.samples, now)
-        base = (("vendor", state.vendor), ("device", name))
-        fragments = render_samples(samples, base)
-        if reading.devices:
+        fragments, whole = self._series(state, reading.samples, now)
+        if reading.devices and reading.devices != state.devices:
             state.devices = list(reading.devices)
-        if state.devices:  # most polls carry no identity: keep what was learnt before
-            fragments[M.DEVICE_INFO] = self._info_lines(state, base)
-        self.cache.set_fragments(name, fragments, scope=state.device_families)
-        state.device_families = set(fragments)
+            state.info_lines = self._info_lines(state)
+            fragments[M.DEVICE_INFO] = state.info_lines
+        elif whole and state.devices:  # most polls carry no identity: keep what was learnt before
+            fragments[M.DEVICE_INFO] = state.info_lines
+        if whole:  # the reading's families replace the target's
+            self.cache.set_fragments(name, fragments, scope=state.device_families)
+            state.device_families = _shared(tuple(fragments))
+        elif fragments:  # the same series: only the families that changed
+            self.cache.set_fragments(name, fragments, scope=())
+            if M.DEVICE_INFO in fragments and M.DEVICE_INFO not in state.device_families:
+                state.device_families = _shared(state.device_families + (M.DEVICE_INFO,))
         state.has_series = True
         state.up = True
         state.last_success = now
@@ -130,7 +180,7 @@ class SnapshotStore:
                 continue
             if state.last_success is None or now - state.last_success > state.stale_after:
                 self.cache.drop_owner(state.name, scope=state.device_families)
-                state.device_families = set()
+                state.device_families = ()
                 state.has_series = False
                 expired.append(state.name)
         return expired
@@ -191,30 +241,35 @@ class SnapshotStore:
             return None
 
     # --- rendering -------------------------------------------------------------------------
-    def _info_lines(self, state: TargetState, base: tuple) -> str:
+    def _info_lines(self, state: TargetState) -> bytes:
+        base = (("vendor", state.vendor), ("device", state.name))
         lines = []
         for info in state.devices:
             pairs = base + ((("meter", info.meter),) if info.meter is not None else ()) + (
                 ("model", info.model), ("serial", info.serial), ("firmware", info.firmware))
             lines.append(sample_line(M.DEVICE_INFO.name, pairs, 1))
-        return "".join(lines)
+        return "".join(lines).encode()
 
     def _render_status(self, state: TargetState) -> None:
-        base = (("vendor", state.vendor), ("device", state.name))
+        # Every poll renders these: f-strings on the pre-rendered labels (as sample_line would).
+        base = state.base
         fragments = {
-            M.TARGET_UP: sample_line(M.TARGET_UP.name, base, 1 if state.up else 0),
-            M.POLLS: sample_line(M.POLLS.name, base, state.polls),
-            M.COUNTER_REGRESSIONS: sample_line(M.COUNTER_REGRESSIONS.name, base, state.regressions),
+            M.TARGET_UP: f"{M.TARGET_UP.name}{{{base}}} {1 if state.up else 0}\n".encode(),
+            M.POLLS: f"{M.POLLS.name}{{{base}}} {state.polls}\n".encode(),
+            M.COUNTER_REGRESSIONS: f"{M.COUNTER_REGRESSIONS.name}{{{base}}} {state.regressions}\n".encode(),
         }
         if state.last_success is not None:
-            fragments[M.LAST_SUCCESS] = sample_line(M.LAST_SUCCESS.name, base, round(state.last_success, 3))
+            fragments[M.LAST_SUCCESS] = (
+                f"{M.LAST_SUCCESS.name}{{{base}}} {format_value(round(state.last_success, 3))}\n".encode())
         if state.poll_duration is not None:
-            fragments[M.POLL_DURATION] = sample_line(M.POLL_DURATION.name, base, round(state.poll_duration, 6))
+            fragments[M.POLL_DURATION] = (
+                f"{M.POLL_DURATION.name}{{{base}}} {format_value(round(state.poll_duration, 6))}\n".encode())
         if state.errors:
+            pairs = (("vendor", state.vendor), ("device", state.name))
             fragments[M.POLL_ERRORS] = "".join(
-                sample_line(M.POLL_ERRORS.name, base + (("reason", reason),), count)
+                sample_line(M.POLL_ERRORS.name, pairs + (("reason", reason),), count)
                 for reason, count in sorted(state.errors.items())
-            )
+            ).encode()
         self.cache.set_fragments(state.name, fragments, scope=M.EXPORTER_SELF)
 
     def _render_global(self) -> None:
@@ -225,25 +280,59 @@ class SnapshotStore:
             M.CONFIG_RELOAD_TIME: sample_line(M.CONFIG_RELOAD_TIME.name, (), round(self.reload_time, 3)),
         }, scope=(M.BUILD_INFO, M.CONFIG_RELOAD_OK, M.CONFIG_RELOAD_TIME))
 
-    def _hold_counters(self, state: TargetState, samples: list[Sample], now: float) -> list[Sample]:
+    def _series(self, state: TargetState, samples: list[Sample], now: float) -> tuple[dict[Metric, bytes], bool]:
+        """Hold the counters of a reading and render what changed: (lines per family, whether
+        they are all of the target's families or only the changed ones)."""
+        metrics = tuple([s.metric for s in samples])
+        labels = tuple([s.labels for s in samples])
+        values = [s.value for s in samples]
+        old = state.values
+        same = old is not None and metrics == state.metrics and labels == state.labels
+        if same:
+            metrics = state.metrics
+            for i in _counter_positions(metrics):
+                if not values[i] >= old[i]:
+                    values[i] = self._hold(state, (metrics[i].name, labels[i]), values[i], old[i], now)
+                elif state.lower_since:
+                    state.lower_since.pop((metrics[i].name, labels[i]), None)
+        else:
+            metrics = _shared(metrics)
+            held: dict[tuple[str, tuple], float] = dict(state.retired or ())
+            if old is not None:
+                held.update(((state.metrics[i].name, state.labels[i]), old[i])
+                            for i in _counter_positions(state.metrics))
+            for i in _counter_positions(metrics):
+                key = (metrics[i].name, labels[i])
+                before = held.pop(key, None)
+                if before is not None and not values[i] >= before:
+                    values[i] = self._hold(state, key, values[i], before, now)
+                elif state.lower_since:
+                    state.lower_since.pop(key, None)
+            state.retired = held or None  # counters seen before, absent now: kept for their return
+        if same and state.has_series:
+            changed = {m for m, new, was in zip(metrics, values, old) if new != was}
+            fragments = render_series(metrics, labels, values, state.base, only=changed) if changed else {}
+        else:
+            fragments = render_series(metrics, labels, values, state.base)
+        if same and old.__class__ is array:
+            # Keep the objects of the last poll: a fleet's polls then leave nothing new behind
+            # for the garbage collector (whose full passes over 10,000 targets' objects take a
+            # noticeable pause).
+            for i, (new, was) in enumerate(zip(values, old)):
+                if new != was:
+                    old[i] = new
+        else:
+            state.metrics, state.labels, state.values = metrics, labels, _values(values)
+        return fragments, not (same and state.has_series)
+
+    def _hold(self, state: TargetState, key: tuple[str, tuple], value: float, held: float, now: float) -> float:
         """Counters never step back: a lower reading keeps the held value (and is counted),
         unless it stays lower for COUNTER_RESET_GRACE (a replaced meter)."""
-        out = samples
-        for index, sample in enumerate(samples):
-            if sample.metric.kind != "counter":
-                continue
-            key = (sample.metric.name, sample.labels)
-            held = state.counters.get(key)
-            if held is None or sample.value >= held[0]:
-                state.counters[key] = [sample.value, None]
-                continue
-            if held[1] is None:
-                held[1] = now
-            if now - held[1] >= COUNTER_RESET_GRACE:
-                state.counters[key] = [sample.value, None]
-                continue
-            state.regressions += 1
-            if out is samples:
-                out = list(samples)
-            out[index] = Sample(sample.metric, sample.labels, held[0])
-        return out
+        if state.lower_since is None:
+            state.lower_since = {}
+        since = state.lower_since.setdefault(key, now)
+        if now - since >= COUNTER_RESET_GRACE:
+            del state.lower_since[key]
+            return value
+        state.regressions += 1
+        return held

@@ -44,24 +44,33 @@ def wants_gzip(accept_encoding: str) -> bool:
 def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, middlewares=list(middlewares))
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
         compress = wants_gzip(request.headers.get("Accept-Encoding", ""))
         daemon.store.expire()
         daemon.store.refresh_process()
         name = request.query.get("target")
+        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
         if name is not None:
             if name not in daemon.store.targets:
                 return web.Response(status=404, text=f"No target named {name!r}.\n")
             body = target_body(daemon, name, openmetrics)
             if compress:
                 body = gzip.compress(body, compresslevel=3)
-        else:
-            body = daemon.store.cache.encoded(openmetrics, compress)
-        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
-        if compress:
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+            return web.Response(body=body, headers=headers)
+        # The whole body: cached chunks written as they are (tens of MB for a big fleet), never
+        # joined into one string; gzip compresses only what changed since the last scrape.
+        cache = daemon.store.cache
+        chunks = await cache.gzip_chunks(openmetrics) if compress else cache.chunks(openmetrics)
+        response = web.StreamResponse(headers=headers)
+        response.content_length = sum(len(chunk) for chunk in chunks)
+        await response.prepare(request)
+        for batch in _batches(chunks):
+            await response.write(batch)
+        await response.write_eof()
+        return response
 
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="Healthy.\n")
@@ -99,6 +108,24 @@ def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
     app.router.add_get("/", landing)
     app.router.add_get("/api/v1/targets", targets)
     return app
+
+
+WRITE_BATCH = 256 * 1024
+
+
+def _batches(chunks: list[bytes]):
+    """Chunks joined into writes of about WRITE_BATCH bytes: few writes for thousands of small
+    compressed pieces, and no copy of the big plain ones."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if size and size + len(chunk) > WRITE_BATCH:
+            yield b"".join(pending) if len(pending) > 1 else pending[0]
+            pending, size = [], 0
+        pending.append(chunk)
+        size += len(chunk)
+    if pending:
+        yield b"".join(pending) if len(pending) > 1 else pending[0]
 
 
 def target_body(daemon: "Daemon", name: str, openmetrics: bool) -> bytes:

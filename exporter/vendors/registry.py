@@ -48,6 +48,10 @@ class TransportSpec:
     description: str = ""
     # Shared sections the transport reads; its targets restart when one of them changes.
     uses_sections: tuple[str, ...] = ()
+    # What decides which replica polls a target under `--shard INDEX/COUNT`: targets with one
+    # key stay on one replica. Default (None): the target's name, or for the transports in
+    # ACCOUNT_OPTIONS their account; a transport whose targets share something else returns it.
+    shard_key: Callable[["TargetConfig"], str] | None = None
     # The vendor's transport when a target names none (exactly one per vendor).
     default: bool = False
 
@@ -66,6 +70,13 @@ class SectionSpec:
 
 
 _SPECS: dict[tuple[str, str], TransportSpec] = {}
+
+# Transports whose targets share an account and its cloud quota, by the option naming the
+# account: all targets of one account stay on one replica, so one replica keeps its quota ledger.
+ACCOUNT_OPTIONS: dict[tuple[str, str], str] = {
+    ("iammeter", "cloud"): "username",
+    ("iometer", "partner"): "partner_id",
+}
 _SECTIONS: dict[str, SectionSpec] = {}
 
 
@@ -103,6 +114,19 @@ def specs() -> list[TransportSpec]:
 def vendor_names() -> list[str]:
     _ensure_loaded()
     return sorted({v for v, _ in _SPECS})
+
+
+def shard_key(target: "TargetConfig") -> str:
+    """The key `--shard` hashes to place `target` on a replica (see TransportSpec.shard_key)."""
+    spec = get(target.vendor, target.transport)
+    if spec is not None and spec.shard_key is not None:
+        return spec.shard_key(target)
+    option = ACCOUNT_OPTIONS.get((target.vendor, target.transport))
+    account = target.option(option) if option else None
+    if account:
+        account = account.reveal() if hasattr(account, "reveal") else str(account)
+        return f"{target.vendor}/{target.transport}/{account}"
+    return target.name
 
 
 def transports(vendor: str) -> list[str]:

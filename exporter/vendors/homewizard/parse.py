@@ -9,13 +9,15 @@ units: kWh -> J, % -> ratio, L/min -> m3/s, GJ -> J.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, tzinfo
-from typing import Any, Iterable
+from functools import lru_cache
+from typing import Any
 
 from ... import catalogue as M
 from ...catalogue import JOULES_PER_GJ, JOULES_PER_KWH, Metric
-from ...samples import DeviceInfo, ParseError, Reading, number_or_none
+from ...samples import DeviceInfo, ParseError, Reading, Sample, number_or_none
 
 # (v1 field, v2 field, metric, labels, factor). A None field name: not sent by that API.
 _Row = tuple[str | None, str | None, Metric, dict[str, str], float]
@@ -66,8 +68,31 @@ def _fields() -> list[_Row]:
     return rows
 
 
-_V1 = [(v1, metric, labels, factor) for v1, _, metric, labels, factor in _fields() if v1]
-_V2 = [(v2, metric, labels, factor) for _, v2, metric, labels, factor in _fields() if v2]
+def _pairs(metric: Metric, labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """A sample's label pairs exactly as `Reading.add` builds them (checked once, here)."""
+    probe = Reading()
+    probe.add(metric, 0.0, **labels)
+    return probe.samples[0].labels
+
+
+# (field, metric, label pairs, factor): the pairs are built once, not on every poll (a fleet
+# exporter parses thousands of these bodies a second).
+_V1 = [(v1, metric, _pairs(metric, labels), factor) for v1, _, metric, labels, factor in _fields() if v1]
+_V2 = [(v2, metric, _pairs(metric, labels), factor) for _, v2, metric, labels, factor in _fields() if v2]
+_BIG = 1e300  # integers beyond this go the slow way (float() may overflow)
+
+# Samples are built through their slots: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, twice the cost, and a P1 meter's reading has forty of them.
+_new = object.__new__
+_set_metric, _set_labels, _set_value = Sample.metric.__set__, Sample.labels.__set__, Sample.value.__set__
+
+
+def _sample(metric: Metric, pairs: tuple, value: float) -> Sample:
+    sample = _new(Sample)
+    _set_metric(sample, metric)
+    _set_labels(sample, pairs)
+    _set_value(sample, value)
+    return sample
 
 # Externally connected meters (M-Bus behind the smart meter), by (type, unit).
 _EXTERNAL: dict[tuple[str, str], tuple[Metric, dict[str, str], float]] = {
@@ -92,12 +117,49 @@ def _require_object(payload: Any, what: str) -> dict:
     return payload
 
 
-def _add_table(reading: Reading, payload: dict, table: Iterable[tuple[str, Metric, dict, float]]) -> None:
-    for key, metric, labels, factor in table:
-        if key in payload:
-            value = number_or_none(payload[key], key)
-            if value is not None:
-                reading.add(metric, value * factor, **labels)
+# The rows of a table whose fields a body holds, by the body's keys: a device sends the same
+# keys poll after poll (and a fleet's devices mostly the same), so most rows it never sends are
+# not looked at. The rows keep the table's order.
+_PRESENT: dict[tuple[int, tuple], list] = {}
+
+
+def _present(payload: dict, table: list) -> list:
+    keys = tuple(payload)
+    rows = _PRESENT.get((id(table), keys))
+    if rows is None:
+        if len(_PRESENT) > 512:
+            _PRESENT.clear()
+        held = set(keys)
+        rows = _PRESENT[(id(table), keys)] = [row for row in table if row[0] in held]
+    return rows
+
+
+def _add_table(reading: Reading, payload: dict, table: list[tuple[str, Metric, tuple, float]]) -> None:
+    """`reading.add(metric, number_or_none(payload[key], key) * factor, **labels)` for every
+    field present, with the common cases (a finite float, a moderate int) taken directly."""
+    samples = reading.samples
+    for key, metric, pairs, factor in _present(payload, table):
+        value = payload[key]
+        if value is None:
+            continue
+        kind = value.__class__
+        if kind is float:
+            number = value
+        elif kind is int and -_BIG < value < _BIG:
+            number = float(value)
+        else:
+            number = number_or_none(value, key)  # strings, booleans, huge ints: its rules
+            if number is None:
+                continue
+        scaled = number * factor if factor != 1 else number
+        if not math.isfinite(scaled):
+            number_or_none(number, key)  # raises if the field itself is not finite
+            raise ParseError(f"{metric.name}: not a finite number")
+        sample = _new(Sample)
+        _set_metric(sample, metric)
+        _set_labels(sample, pairs)
+        _set_value(sample, scaled)
+        samples.append(sample)
 
 
 def parse_device(payload: Any) -> DeviceInfo:
@@ -197,29 +259,78 @@ def _add_externals(reading: Reading, externals: Any, tz: tzinfo | None, to_time)
         if not isinstance(uid, str) or not isinstance(kind, str) or entry.get("value") is None:
             continue
         unit = unit if isinstance(unit, str) else ""
-        try:
-            value = number_or_none(entry["value"], "external value")
-        except ParseError:
-            continue
+        value = entry["value"]
+        if value.__class__ is not float or not math.isfinite(value):
+            try:
+                value = number_or_none(value, "external value")
+            except ParseError:
+                continue
         metric, labels, factor = _EXTERNAL.get((kind, unit), (M.EXTERNAL_READING, {"type": kind, "unit": unit}, 1))
         key = (metric.name, kind, uid)
         if key in seen:
             continue
         seen.add(key)
-        reading.add(metric, value * factor, meter=uid, **labels)
+        scaled = value * factor
+        if not math.isfinite(scaled):
+            raise ParseError(f"{metric.name}: not a finite number")
+        reading.samples.append(_sample(metric, _labels_of(metric, uid, labels), scaled))
         if ("time", uid) not in seen:
             seen.add(("time", uid))
-            reading.add(M.EXTERNAL_MEASUREMENT_TIME, to_time(entry.get("timestamp"), tz), meter=uid)
+            moment = to_time(entry.get("timestamp"), tz)
+            if moment is not None:
+                reading.samples.append(_sample(M.EXTERNAL_MEASUREMENT_TIME, ((("meter", uid),)), moment))
     return seen
+
+
+def _labels_of(metric: Metric, meter: str, labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The pairs `Reading.add(metric, v, meter=meter, **labels)` builds: `meter` first, the
+    others in the metric's order, then its OBIS code (all checked at import, `_CHECKED`)."""
+    pairs = (("meter", meter),)
+    if labels:
+        pairs += tuple((name, str(labels[name])) for name in metric.labels[1:])
+    return pairs + _OBIS[metric] if metric in _OBIS else _labels_slow(metric, meter, labels)
+
+
+def _labels_slow(metric: Metric, meter: str, labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    given = {"meter": meter, **labels}
+    pairs = tuple((name, str(given[name])) for name in metric.labels)
+    obis = metric.obis_for(given)
+    return pairs + (("obis", obis),) if obis else pairs
+
+
+# The OBIS pair of each external metric whose code does not depend on its labels.
+_OBIS = {
+    metric: (() if metric.obis is None else (("obis", metric.obis),))
+    for metric in [m for m, _, _ in _EXTERNAL.values()] + [M.EXTERNAL_READING, M.EXTERNAL_MEASUREMENT_TIME]
+    if metric.obis is None or isinstance(metric.obis, str)
+}
+# `_labels_of` gives exactly what `Reading.add` would: checked here, once.
+for _metric, _labels in [(m, labels) for m, labels, _ in _EXTERNAL.values()] + [
+        (M.EXTERNAL_READING, {"type": "t", "unit": "u"}), (M.EXTERNAL_MEASUREMENT_TIME, {})]:
+    assert _metric.labels[0] == "meter" and _labels_of(_metric, "m", _labels) == _pairs(_metric, {"meter": "m", **_labels})
 
 
 def _dsmr_time(value: Any, tz: tzinfo | None) -> float | None:
     """v1 timestamps: YYMMDDhhmmss as a number, in the meter's local time."""
     if value is None:
         return None
-    text = str(value)
-    if isinstance(value, bool) or not re.fullmatch(r"\d{12}", text):
+    if isinstance(value, bool):
+        return None
+    return _dsmr_text_time(str(value), tz)
+
+
+@lru_cache(maxsize=4096)  # a fleet's meters share their timestamps (the gas meter's 5-minute marks)
+def _dsmr_text_time(text: str, tz: tzinfo | None) -> float | None:
+    if len(text) != 12 or not re.fullmatch(r"\d{12}", text):
         return None  # an odd timestamp loses its series, not the whole reading
+    if text.isascii():
+        yy = int(text[0:2])
+        try:  # what strptime's %y%m%d%H%M%S gives for twelve digits, without its regex
+            moment = datetime(1900 + yy if yy >= 69 else 2000 + yy, int(text[2:4]), int(text[4:6]),
+                              int(text[6:8]), int(text[8:10]), int(text[10:12]), tzinfo=tz)
+            return moment.timestamp()
+        except ValueError:
+            pass
     try:
         return datetime.strptime(text, "%y%m%d%H%M%S").replace(tzinfo=tz).timestamp()
     except ValueError:

@@ -1,0 +1,177 @@
+"""Push receivers never dial out on a message's say-so.
+
+The HTTP push listener and the MQTT subscription take data from the network; nothing in a
+request (body fields, URLs, Host and forwarding headers, topic names) may make the exporter
+contact an address that is not configured. A trap socket listens on the named address and must
+see no connection, while the configured meters keep being exported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+
+import aiohttp
+import pytest
+
+from exporter import catalogue as c
+from exporter.config import load_config
+from exporter.daemon import Daemon
+from exporter.simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
+
+from .conftest import async_wait_until, free_port, sample_value
+
+SN = "3E0BAF87"
+TRAP_HOST = "127.0.0.77"
+
+
+async def listening(port: int) -> None:
+    """Wait for the push listener (it opens once the first push target starts)."""
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+class Trap:
+    """A TCP listener that counts connections: any is a request the exporter should not make."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> "Trap":
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, TRAP_HOST, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{TRAP_HOST}:{self.port}/"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def hostile_bodies(meter: HttpPushMeter, trap: Trap) -> list[bytes]:
+    doc = json.loads(meter.body())
+    named = {**doc, "url": trap.url, "callback": trap.url, "server": f"{TRAP_HOST}:{trap.port}",
+             "host": TRAP_HOST, "mqtt": f"mqtt://{TRAP_HOST}:{trap.port}"}
+    return [
+        json.dumps(named).encode(),
+        json.dumps({**doc, "SN": f"{TRAP_HOST}:{trap.port}"}).encode(),
+        json.dumps({**doc, "SN": trap.url}).encode(),
+        trap.url.encode(),
+        json.dumps({"$ref": trap.url}).encode(),
+    ]
+
+
+async def test_no_push_request_makes_the_exporter_connect_anywhere(tmp_path):
+    port = free_port()
+    broker = None
+    mqtt_lines = ""
+    if mosquitto_binary():
+        broker = await MosquittoBroker(directory=tmp_path / "mosquitto").start()
+        mqtt_lines = textwrap.dedent(f"""
+            mqtt_brokers:
+              - name: home
+                host: 127.0.0.1
+                port: {broker.port}
+                reconnect_delay: 0.1
+            """)
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+        state_directory: {tmp_path / 'state'}
+        http_push:
+          listen: 127.0.0.1:{port}
+          max_requests_per_minute: 0
+        """) + mqtt_lines + textwrap.dedent(f"""
+        targets:
+          - name: pushed
+            vendor: iammeter
+            transport: push
+            sn: {SN}
+            interval: 2s
+        """) + (f"  - name: mqtt\n    vendor: iammeter\n    transport: mqtt\n    broker: home\n    sn: {SN}\n"
+                "    interval: 2s\n" if broker else ""))
+    trap = await Trap().start()
+    daemon = Daemon(load_config(tmp_path / "c.yaml"))
+    await daemon.start("127.0.0.1", 0)
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/", serial=SN)
+    try:
+        await listening(port)
+        async with aiohttp.ClientSession() as session:
+            # a genuine upload first: the listener works
+            async with session.post(f"http://127.0.0.1:{port}/", data=meter.body()) as resp:
+                assert resp.status < 300
+            headers = {"Host": f"{TRAP_HOST}:{trap.port}", "X-Forwarded-Host": f"{TRAP_HOST}:{trap.port}",
+                       "X-Forwarded-For": TRAP_HOST, "Forwarded": f"for={TRAP_HOST};host={TRAP_HOST}",
+                       "Referer": trap.url, "Location": trap.url}
+            statuses = []
+            for body in hostile_bodies(meter, trap):
+                for path in ("/", f"/{trap.url}", "/?url=" + trap.url):
+                    async with session.post(f"http://127.0.0.1:{port}{path}", data=body, headers=headers) as resp:
+                        statuses.append(resp.status)
+                        await resp.read()
+            async with session.get(f"http://127.0.0.1:{port}/?redirect={trap.url}", headers=headers) as resp:
+                await resp.read()
+            if broker is not None:
+                import aiomqtt
+
+                async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+                    for body in hostile_bodies(meter, trap):
+                        await client.publish(f"device/{SN}/realtime", body)
+                        await client.publish(f"device/{TRAP_HOST}:{trap.port}/realtime", body)
+                        await client.publish(f"device/{SN}/realtime/{trap.url}", body)
+            await asyncio.sleep(1.0)  # time for any (wrong) follow-up connection to happen
+            text = daemon.store.cache.encoded(False, False).decode()
+        assert trap.connections == 0, "a pushed message made the exporter connect to an address it was not given"
+        assert daemon.store.targets["pushed"].up
+        assert sample_value(text, c.PHASE_VOLTAGE.name, device="pushed", phase="l1") is not None
+        # nothing named by a message turned into a target or a label
+        assert TRAP_HOST not in text
+        assert set(daemon.store.targets) == ({"pushed", "mqtt"} if broker else {"pushed"})
+        assert any(status >= 400 for status in statuses), statuses
+    finally:
+        await daemon.stop()
+        await trap.stop()
+        if broker is not None:
+            await broker.close()
+
+
+@pytest.mark.parametrize("size", [10_000_000])
+async def test_a_huge_push_is_refused_without_reading_it_all(tmp_path, size):
+    port = free_port()
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+        http_push:
+          listen: 127.0.0.1:{port}
+          max_body_bytes: 4096
+        targets:
+          - name: pushed
+            vendor: iammeter
+            transport: push
+            sn: {SN}
+            interval: 2s
+        """))
+    daemon = Daemon(load_config(tmp_path / "c.yaml"))
+    await daemon.start("127.0.0.1", 0)
+    try:
+        await listening(port)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/", data=b"{" + b" " * size + b"}") as resp:
+                assert resp.status == 413
+        await async_wait_until(lambda: "push_rejected" in daemon.store.cache.encoded(False, False).decode(),
+                               what="the refusal counted")
+    finally:
+        await daemon.stop()
