@@ -19,7 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ...config import Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
+from ... import __version__
 from ...http import Response, request
+from ...plainhttp import PlainHttpConnection
 from ...samples import DeviceInfo, ParseError, Reading
 from ..registry import TransportSpec, register
 from . import parse
@@ -78,6 +80,8 @@ class HomeWizardLocal:
         self._ssl_ca: ssl.SSLContext | None = None
         self._ssl_named: ssl.SSLContext | None = None
         self._warned_insecure = False
+        # API v1 is plain HTTP: one lean keep-alive connection of its own (see plainhttp).
+        self._plain: PlainHttpConnection | None = None
 
     # --- TLS -------------------------------------------------------------------------------
     def _tls(self, check_name: bool) -> ssl.SSLContext:
@@ -115,7 +119,9 @@ class HomeWizardLocal:
     # --- requests --------------------------------------------------------------------------
     async def _get(self, version: int, path: str, authorized: bool) -> Response:
         if version == 1:
-            return await request(self.ctx.session, "GET", f"http://{self.host}{path}")
+            if self._plain is None:
+                self._plain = PlainHttpConnection(self.host, user_agent=f"energy-meter-exporter/{__version__}")
+            return await self._plain.get(path)
         headers = {"X-Api-Version": "2"}
         name = None
         if authorized:
@@ -206,7 +212,8 @@ class HomeWizardLocal:
             self.system = None
 
     async def close(self) -> None:
-        return None
+        if self._plain is not None:
+            self._plain.close()
 
 
 SPEC = register(TransportSpec(
