@@ -4,9 +4,14 @@
 takes them.
 
 Each message is the one the simulator sends for a reading (rendered by its GraphQL schema once
-per meter, then re-serialized with the time and values moved on), in the protocol the client
-chose (`next` / `data` frames). Every meter's readings are one second apart (the API's
-resolution), so none is a duplicate however fast they go.
+per meter), in the protocol the client chose (`next` / `data` frames), with the time and two
+values moved on: the energy grows, the power moves, the other registers stay. The frame of each
+meter is serialized once and only those three fields are written into it per message, so the
+feed spends little CPU per message (under 10 us: it keeps up with 28,000 messages a second to a
+client that only decodes them) and does not limit the rate it measures. The exporter asks for no per-message
+compression; a client that does makes the feed deflate every frame, several times that cost.
+Every meter's readings are one second apart (the API's resolution), so none is a duplicate
+however fast they go.
 
 Prints `READY <port> <partner id> <secret>` once it listens.
 """
@@ -71,22 +76,35 @@ class FeedSimulator(PartnerApiSimulator):
 
     async def _flood(self, conn: _Connection, op_id: str) -> None:
         kind = "data" if conn.protocol == LEGACY_WS else "next"
-        readings = [copy.deepcopy(t) for t in self.templates]
+        frames = [self._frame_parts(op_id, kind, reading) for reading in self.templates]
+        energies = [float(reading["values"][0]["value"]) for reading in self.templates]
+        send = conn.ws.send_str
         step = 0
         try:
             while True:
                 step += 1
                 moment = format_time(self.start_time + step)
-                for index, reading in enumerate(readings):
-                    reading["time"] = moment
-                    values = reading["values"]
-                    values[0]["value"] += 0.5 + index % 3  # energy grows
-                    values[6]["value"] = 400.0 + (step * 37 + index) % 900  # power moves
-                    frame = {"id": op_id, "type": kind, "payload": {"data": {"meterReadings": reading}}}
-                    await conn.ws.send_str(json.dumps(frame))
+                for index, (head, middle, tail, rest) in enumerate(frames):
+                    energies[index] += 0.5 + index % 3  # energy grows
+                    power = 400.0 + (step * 37 + index) % 900  # power moves
+                    await send(f"{head}{moment}{middle}{energies[index]!r}{tail}{power!r}{rest}")
                     self.sent += 1
         except (ConnectionError, RuntimeError):
             pass
+
+    @staticmethod
+    def _frame_parts(op_id: str, kind: str, template: dict[str, Any]) -> tuple[str, str, str, str]:
+        """The frame of one meter cut around its time, energy (values[0]) and power (values[6])."""
+        reading = copy.deepcopy(template)
+        marks = ("@TIME@", "@ENERGY@", "@POWER@")
+        reading["time"] = marks[0]
+        reading["values"][0]["value"] = marks[1]
+        reading["values"][6]["value"] = marks[2]
+        text = json.dumps({"id": op_id, "type": kind, "payload": {"data": {"meterReadings": reading}}})
+        head, rest = text.split(f'"{marks[0]}"')
+        middle, rest = rest.split(f'"{marks[1]}"')
+        tail, rest = rest.split(f'"{marks[2]}"')
+        return head + '"', '"' + middle, tail, rest
 
 
 async def run(meters: int) -> None:

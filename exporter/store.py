@@ -48,11 +48,15 @@ class TargetState:
     devices: list[DeviceInfo] = field(default_factory=list)
     has_series: bool = False
     # The series of the last reading as exported (counters held): its metrics (one tuple
-    # shared by targets of a kind), their labels and values. The next poll is compared with
-    # them: only families whose values changed are rendered again (about a third of a meter's
-    # lines), and counters are held against them.
+    # shared by targets of a kind), a hash of their labels, the labels of its counters, and
+    # the values. The next poll is compared with them: only families whose values changed are
+    # rendered again (about a third of a meter's lines), and counters are held against them.
+    # The labels of every series are not kept: they are the biggest part of a target's state
+    # (1.3 kB of small tuples and strings from the device's answer for a P1 meter with its
+    # M-Bus meters), and a poll renders the families that changed from its own labels.
     metrics: tuple[Metric, ...] = ()
-    labels: tuple[tuple, ...] = ()
+    shape: int = 0  # hash() of the labels of the series, in order
+    counter_labels: tuple[tuple, ...] = ()  # labels of the counters (_counter_positions order)
     values: Any = None  # array("d"), or a list if a value does not fit one
     # Counters not in the last reading, held in case they come back: (name, labels) -> value.
     retired: dict[tuple[str, tuple], float] | None = None
@@ -287,7 +291,10 @@ class SnapshotStore:
         labels = tuple([s.labels for s in samples])
         values = [s.value for s in samples]
         old = state.values
-        same = old is not None and metrics == state.metrics and labels == state.labels
+        shape = hash(labels)
+        # The same series as the last reading: same metrics and labels (equal hashes of labels
+        # from different series: a chance of one in 2**64 per poll).
+        same = old is not None and shape == state.shape and metrics == state.metrics
         if same:
             metrics = state.metrics
             for i in _counter_positions(metrics):
@@ -299,8 +306,8 @@ class SnapshotStore:
             metrics = _shared(metrics)
             held: dict[tuple[str, tuple], float] = dict(state.retired or ())
             if old is not None:
-                held.update(((state.metrics[i].name, state.labels[i]), old[i])
-                            for i in _counter_positions(state.metrics))
+                held.update(((state.metrics[i].name, pairs), old[i])
+                            for i, pairs in zip(_counter_positions(state.metrics), state.counter_labels))
             for i in _counter_positions(metrics):
                 key = (metrics[i].name, labels[i])
                 before = held.pop(key, None)
@@ -322,7 +329,8 @@ class SnapshotStore:
                 if new != was:
                     old[i] = new
         else:
-            state.metrics, state.labels, state.values = metrics, labels, _values(values)
+            state.metrics, state.shape, state.values = metrics, shape, _values(values)
+            state.counter_labels = tuple([labels[i] for i in _counter_positions(metrics)])
         return fragments, not (same and state.has_series)
 
     def _hold(self, state: TargetState, key: tuple[str, tuple], value: float, held: float, now: float) -> float:

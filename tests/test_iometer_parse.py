@@ -309,6 +309,69 @@ def test_store_keeps_one_series_per_meter_label() -> None:
     assert [s.value for s in samples] == [2 * 3600]
 
 
+def test_store_refuses_a_bad_reading_when_it_comes_and_keeps_the_last_good_one() -> None:
+    store = parse.MeterStore()
+    store.offer(_reading("2025-01-01T00:00:00Z", 100))
+    store.snapshot()
+    bad = (("1.8.0", 200, "W"),  # a unit that does not fit the quantity
+           ("16.7.0", 1e306, "MW"))  # beyond the float range once scaled to W
+    for value in bad:
+        item = parse.parse_meter_reading(meter_reading("m1", "1EMH1", "i1", "2025-01-01T00:00:05Z",
+                                                       ("1.8.2", 7, "Wh"), value))
+        with pytest.raises(ParseError):
+            store.offer(item)  # refused on arrival, not when the next snapshot is built
+    snapshot = store.snapshot()
+    assert snapshot.value_of(c.ACCOUNT_ENERGY_IMPORTED, meter="1EMH1") == 100 * 3600
+    assert snapshot.value_of(c.ACCOUNT_TARIFF_ENERGY_IMPORTED, meter="1EMH1") is None
+    assert snapshot.value_of(c.ACCOUNT_MEASUREMENT_TIME, meter="1EMH1") == 1735689600
+    assert snapshot.value_of(c.READINGS_RECEIVED) == 3
+    assert store.offer(_reading("2025-01-01T00:00:05Z", 300))  # the same time, now good: taken
+    assert store.snapshot().value_of(c.ACCOUNT_ENERGY_IMPORTED, meter="1EMH1") == 300 * 3600
+
+
+def test_snapshots_hold_the_newest_reading_of_every_meter() -> None:
+    store = parse.MeterStore()
+    store.offer(_reading("2025-01-01T00:00:00Z", 100, "m1", "A"))
+    store.offer(_reading("2025-01-01T00:00:00Z", 50, "m2", "B"))
+    first = store.snapshot()
+    for second, energy in ((1, 101), (2, 102)):  # two readings of A between two snapshots
+        store.offer(_reading(f"2025-01-01T00:00:0{second}Z", energy, "m1", "A"))
+    for second, power in ((3, 0.0), (4, -0.0)):
+        store.offer(parse.parse_meter_reading(meter_reading("m2", "B", "i1", f"2025-01-01T00:00:0{second}Z",
+                                                            ("16.7.0", power, "W"))))
+        later = store.snapshot()
+    assert later.value_of(c.ACCOUNT_ENERGY_IMPORTED, meter="A") == 102 * 3600
+    assert later.value_of(c.ACCOUNT_MEASUREMENT_TIME, meter="A") == 1735689602
+    assert later.value_of(c.ACCOUNT_ENERGY_IMPORTED, meter="B") == 50 * 3600  # B sent no energy
+    assert str(later.value_of(c.ACCOUNT_ACTIVE_POWER, meter="B")) == "-0.0"  # as sent, not the +0.0 before
+    assert [(s.metric, s.labels) for s in later.samples] == [(s.metric, s.labels) for s in first.samples]
+    assert store.snapshot().samples == later.samples  # nothing new: the same snapshot
+
+
+def test_store_power_total_from_36_7_0_follows_the_registers_held() -> None:
+    store = parse.MeterStore()
+    store.offer(parse.parse_meter_reading(meter_reading("m1", "1EMH1", "i1", "2025-01-01T00:00:00Z", ("36.7.0", 420, "W"))))
+    alone = store.snapshot()
+    assert alone.value_of(c.ACCOUNT_ACTIVE_POWER) == 420 and alone.value_of(c.ACCOUNT_PHASE_ACTIVE_POWER) is None
+    store.offer(parse.parse_meter_reading(meter_reading("m1", "1EMH1", "i1", "2025-01-01T00:00:01Z", ("56.7.0", 100, "W"))))
+    phases = store.snapshot()
+    assert phases.value_of(c.ACCOUNT_ACTIVE_POWER) is None
+    assert phases.value_of(c.ACCOUNT_PHASE_ACTIVE_POWER, phase="l1") == 420
+    assert phases.value_of(c.ACCOUNT_PHASE_ACTIVE_POWER, phase="l2") == 100
+
+
+def test_a_meter_takes_the_installation_discovery_finds_later() -> None:
+    store = parse.MeterStore()
+    store.offer(_reading("2025-01-01T00:00:00Z", 1, inst=None))
+    assert store.snapshot().value_of(c.ACCOUNT_ENERGY_IMPORTED, installation="", meter="1EMH1") == 3600
+    store.set_installations(parse.parse_installations({"installations": [installation("i1", ("m1", "1EMH1"))]}))
+    store.offer(_reading("2025-01-01T00:00:01Z", 2, inst=None))
+    snapshot = store.snapshot()
+    assert snapshot.value_of(c.ACCOUNT_ENERGY_IMPORTED, installation="i1", meter="1EMH1") == 7200
+    assert snapshot.value_of(c.ACCOUNT_ACTIVE_POWER, installation="i1", meter="1EMH1") == 5
+    assert snapshot.value_of(c.ACCOUNT_ENERGY_IMPORTED, installation="") is None
+
+
 def test_meter_names_option() -> None:
     assert parse.meter_names(["1EMH1=house", " 1EMH2 = garage "]) == {"1EMH1": "house", "1EMH2": "garage"}
     for bad in (["1EMH1"], ["=x"], ["1EMH1="]):

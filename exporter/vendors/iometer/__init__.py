@@ -1,5 +1,2 @@
-"""IOmeter: the bridge's local API (`bridge`, transport `local`) and the Partner GraphQL API
-(`partner`). The local transport is the vendor's default, so it registers first whichever
-module is imported first."""
-
-from . import bridge as _bridge  # noqa: F401
+"""IOmeter: the bridge's local API (`bridge`, transport `local`, the vendor's default) and the
+Partner GraphQL API (`partner`)."""

@@ -37,8 +37,9 @@ and no series is the sum of its siblings. The reader/gateway health metrics carr
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from math import copysign, isfinite
+from typing import Any, Container, Iterable, Mapping, NamedTuple
 
 from ...catalogue import (
     ACCOUNT_ACTIVE_POWER,
@@ -69,7 +70,7 @@ from ...catalogue import (
     TARIFF_ENERGY_IMPORTED,
     Metric,
 )
-from ...samples import ParseError, Reading, number_or_none
+from ...samples import ParseError, Reading, Sample, number_or_none
 
 # --- Normalization ---------------------------------------------------------------------------
 
@@ -88,16 +89,38 @@ class Obis:
     d: int
     e: int
     f: int = 255
+    # The decimal form, written once: a push account needs it for every register of every
+    # reading (filters, keys of what it holds, the `obis` label).
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = f"{self.a}-{self.b}:{self.c}.{self.d}.{self.e}"
+        object.__setattr__(self, "text", text if self.f == 255 else f"{text}*{self.f}")
 
     def __str__(self) -> str:
-        text = f"{self.a}-{self.b}:{self.c}.{self.d}.{self.e}"
-        return text if self.f == 255 else f"{text}*{self.f}"
+        return self.text
+
+
+# Codes already parsed, by the text as sent: a meter sends the same few dozen codes in every
+# reading. Bounded (emptied when full), so a server sending ever new codes cannot grow it.
+CACHE_SIZE = 4096
+_PARSED: dict[str, Obis] = {}
 
 
 def parse_obis(code: Any) -> Obis:
     """The OBIS code in any notation the IOmeter APIs use; ParseError if it is none of them."""
-    if not isinstance(code, str):
-        raise ParseError(f"OBIS code: expected a string, got {type(code).__name__}")
+    if isinstance(code, str):
+        cached = _PARSED.get(code)
+        if cached is not None:
+            return cached
+        if len(_PARSED) >= CACHE_SIZE:
+            _PARSED.clear()
+        obis = _PARSED[code] = _parse_obis(code)
+        return obis
+    raise ParseError(f"OBIS code: expected a string, got {type(code).__name__}")
+
+
+def _parse_obis(code: str) -> Obis:
     text = code.strip()
     match = _LOGICAL.match(text)
     if match:
@@ -122,7 +145,7 @@ def parse_obis(code: Any) -> Obis:
 
 def normalize(code: Any) -> str:
     """`01-00:01.08.00*ff`, `1.8.0`, `1-0:1.8.0*255`, ... -> `1-0:1.8.0`."""
-    return str(parse_obis(code))
+    return parse_obis(code).text
 
 
 def _is_hex(groups: list[str]) -> bool:
@@ -180,7 +203,7 @@ def _unit_entry(unit: str) -> tuple[str, tuple[float, str]] | None:
 # --- Metrics ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # two of them, each its own: identity is equality (and a cheap hash)
 class MetricSet:
     """The metrics one kind of target writes: the local ones, or the cloud account variants."""
 
@@ -254,8 +277,7 @@ def quantity_for(code: Obis) -> Quantity | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Register:
+class Register(NamedTuple):
     """One register of a reading: its code, value and unit as the device sent them."""
 
     code: Obis
@@ -263,18 +285,92 @@ class Register:
     unit: str | None
 
 
+_new_register = tuple.__new__  # what Register(...) calls, without its Python-level __new__
+
+
 def register(obis: Any, value: Any, unit: Any) -> Register:
     """A register from raw JSON fields; ParseError for wrong types."""
-    code = parse_obis(obis)
-    number = number_or_none(value, f"register {code}")
+    # The usual case (a known code, a finite float, a string unit) without a call or an error
+    # text more than needed: a push account reads some 200,000 registers a second.
+    code = _PARSED.get(obis) if obis.__class__ is str else None
+    if code is None:
+        code = parse_obis(obis)
+    if value.__class__ is not float or not isfinite(value):
+        value = number_or_none(value, f"register {code}")
     if unit is not None and not isinstance(unit, str):
         raise ParseError(f"register {code}: unit is not a string")
-    return Register(code, number, unit)
+    return _new_register(Register, (code, value, unit))
 
 
-_POWER_TOTAL = Obis(1, 0, 16, 7, 0)
-_POWER_L1 = Obis(1, 0, 36, 7, 0)
-_POWER_L2_L3 = (Obis(1, 0, 56, 7, 0), Obis(1, 0, 76, 7, 0))
+# --- Plans: what a register of one code and unit becomes --------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Plan:
+    """A sample of `metric` with the register's value times `factor` (to the base unit), the
+    labels `labels` (tariff, phase or unit) besides the target's own, and the `obis` label."""
+
+    metric: Metric
+    factor: float
+    labels: tuple[tuple[str, str], ...]
+    obis: str
+
+    def sample_labels(self, others: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """A sample's labels in the metric's order; `others` gives the rest (installation, meter)."""
+        own = dict(self.labels)
+        pairs = tuple((name, own[name] if name in own else str(others[name])) for name in self.metric.labels)
+        return pairs + (("obis", self.obis),)
+
+
+_MISSING = object()
+# Plans by (code in decimal form, unit, metric set, 36.7.0 as the total): every register of every
+# reading asks. Keyed by the text, whose hash Python keeps (an Obis's hash is a Python call).
+_PLANS: dict[tuple[str, str | None, MetricSet, bool], Plan | None] = {}
+
+
+def plan_for(code: Obis, unit: str | None, metrics: MetricSet, as_total: bool = False) -> Plan | None:
+    """The plan of a register; None when it gives no series (a scaled quantity without a unit:
+    Wh or kWh? no guess); ParseError when the unit does not fit the quantity. `as_total`: a
+    36.7.0 that stands for the total (see the module's notes)."""
+    key = (code.text, unit, metrics, as_total)
+    plan = _PLANS.get(key, _MISSING)
+    if plan is _MISSING:
+        plan = _plan(code, unit, metrics, as_total)  # a refused unit raises and is not kept
+        if len(_PLANS) >= CACHE_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan  # type: ignore[return-value]
+
+
+def _plan(code: Obis, unit: str | None, metrics: MetricSet, as_total: bool) -> Plan | None:
+    quantity = Quantity("active_power", "power") if as_total else quantity_for(code)
+    if quantity is None:  # the generic family: converted where the unit is known, else as sent
+        entry = _unit_entry(unit) if unit else None
+        if entry is None:
+            return Plan(metrics.obis_value, 1.0, (("unit", unit or ""),), code.text)
+        factor, dimension = entry[1]
+        return Plan(metrics.obis_value, factor, (("unit", _BASE_UNIT[dimension]),), code.text)
+    if unit is None and quantity.dimension != "ratio":
+        return None
+    entry = _unit_entry(unit or "")
+    if entry is None or entry[1][1] != quantity.dimension:
+        raise ParseError(f"register {code}: unit {(unit or '')[:20]!r} does not fit the quantity")
+    return Plan(getattr(metrics, quantity.field), entry[1][0], quantity.labels, code.text)
+
+
+_POWER_TOTAL = "1-0:16.7.0"
+_POWER_L1 = "1-0:36.7.0"
+_POWER_L2_L3 = ("1-0:56.7.0", "1-0:76.7.0")
+
+
+def power_total_from_l1(codes: Container[str]) -> bool:
+    """36.7.0 stands for the total: it comes without 16.7.0, 56.7.0 and 76.7.0 (`codes`: the
+    meter's codes in decimal form)."""
+    return (
+        _POWER_TOTAL not in codes
+        and _POWER_L1 in codes
+        and not any(code in codes for code in _POWER_L2_L3)
+    )
 
 
 def add_registers(
@@ -285,43 +381,80 @@ def add_registers(
     `labels` are the extra labels of the metric set (installation and meter for an account).
     A code that appears twice must carry the same value both times (one series per code).
     """
-    by_code: dict[Obis, Register] = {}
+    by_code: dict[str, Register] = {}
     for reg in registers:
-        held = by_code.get(reg.code)
+        held = by_code.get(reg.code.text)
         if held is not None and (held.value, held.unit) != (reg.value, reg.unit):
             raise ParseError(f"register {reg.code} appears twice with different values")
-        by_code[reg.code] = reg
-    total_from_l1 = (
-        _POWER_TOTAL not in by_code
-        and _POWER_L1 in by_code
-        and not any(code in by_code for code in _POWER_L2_L3)
-    )
-    for code, reg in by_code.items():
+        by_code[reg.code.text] = reg
+    total_from_l1 = power_total_from_l1(by_code)
+    for text, reg in by_code.items():
         if reg.value is None:
             continue
-        quantity = quantity_for(code)
-        if code == _POWER_L1 and total_from_l1:
-            quantity = Quantity("active_power", "power")
-        if quantity is None:
-            _add_generic(reading, reg, metrics.obis_value, labels)
+        plan = plan_for(reg.code, reg.unit, metrics, total_from_l1 and text == _POWER_L1)
+        if plan is None:
             continue
-        if reg.unit is None and quantity.dimension != "ratio":
-            continue  # without a unit the scale is unknown (Wh or kWh): no series, no guess
-        entry = _unit_entry(reg.unit or "")
-        if entry is None or entry[1][1] != quantity.dimension:
-            unit = (reg.unit or "")[:20]
-            raise ParseError(f"register {code}: unit {unit!r} does not fit the quantity")
-        metric: Metric = getattr(metrics, quantity.field)
-        reading.add(
-            metric, reg.value * entry[1][0], obis=str(code), **labels, **dict(quantity.labels)
-        )
+        reading.add(plan.metric, reg.value * plan.factor, obis=plan.obis, **labels, **dict(plan.labels))
 
 
-def _add_generic(reading: Reading, reg: Register, metric: Metric, labels: dict[str, str]) -> None:
-    unit = reg.unit or ""
-    entry = _unit_entry(unit) if unit else None
-    if entry is not None:
-        value, unit = reg.value * entry[1][0], _BASE_UNIT[entry[1][1]]  # type: ignore[operator]
-    else:
-        value = reg.value
-    reading.add(metric, value, obis=str(reg.code), unit=unit, **labels)
+# --- A push account's meters: registers checked as they come, samples built when asked -------
+
+Held = dict[str, tuple[float | None, str | None]]  # code in decimal form -> (value, unit) as sent
+
+
+def checked_registers(
+    registers: Iterable[Register], metrics: MetricSet, wanted: Container[str] | None = None
+) -> list[tuple[str, tuple[float | None, str | None]]]:
+    """The registers to keep (those whose code is in `wanted`, when given), as items of a
+    `Held`, each checked now for what would fail when its sample is built: a unit that does not
+    fit (ParseError), a value beyond the float range once scaled."""
+    kept = []
+    plans = _PLANS
+    for code, value, unit in registers:
+        text = code.text
+        if wanted is not None and text not in wanted:
+            continue
+        if value is not None:
+            # 36.7.0 as the total has the same unit and factor as 36.7.0 as phase l1
+            plan = plans.get((text, unit, metrics, False), _MISSING)
+            if plan is _MISSING:
+                plan = plan_for(code, unit, metrics)
+            if plan is not None and not isfinite(value * plan.factor):  # type: ignore[union-attr]
+                raise ParseError(f"{plan.metric.name}: not a finite number")  # type: ignore[union-attr]
+        kept.append((text, (value, unit)))
+    return kept
+
+
+def register_samples(
+    registers: Held, metrics: MetricSet, labels: Mapping[str, str], last: dict[str, tuple[Plan, Sample]]
+) -> list[Sample]:
+    """The samples `add_registers` gives for one meter's registers (each passed through
+    `checked_registers`), built directly. `last` keeps each code's plan and sample for these
+    `labels` from one call to the next: an unchanged value gives the same sample object again
+    (nothing new for the garbage collector, and the store compares label tuples by identity
+    first)."""
+    as_total = power_total_from_l1(registers)
+    plans = _PLANS
+    samples = []
+    for text, (value, unit) in registers.items():
+        if value is None:
+            continue
+        total = as_total and text == _POWER_L1
+        plan = plans.get((text, unit, metrics, total), _MISSING)
+        if plan is _MISSING:
+            plan = plan_for(parse_obis(text), unit, metrics, total)
+        if plan is None:
+            continue
+        value *= plan.factor  # type: ignore[union-attr]
+        held = last.get(text)
+        if held is None or held[0] is not plan:
+            sample = Sample(plan.metric, plan.sample_labels(labels), value)  # type: ignore[union-attr]
+            last[text] = (plan, sample)  # type: ignore[assignment]
+        else:
+            sample = held[1]
+            # the same value: the same sample (but 0.0 and -0.0 print differently)
+            if sample.value != value or (not value and copysign(1.0, value) != copysign(1.0, sample.value)):
+                sample = Sample(sample.metric, sample.labels, value)
+                last[text] = (plan, sample)  # type: ignore[assignment]
+        samples.append(sample)
+    return samples

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Mapping, NamedTuple
 
 from ...catalogue import (
     DUPLICATE_READINGS,
@@ -32,7 +32,17 @@ from ...catalogue import (
     Metric,
 )
 from ...samples import DeviceInfo, ParseError, Reading, Sample, number_or_none
-from .obis import ACCOUNT, LOCAL, Obis, Register, add_registers, normalize, register
+from .obis import (
+    ACCOUNT,
+    LOCAL,
+    Held,
+    Register,
+    add_registers,
+    checked_registers,
+    normalize,
+    register,
+    register_samples,
+)
 
 BRIDGE_MODEL = "IOmeter bridge"
 CORE_MODEL = "IOmeter core"
@@ -94,6 +104,21 @@ def parse_time(value: Any, what: str = "time") -> float | None:
         return None
     if not isinstance(value, str):
         raise ParseError(f"{what}: expected a timestamp string, got {type(value).__name__}")
+    known = _TIMES.get(value)
+    if known is not None:
+        return known
+    if len(_TIMES) >= 256:
+        _TIMES.clear()
+    known = _TIMES[value] = _parse_time(value, what)
+    return known
+
+
+# Times already read: the readings of an account's meters arrive a second apart, many with the
+# same time. Bounded (emptied when full).
+_TIMES: dict[str, float] = {}
+
+
+def _parse_time(value: str, what: str) -> float:
     text = value.strip()
     shift = 0.0
     match = _HOUR_24.match(text)
@@ -348,8 +373,7 @@ def _installation(item: Any, what: str) -> InstallationInfo:
 # --- Partner API: readings -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MeterReading:
+class MeterReading(NamedTuple):  # a tuple: one is made per message, and a dataclass costs 5x more
     key: str  # the meter's id, else its number
     number: str
     installation: str | None
@@ -373,11 +397,12 @@ def parse_meter_reading(item: Any, what: str = "reading") -> MeterReading:
         raise ParseError(f"{what}.time: missing")
     registers = []
     for i, raw in enumerate(_list(obj.get("values"), f"{what}.values", required=True)):
-        value = _obj(raw, f"{what}.values[{i}]", required=True)
-        assert value is not None
-        if value.get("obisCode") is None:
+        if not isinstance(raw, dict):  # the error text is built only for a bad one
+            _obj(raw, f"{what}.values[{i}]", required=True)
+        code = raw.get("obisCode")
+        if code is None:
             raise ParseError(f"{what}.values[{i}]: no OBIS code")
-        registers.append(register(value.get("obisCode"), value.get("value"), value.get("unit")))
+        registers.append(register(code, raw.get("value"), raw.get("unit")))
     return MeterReading(
         meter_id or number or "", number or "", installation_id, time, tuple(registers)
     )
@@ -418,14 +443,25 @@ def meter_names(entries: Collection[str]) -> dict[str, str]:
     return names
 
 
-@dataclass
+@dataclass(slots=True)
 class _MeterState:
     installation: str
     label: str
     number: str
     time: float
-    registers: dict[Obis, Register]
-    samples: list[Sample]
+    # Plain floats and strings in tuples of their own, which the garbage collector stops
+    # tracking: 1,000 meters' registers cost its full passes nothing.
+    registers: Held
+    samples: list[Sample] | None = None  # built at the first snapshot after a change
+    held: dict[str, Any] = field(default_factory=dict)  # last samples, for register_samples
+    stamp_labels: tuple[tuple[str, str], ...] = ()
+    info: DeviceInfo | None = None
+
+    def relabel(self, installation: str, label: str) -> None:
+        self.installation, self.label = installation, label
+        self.held.clear()
+        self.stamp_labels = ()
+        self.info = None
 
 
 @dataclass
@@ -435,7 +471,9 @@ class MeterStore:
     A reading whose time is not newer than the one held for its meter (a replay after a
     reconnect, or a repeated delivery) never replaces it and is counted as a duplicate. A newer
     reading replaces the registers it carries and keeps the others (a meter may send its
-    energy totals less often than its power).
+    energy totals less often than its power). A reading is checked when it comes (a bad one is
+    refused then, whole); its samples are built at the next snapshot, once per meter that
+    changed: a meter may send many readings between two snapshots.
     """
 
     names: Mapping[str, str] = field(default_factory=dict)  # meter number -> label
@@ -489,17 +527,17 @@ class MeterStore:
         if held is not None and item.time <= held.time:
             self.duplicates += 1
             return False
-        registers = dict(held.registers) if held is not None else {}
-        for reg in item.registers:
-            if self.obis_codes is None or str(reg.code) in self.obis_codes:
-                registers[reg.code] = reg
+        taken = checked_registers(item.registers, ACCOUNT, self.obis_codes)  # type: ignore[arg-type]
         label = self.label_for(item.number, item.key)
-        part = Reading()
-        add_registers(part, list(registers.values()), ACCOUNT, installation=installation, meter=label)
-        part.add(ACCOUNT.measurement_time, item.time, installation=installation, meter=label)
-        self._meters[item.key] = _MeterState(
-            installation, label, item.number, item.time, registers, part.samples
-        )
+        if held is None:
+            held = self._meters[item.key] = _MeterState(installation, label, item.number, item.time, {})
+        elif held.installation != installation or held.label != label:
+            held.relabel(installation, label)
+        if held.number != item.number:
+            held.number, held.info = item.number, None
+        held.time = item.time
+        held.registers.update(taken)
+        held.samples = None
         return True
 
     def newest(self, key: str) -> float | None:
@@ -517,8 +555,13 @@ class MeterStore:
                 chosen[key] = state
         infos: list[DeviceInfo] = []
         for state in chosen.values():
-            reading.samples.extend(state.samples)
-            infos.append(DeviceInfo(METER_MODEL, state.number, "", meter=state.label))
+            samples = state.samples
+            if samples is None:
+                samples = state.samples = self._samples(state)
+            reading.samples.extend(samples)
+            if state.info is None:
+                state.info = DeviceInfo(METER_MODEL, state.number, "", meter=state.label)
+            infos.append(state.info)
         for installation in self._installations.values():
             reading.samples.extend(installation.devices.samples)
             infos.extend(installation.devices.devices)
@@ -529,3 +572,14 @@ class MeterStore:
         reading.add(READINGS_RECEIVED, self.received)
         reading.add(DUPLICATE_READINGS, self.duplicates)
         return reading
+
+    @staticmethod
+    def _samples(state: _MeterState) -> list[Sample]:
+        labels = {"installation": state.installation, "meter": state.label}
+        samples = register_samples(state.registers, ACCOUNT, labels, state.held)
+        if not state.stamp_labels:
+            stamp = Reading()
+            stamp.add(ACCOUNT.measurement_time, state.time, **labels)
+            state.stamp_labels = stamp.samples[0].labels
+        samples.append(Sample(ACCOUNT.measurement_time, state.stamp_labels, state.time))
+        return samples
