@@ -40,7 +40,15 @@ def _shard(value: str):
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--shard ")) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given `argv`, the command line it is about to parse, the arguments of
+    `discover`, `token` and `backfill` are added only if the line names that command: they come
+    from modules that import much code (a vendor's, the discovery's) the daemon would carry for
+    nothing."""
+
+    def wanted(command: str) -> bool:
+        return argv is None or command in argv
+
     parser = argparse.ArgumentParser(
         prog="energy-meter-exporter",
         description="Prometheus exporter for HomeWizard, IAMMETER, IOmeter and Enphase energy meters.",
@@ -77,36 +85,40 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(0 written, 1 failed, 2 bad input)")
     _common(p, with_defaults=False)
     p.add_argument("vendor", choices=["enphase"])
-    from .vendors.enphase.command import add_arguments as enphase_token_arguments
+    if wanted("token"):
+        from .vendors.enphase.command import add_arguments as enphase_token_arguments
 
-    enphase_token_arguments(p)
-
-    from .discover import DEFAULT_CONCURRENCY, DEFAULT_MDNS_SECONDS, DEFAULT_TIMEOUT
+        enphase_token_arguments(p)
 
     p = sub.add_parser("discover", help="find meters (mDNS, --scan) and print ready-to-paste targets (0 found, 1 none)",
                        description="Listen for meters that announce themselves (HomeWizard, Enphase, IOmeter) and "
                                    "probe addresses given with --scan (IAMMETER and the others); print YAML targets.")
     _common(p, with_defaults=False)
-    p.add_argument("--scan", action="append", metavar="ADDRESSES",
-                   help="network (192.168.1.0/24), address, name or host:port to probe; comma-separated or repeated")
-    p.add_argument("--ports", metavar="PORTS", help="ports to probe where --scan gives none (default 80,443)")
-    p.add_argument("--no-mdns", action="store_true", help="do not listen for mDNS announcements")
-    p.add_argument("--mdns-timeout", type=float, default=DEFAULT_MDNS_SECONDS, metavar="SECONDS",
-                   help=f"how long to listen for announcements (default {DEFAULT_MDNS_SECONDS:g})")
-    p.add_argument("--interface", action="append", metavar="ADDRESS",
-                   help="local address to listen for mDNS on (repeatable; default all)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help=f"per connection and request (default {DEFAULT_TIMEOUT:g})")
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                   help=f"devices probed at once (default {DEFAULT_CONCURRENCY})")
+    if wanted("discover"):
+        from .discover import DEFAULT_CONCURRENCY, DEFAULT_MDNS_SECONDS, DEFAULT_TIMEOUT
+
+        p.add_argument("--scan", action="append", metavar="ADDRESSES",
+                       help="network (192.168.1.0/24), address, name or host:port to probe; "
+                            "comma-separated or repeated")
+        p.add_argument("--ports", metavar="PORTS", help="ports to probe where --scan gives none (default 80,443)")
+        p.add_argument("--no-mdns", action="store_true", help="do not listen for mDNS announcements")
+        p.add_argument("--mdns-timeout", type=float, default=DEFAULT_MDNS_SECONDS, metavar="SECONDS",
+                       help=f"how long to listen for announcements (default {DEFAULT_MDNS_SECONDS:g})")
+        p.add_argument("--interface", action="append", metavar="ADDRESS",
+                       help="local address to listen for mDNS on (repeatable; default all)")
+        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"per connection and request (default {DEFAULT_TIMEOUT:g})")
+        p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                       help=f"devices probed at once (default {DEFAULT_CONCURRENCY})")
 
     p = sub.add_parser("backfill", help="write a meter's cloud history as OpenMetrics for "
                                         "promtool tsdb create-blocks-from openmetrics (0 written, 1 failed, 2 bad input)")
     _common(p, with_defaults=False)
     p.add_argument("vendor", choices=["iammeter"])
-    from .vendors.iammeter.backfill import add_arguments as backfill_arguments
+    if wanted("backfill"):
+        from .vendors.iammeter.backfill import add_arguments as backfill_arguments
 
-    backfill_arguments(p)
+        backfill_arguments(p)
     return parser
 
 
@@ -159,7 +171,9 @@ def warn_if_world_readable(path: str, config, log) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     log = logs.get()
 

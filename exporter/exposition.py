@@ -267,10 +267,11 @@ def _pool() -> ThreadPoolExecutor:
 
 
 class _Segment:
-    __slots__ = ("lines", "version", "deflated", "crc", "size")
+    __slots__ = ("lines", "length", "version", "deflated", "crc", "size")
 
     def __init__(self) -> None:
         self.lines: list[bytes] = [b""] * SEGMENT
+        self.length = 0  # of b"".join(lines), kept up to date
         self.version = 0
         # Of b"".join(lines), while `version` holds: deflated piece, CRC-32, length.
         self.deflated: bytes | None = None
@@ -295,22 +296,28 @@ class _Family:
         self.packed: tuple[int, list[bytes], int, int] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     """A segment to compress for a scrape, and what it gave."""
 
     segment: _Segment
     version: int
-    plain: bytes
+    lines: list[bytes]  # the segment's lines at `version` (a copy of the list, not of the text)
     deflated: bytes = b""
     crc: int = 0
+    size: int = 0
 
 
 def _work(jobs: list[_Job]) -> None:
-    """Compress and checksum, outside the event loop when the batch is large."""
+    """Join, compress and checksum segments, outside the event loop when the batch is large.
+    Each segment's text is joined here, one at a time, and dropped once compressed: the plain
+    text of a whole body (50 MB at 10,000 meters) never exists at once, so the process does not
+    keep that much more memory after its first scrape."""
     for job in jobs:
-        job.deflated = deflate_piece(job.plain)
-        job.crc = zlib.crc32(job.plain)
+        plain = b"".join(job.lines)
+        job.deflated = deflate_piece(plain)
+        job.crc = zlib.crc32(plain)
+        job.size = len(plain)
 
 
 class FamilyCache:
@@ -362,6 +369,7 @@ class FamilyCache:
         if old == lines:
             return False
         segment.lines[position] = lines
+        segment.length += len(lines) - len(old)
         segment.version += 1
         segment.deflated = None
         family.version += 1
@@ -484,7 +492,7 @@ class FamilyCache:
                 if segment is None:
                     continue
                 if segment.deflated is None:
-                    job = _Job(segment, segment.version, b"".join(segment.lines))
+                    job = _Job(segment, segment.version, segment.lines[:])
                     jobs.append(job)
                     pieces.append(job)
                     parts.append(job)
@@ -499,7 +507,7 @@ class FamilyCache:
         for job in jobs:
             segment = job.segment
             if segment.version == job.version:  # unchanged while it was compressed
-                segment.deflated, segment.crc, segment.size = job.deflated, job.crc, len(job.plain)
+                segment.deflated, segment.crc, segment.size = job.deflated, job.crc, job.size
         crc, size = 0, 0
         for family, version, parts in sums:
             if parts.__class__ is tuple:  # packed
@@ -508,7 +516,7 @@ class FamilyCache:
                 body_crc, body_len, deflated = 0, 0, []
                 for part in parts:
                     if part.__class__ is _Job:
-                        c, n, piece = part.crc, len(part.plain), part.deflated
+                        c, n, piece = part.crc, part.size, part.deflated
                     else:
                         c, n, piece = part.crc, part.size, part.deflated
                     if n:
@@ -560,7 +568,7 @@ class FamilyCache:
         generation, started = self.generation, time.monotonic()
         pieces, jobs, sums = self._gzip_plan(openmetrics)
         threshold = THREAD_THRESHOLD if _workers() < 2 else min(THREAD_THRESHOLD, THREAD_THRESHOLD_TWO_CPUS)
-        if sum(len(job.plain) for job in jobs) < threshold:
+        if sum(job.segment.length for job in jobs) < threshold:
             _work(jobs)
             out = self._gzip_finish(openmetrics, pieces, jobs, sums)
             self._gzip[openmetrics] = (generation, out, started)

@@ -1,12 +1,16 @@
 """Which vendor transports exist, what their targets accept, and how to build their adapters.
 
-A transport module declares one `TransportSpec`; `exporter/vendors/__init__.py` lists them.
+A transport module declares one `TransportSpec`; `exporter/vendors/__init__.py` lists where
+each is, and a module is imported the first time its transport is asked for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Literal, Mapping, Protocol
+
+from . import SECTIONS, TRANSPORTS, load_all, load_transport
 
 if TYPE_CHECKING:
     from ..config import Config, Option, TargetConfig
@@ -85,9 +89,21 @@ def register_section(spec: SectionSpec) -> SectionSpec:
     return spec
 
 
+def section_names() -> list[str]:
+    """The shared sections a configuration may have, without importing their modules."""
+    return sorted(set(SECTIONS) | set(_SECTIONS))
+
+
+def section(name: str) -> SectionSpec | None:
+    """One shared section's spec (its module imported on first use)."""
+    if name not in _SECTIONS and name in SECTIONS:
+        import_module(SECTIONS[name])
+    return _SECTIONS.get(name)
+
+
 def sections() -> dict[str, SectionSpec]:
-    _ensure_loaded()
-    return dict(_SECTIONS)
+    """Every shared section's spec (all their modules imported)."""
+    return {name: spec for name in section_names() if (spec := section(name)) is not None}
 
 
 def register(spec: TransportSpec) -> TransportSpec:
@@ -95,25 +111,36 @@ def register(spec: TransportSpec) -> TransportSpec:
     return spec
 
 
-def _ensure_loaded() -> None:
-    from . import load_all
-
-    load_all()
-
-
 def get(vendor: str, transport: str) -> TransportSpec | None:
-    _ensure_loaded()
-    return _SPECS.get((vendor, transport))
+    """The spec of one transport; its module (and that module's libraries) is imported the
+    first time it is asked for."""
+    spec = _SPECS.get((vendor, transport))
+    if spec is None:
+        module = next((m for v, t, m, _ in TRANSPORTS if (v, t) == (vendor, transport)), None)
+        if module is not None:
+            load_transport(module)
+            spec = _SPECS.get((vendor, transport))
+    return spec
 
 
 def specs() -> list[TransportSpec]:
-    _ensure_loaded()
+    """Every transport's spec (all their modules imported): for the README tables and tests."""
+    load_all()
     return list(_SPECS.values())
 
 
+def in_use(targets: Iterable["TargetConfig"], section_keys: Iterable[str]) -> list[TransportSpec]:
+    """The specs of the transports these targets use and of those reading one of these shared
+    sections (their cross-target checks look at the sections too), in the order of TRANSPORTS."""
+    used = {(t.vendor, t.transport) for t in targets}
+    present = set(section_keys)
+    keys = [(v, t) for v, t, _, reads in TRANSPORTS if (v, t) in used or present.intersection(reads)]
+    keys += sorted(used - set(keys))  # registered outside TRANSPORTS
+    return [spec for key in keys if (spec := get(*key)) is not None]
+
+
 def vendor_names() -> list[str]:
-    _ensure_loaded()
-    return sorted({v for v, _ in _SPECS})
+    return sorted({v for v, _, _, _ in TRANSPORTS} | {v for v, _ in _SPECS})
 
 
 def shard_key(target: "TargetConfig") -> str:
@@ -130,12 +157,9 @@ def shard_key(target: "TargetConfig") -> str:
 
 
 def transports(vendor: str) -> list[str]:
-    """Transports of a vendor, the default first (whatever order the modules were imported in)."""
-    _ensure_loaded()
-    specs = [spec for (v, _), spec in _SPECS.items() if v == vendor]
-    return [spec.transport for spec in sorted(specs, key=lambda spec: not spec.default)]
-
-
+    """Transports of a vendor, the default first, without importing their modules."""
+    names = [t for v, t, _, _ in TRANSPORTS if v == vendor]
+    return names + [t for v, t in _SPECS if v == vendor and t not in names]
 
 
 def _default_text(option: "Option") -> str:
