@@ -3,8 +3,10 @@ per broker.
 
 A `BrokerConnection` keeps one client connected for every target that reads from that broker:
 it subscribes to the topic filters its users register, hands each message to their handler, and
-after a lost connection reconnects with exponential backoff (capped) and subscribes again (the
-broker forgets a clean session's subscriptions). `energy_meter_exporter_mqtt_connected{broker}`
+after a lost connection reconnects with exponential backoff and subscribes again (the broker
+forgets a clean session's subscriptions). The delay's ceiling is `max_reconnect_delay`, and never
+more than the shortest interval of the targets reading from the broker, so a meter is read again
+within one of its intervals after the broker is back. `energy_meter_exporter_mqtt_connected{broker}`
 tells whether it is connected now. Retained messages, which the broker replays on subscribing,
 are ignored: they are readings of unknown age. A failed connection attempt is passed to the users as a
 `PollError` (unauthorized, tls, connection, timeout, config), so that their targets go down with
@@ -159,6 +161,7 @@ class BrokerConnection:
         self.failures = 0  # consecutive failed attempts or short-lived connections
         self._handlers: dict[str, list[Handler]] = {}
         self._error_listeners: list[ErrorListener] = []
+        self._intervals: list[float] = []  # of the targets reading from this broker
         self._client: aiomqtt.Client | None = None
         self._subscribed: set[str] = set()
         self._task: asyncio.Task | None = None
@@ -197,6 +200,14 @@ class BrokerConnection:
     def remove_error_listener(self, listener: ErrorListener) -> None:
         if listener in self._error_listeners:
             self._error_listeners.remove(listener)
+
+    def add_interval(self, seconds: float) -> None:
+        """A target reading from this broker expects a message every `seconds`."""
+        self._intervals.append(seconds)
+
+    def remove_interval(self, seconds: float) -> None:
+        if seconds in self._intervals:
+            self._intervals.remove(seconds)
 
     @property
     def listener(self) -> str:
@@ -277,8 +288,9 @@ class BrokerConnection:
 
     def _delay(self) -> float:
         s = self.settings
-        base = min(s.reconnect_delay * 2 ** max(self.failures - 1, 0), s.max_reconnect_delay)
-        return base * random.uniform(0.9, 1.1)
+        ceiling = min([s.max_reconnect_delay, *self._intervals])
+        base = min(s.reconnect_delay * 2 ** max(self.failures - 1, 0), ceiling)
+        return min(base * random.uniform(0.9, 1.1), ceiling)
 
     def _new_client(self) -> aiomqtt.Client:
         s = self.settings

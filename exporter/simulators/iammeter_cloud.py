@@ -17,6 +17,11 @@ days grouped by day, 7 days by hour. A call over a quota is recorded in `violati
 with nothing (status 200, empty body: the seed's "the API will return nothing"); it still counts
 against the window, as a server counting requests would. Every call is in `calls`.
 
+`fault` makes every data call (`/api/v1/site/...`) misbehave until cleared with None:
+"status:500", "status:503" (the error status with a plain-text body), "html" (a 200 with an
+HTML page, as a maintenance page or a captive portal gives), "nothing" (the over-quota answer,
+as `_limited` gives it). Logins are not affected: a token once issued stays valid.
+
 The token goes in a `token` header or a `token` query parameter. An unknown token is answered
 `{"data":null,"successful":false,"message":"Token is invalid or expired"}` (`token_error_status`
 200 by default); `expire_tokens()` invalidates every token issued.
@@ -286,6 +291,7 @@ class IammeterCloudSimulator:
         self.account_id = account_id
         self.token_error_status = token_error_status
         self.nothing_status = nothing_status
+        self.fault: str | None = None
         self.calls: list[Call] = []
         self.violations: list[Violation] = []
         self.tokens: set[str] = set()
@@ -331,6 +337,8 @@ class IammeterCloudSimulator:
             return await self._login(request)
         if group != "site" or request.method != "GET":
             raise web.HTTPNotFound()
+        if self.fault is not None:
+            return self._faulty(self.fault)
         token = request.headers.get("token") or next(
             (v for k, v in request.query.items() if k.lower() == "token"), "")
         if token not in self.tokens:
@@ -368,6 +376,17 @@ class IammeterCloudSimulator:
             return None
         self.violations.append(Violation(now, api, scope, ", ".join(over), ip))
         return web.Response(status=self.nothing_status, body=b"", content_type="application/json")
+
+    def _faulty(self, fault: str) -> web.Response:
+        if fault.startswith("status:"):
+            return web.Response(status=int(fault[7:]), text="Service Unavailable" if fault == "status:503"
+                                else "Internal Server Error")
+        if fault == "html":
+            return web.Response(text="<!DOCTYPE html><html><head><title>Maintenance</title></head><body>"
+                                     "<h1>IAMMETER is being upgraded</h1></body></html>", content_type="text/html")
+        if fault == "nothing":
+            return web.Response(status=self.nothing_status, body=b"", content_type="application/json")
+        raise ValueError(f"unknown fault {fault!r}")
 
     @staticmethod
     def _json(body: Any, status: int = 200) -> web.Response:

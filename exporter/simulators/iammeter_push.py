@@ -2,8 +2,10 @@
 
 `MosquittoBroker` runs the real Mosquitto (Debian's `mosquitto`) on 127.0.0.1 with a generated
 configuration: an ephemeral port, optionally a password file (made with `mosquitto_passwd`) and
-a TLS listener with a certificate from `tls.py`. `stop()` and `restart()` (same ports) let a
-test take the broker away under a running exporter.
+a TLS listener with a certificate from `tls.py`. `stop()` (a clean shutdown), `kill()` (SIGKILL,
+as a crash or the OOM killer ends it), `pause()`/`resume()` (SIGSTOP/SIGCONT: a frozen broker
+whose connections stay open) and `restart()` (same ports, a fresh broker that knows no
+subscription) let a test take the broker away under a running exporter.
 
 `MqttMeter` publishes the meter's document to `device/<SN>/realtime` every interval, the way
 the firmware's MQTT mode does (reconnecting when the broker goes away); `HttpPushMeter` POSTs it
@@ -27,6 +29,7 @@ import getpass
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -199,6 +202,7 @@ class MosquittoBroker:
         """Stop the broker (clients see their connection closed); ports and files stay."""
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGCONT)  # a paused broker would not see the SIGTERM
             process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), 5)
@@ -208,6 +212,25 @@ class MosquittoBroker:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    async def kill(self) -> None:
+        """End the broker with SIGKILL: no goodbye to its clients; ports and files stay."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open, nothing is answered or delivered."""
+        if self.running:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running:
+            self._process.send_signal(signal.SIGCONT)
 
     async def restart(self) -> None:
         await self.stop()

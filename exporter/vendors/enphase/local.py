@@ -16,7 +16,9 @@ An endpoint that answers 404 (or an HTML page where JSON belongs) is switched of
 A 401 is checked against `/auth/check_jwt`: if the gateway accepts the token there, the endpoint
 only refuses this account (some are for installers) and is switched off for an hour too;
 otherwise the token is renewed once, and if that does not help the poll fails and the exporter
-does not ask Enlighten again for a while.
+does not ask Enlighten again for a while (15 minutes). An Enlighten that cannot be reached, or
+that answers with an error, is asked again at the next poll instead: the target recovers at the
+first poll after Enlighten is back.
 
 The gateway is unresponsive for a while around 23:00 local time every night. Failures inside
 `nightly_window` are expected: logged at info level once, retried with the usual backoff, and
@@ -654,8 +656,12 @@ class EnphaseLocal:
             self._renewal.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             self.token = await asyncio.shield(self._renewal)
-        except PollError:
-            self.no_renew_before = now + AUTH_BACKOFF
+        except PollError as exc:
+            # Refused credentials wait (tries could lock the account); an Enlighten that is
+            # unreachable or failing is tried again at the next poll, which the scheduler
+            # spaces out while failures go on, so the target recovers as soon as it answers.
+            if exc.reason in ("unauthorized", "config"):
+                self.no_renew_before = now + AUTH_BACKOFF
             raise
 
     async def _fetch(self, why: str) -> TokenInfo:

@@ -213,6 +213,7 @@ class IammeterMqttAdapter:
         self._router = await shared.acquire(key, new_router)
         self._key, self._emit = key, emit
         self._router.attach(self.sn, emit)
+        self._router.connection.add_interval(self.target.interval)
         try:
             await asyncio.Event().wait()
         finally:
@@ -227,6 +228,7 @@ class IammeterMqttAdapter:
         if router is None:
             return
         router.detach(self.sn, self._emit)
+        router.connection.remove_interval(self.target.interval)
         await self._context.shared.release(self._key)
 
 
