@@ -222,6 +222,7 @@ class PlainHttpConnection:
                 if not protocol.head.keep_alive:  # type: ignore[union-attr]
                     self.close()
                 protocol.buffer.clear()  # anything arriving before the next request is suspect
+                protocol.head = None  # its headers are the response's now (kept per device, they add up)
                 return result
             if protocol.lost or protocol.eof:
                 if protocol.received == 0 and retry:
