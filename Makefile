@@ -37,7 +37,7 @@ bench: system-deps venv
 # Minutes, not part of `make test`: 1,000 simulated meters, 10 % failing, memory/fds/tasks slopes.
 SOAK_MINUTES ?= 10
 soak: venv
-	$(VENV)/bin/python -m bench.soak --targets 1000 --minutes $(SOAK_MINUTES)
+	$(VENV)/bin/python -m bench.soak --targets 1000 --minutes $(SOAK_MINUTES) --inspect
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

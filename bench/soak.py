@@ -53,7 +53,7 @@ WARM_UP = 60.0
 TRACE_DIR_ENV = "SOAK_TRACE_DIR"
 TRACE_FRAMES_ENV = "SOAK_TRACE_FRAMES"
 TOP_SITES = 12
-DEFAULT_COMMAND = "python -m bench.soak --targets 1000 --minutes 10"  # what `make soak` runs
+DEFAULT_COMMAND = "python -m bench.soak --targets 1000 --minutes 10 --inspect"  # what `make soak` runs
 
 
 class FaultyFleet(Fleet):
