@@ -621,10 +621,11 @@ def _named(devices: list[Device]) -> list[Device]:
         if bases.count(base) > 1:
             tail = re.sub(r"[^a-z0-9]", "", (device.serial or device.host).lower())[-6:]
             name = f"{base}-{tail}" if tail else base
-        while name in used:
-            name += "-2"
-        used.add(name)
-        device.name = name
+        unique, number = name, 2
+        while unique in used:
+            unique, number = f"{name}-{number}", number + 1
+        used.add(unique)
+        device.name = unique
     return devices
 
 

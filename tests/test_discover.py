@@ -16,7 +16,7 @@ import yaml
 
 from exporter.console import Console
 from exporter.discover import Endpoint, Options, discover, parse_ports, parse_scan, render_yaml
-from exporter.simulators.enphase import GatewaySimulator
+from exporter.simulators.enphase import CORPUS, GatewaySimulator, firmware_folder
 from exporter.simulators.homewizard import HomeWizardSimulator
 from exporter.simulators.iammeter import IammeterHttpSimulator
 from exporter.simulators.iometer import BridgeSimulator
@@ -73,7 +73,6 @@ async def devices():
         "battery": await HomeWizardSimulator("HWE-BAT", serial="5c2fafaa0002").start(),
         "kwh_off": await HomeWizardSimulator("HWE-KWH1", v2=False, serial="3c39e7aa0003", api_enabled=False).start(),
         "gateway": await GatewaySimulator().start(),
-        "old_gateway": await GatewaySimulator("5.0.62").start(),
         "bridge": BridgeSimulator(),
         "wem3080t": IammeterHttpSimulator("WEM3080T"),
         "legacy": IammeterHttpSimulator("WEM3162"),
@@ -88,8 +87,35 @@ async def devices():
 
 def scan_list(sims) -> list[str]:
     return [sims["p1"].v1_host, sims["p1"].v2_host, sims["battery"].v2_host, sims["kwh_off"].v1_host,
-            sims["gateway"].host, sims["old_gateway"].host, sims["bridge"].host, sims["wem3080t"].host,
+            sims["gateway"].host, sims["bridge"].host, sims["wem3080t"].host,
             sims["legacy"].host, f"127.0.0.1:{free_port()}"]
+
+
+def test_two_devices_of_a_kind_get_names_from_their_serials():
+    from exporter.discover import Device, _named
+
+    devices = _named([Device("enphase", "10.0.0.2", "800-00654-r08", "202400000001"),
+                      Device("enphase", "10.0.0.3", "800-00654-r08", "122300000001"),
+                      Device("enphase", "10.0.0.4", "800-00654-r08", "999900000001"),
+                      Device("iometer", "10.0.0.5", "bridge", "1ISK0000000000")])
+    assert sorted(d.name for d in devices) == ["enphase-gateway-000001", "enphase-gateway-000001-2",
+                                               "enphase-gateway-000001-3", "iometer"]
+
+
+LEGACY_FIRMWARE = "5.0.62"  # plain HTTP with Digest auth; its bodies come from the corpus
+
+
+@pytest.mark.skipif(firmware_folder(LEGACY_FIRMWARE) is None,
+                    reason=f"conformance corpus not found at {CORPUS / LEGACY_FIRMWARE}")
+async def test_a_scan_tells_a_legacy_gateway_from_a_modern_one():
+    gateway = await GatewaySimulator(LEGACY_FIRMWARE).start()
+    try:
+        console = Console(err=io.StringIO(), out=io.StringIO(), interactive=False)
+        found = await discover(Options(scan=parse_scan([gateway.host]), mdns=False, timeout=3), console)
+    finally:
+        await gateway.stop()
+    old = next(d for d in found if d.vendor == "enphase" and d.serial == gateway.serial)
+    assert old.api.startswith("HTTP with Digest") and "tls_fingerprint" not in old.options
 
 
 async def test_a_scan_identifies_every_vendor(devices):
@@ -116,8 +142,6 @@ async def test_a_scan_identifies_every_vendor(devices):
     assert gateway.api.startswith("HTTPS with a token") and gateway.action_needed
     assert gateway.options["tls_fingerprint"].replace(":", "").lower() == sims["gateway"].fingerprint
     assert gateway.firmware.startswith("D8")
-    old = next(d for d in found if d.vendor == "enphase" and d.serial == sims["old_gateway"].serial)
-    assert old.api.startswith("HTTP with Digest") and "tls_fingerprint" not in old.options
 
     bridge = by[("iometer", "bridge")]
     assert bridge.host == sims["bridge"].host and bridge.firmware == "build-65"
@@ -130,8 +154,8 @@ async def test_a_scan_identifies_every_vendor(devices):
     # No credentials were sent to find the legacy meter: its challenge was enough.
     assert sims["legacy"].requests.count("/monitorjson") == 1
 
-    assert len(found) == 8  # eight devices (the P1 once), and the closed port is none
-    assert len({d.name for d in found}) == 8
+    assert len(found) == 7  # seven devices (the P1 once), and the closed port is none
+    assert len({d.name for d in found}) == len(found)  # every target name its own
 
 
 async def test_the_printed_yaml_carries_what_was_learnt(devices):
