@@ -203,3 +203,43 @@ def test_every_vendor_has_exactly_one_default_transport():
         defaults = [s.transport for s in registry.specs() if s.vendor == vendor and s.default]
         assert len(defaults) == 1, (vendor, defaults)
     assert registry.transports("iammeter")[0] == "http"
+
+
+# Plain YAML is read from the parser's events; anchors, aliases, merge keys, explicit tags and
+# several documents go through the node tree. Both must give the same data and the same lines
+# (which every error message names).
+YAML_SAMPLES = [
+    "",
+    "~",
+    "targets:\n  - name: a\n    vendor: homewizard\n    host: 10.0.0.2\n  -\n    name: b\n",
+    "a:\n  - - 1\n    - 2\n  - {}\n  - []\nb: |\n  text\n  more\nc: [1, {d: e}]\n",
+    "1: on\n2: yes\n3: 2024-01-01\n4: 0x10\n5: .inf\n6: null\n7: '5'\n8: 1_000\n",
+    "x: &a {p: 1}\ny: *a\n",
+    "base: &b {interval: 5s}\nt:\n  <<: *b\n  host: h\n",
+    "a: !!str 5\n",
+    "? [1, 2]\n: 3\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_SAMPLES + [Path(__file__).parents[1].joinpath("config.example.yaml").read_text()],
+                         ids=[f"sample{i}" for i in range(len(YAML_SAMPLES))] + ["config.example.yaml"])
+def test_yaml_read_from_events_and_from_the_node_tree_agree(text, monkeypatch):
+    from exporter import config
+
+    events = config._load_yaml(text, "f.yaml")
+    monkeypatch.setattr(config, "_load_yaml_events", lambda text, filename: None)
+    tree = config._load_yaml(text, "f.yaml")
+    assert (events.data, events.lines) == (tree.data, tree.lines)
+
+
+def test_duplicate_keys_and_bad_yaml_name_their_line_either_way(tmp_path):
+    for anchor in ("", "&x "):  # an anchor sends the file through the node tree
+        path = tmp_path / "c.yaml"
+        path.write_text(f"targets:\n  - {anchor}{{name: a, vendor: homewizard, host: h}}\n"
+                        "  - name: b\n    vendor: homewizard\n    host: h2\n    host: h3\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert f"{path}:6: targets[1].host: duplicate key" in str(err.value)
+        path.write_text(f"targets:\n  - {anchor}{{name: a, vendor: homewizard, host: h\n")
+        with pytest.raises(ConfigError, match=rf"{path}:3: not valid YAML"):
+            load_config(path)
