@@ -27,12 +27,17 @@ from .web import make_app
 from .webconfig import WebConfig
 
 SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5
-# With this many targets the garbage collector is managed: the objects built at start
-# (configuration, adapters, runners, store) are moved out of its way (gc.freeze), and its full
-# passes, which Python starts by a rule of thumb every few seconds under a fleet's steady churn
-# of connections and readings (each a pause of all polls and scrapes, ~0.4 s at 10,000
-# targets), run on a timer instead. Young objects are collected as usual.
+# With this many targets, or series lines of this many bytes (about 500 P1 meters: one IOmeter
+# Partner account may hold thousands of meters), the garbage collector is managed: the objects
+# built so far (configuration, adapters, runners, store) are moved out of its way (gc.freeze),
+# and its full passes, which Python starts by a rule of thumb every few seconds under a
+# fleet's steady churn of connections and readings (each a pause of all polls and scrapes,
+# ~0.4 s at 10,000 targets; a third of the CPU time a flood of readings leaves for parsing),
+# run on a timer instead. Young objects are collected as usual. The size is checked every
+# GC_CHECK_EVERY seconds, since an account's meters arrive after start.
 FREEZE_AT_TARGETS = 500
+FREEZE_AT_BYTES = 2_500_000
+GC_CHECK_EVERY = 5.0  # seconds (a sum over a few hundred segments)
 FULL_COLLECTION_EVERY = 600.0  # seconds
 
 
@@ -103,6 +108,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self.started = time.monotonic()
         self._gc_task: asyncio.Task | None = None
+        self._gc_watch: asyncio.Task | None = None
         self._gc_threshold = gc.get_threshold()
         self._state: StateDirectory | None = None
 
@@ -126,10 +132,15 @@ class Daemon:
                       tls=self.web_config.ssl_context is not None, basic_auth=bool(self.web_config.users))
         return self.port
 
+    def _big(self) -> bool:
+        return len(self.runners) >= FREEZE_AT_TARGETS or self.store.cache.text_size() >= FREEZE_AT_BYTES
+
     def _freeze(self) -> None:
         gc.unfreeze()
-        if len(self.runners) < FREEZE_AT_TARGETS:
+        if not self._big():
             self._unmanage_gc()
+            if self._gc_watch is None:
+                self._gc_watch = asyncio.create_task(self._watch_size(), name="gc-watch")
             return
         gc.collect()
         gc.freeze()
@@ -137,6 +148,16 @@ class Daemon:
             self._gc_threshold = gc.get_threshold()
             gc.set_threshold(self._gc_threshold[0], self._gc_threshold[1], 2**30)  # no automatic full passes
             self._gc_task = asyncio.create_task(self._full_collections(), name="gc")
+
+    async def _watch_size(self) -> None:
+        """Manage the collector once the series grow past FREEZE_AT_BYTES."""
+        try:
+            while self._gc_task is None:
+                await asyncio.sleep(GC_CHECK_EVERY)
+                if self._gc_task is None and self._big():
+                    self._freeze()
+        finally:
+            self._gc_watch = None
 
     async def _full_collections(self) -> None:
         while True:
@@ -152,6 +173,8 @@ class Daemon:
     async def stop(self) -> None:
         gc.unfreeze()
         self._unmanage_gc()
+        if self._gc_watch is not None:
+            self._gc_watch.cancel()
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
         self.runners.clear()
         if self.runner is not None:

@@ -538,6 +538,11 @@ class FamilyCache:
         self._plain_size = size
         return gzip_wrap([p for p in resolved if p], crc, size)
 
+    def text_size(self) -> int:
+        """Bytes of series lines held (the plain body, less headers)."""
+        return sum(segment.length for family in self._families.values()
+                   for segment in family.segments if segment is not None)
+
     def gzip_chunks_now(self, openmetrics: bool) -> list[bytes]:
         """The gzip body of the current state, compressed in this thread."""
         cached = self._gzip.get(openmetrics)
