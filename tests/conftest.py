@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from exporter.simulators.ports import free_port  # noqa: F401  (tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = ROOT.parent / "shared" / "conformance"
 
@@ -23,12 +25,6 @@ def conformance() -> Path:
     if not CONFORMANCE.is_dir():
         pytest.skip(f"conformance corpus not found at {CONFORMANCE} (it lives in shared/ beside the project)")
     return CONFORMANCE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require_binary(name: str) -> str:

@@ -41,6 +41,7 @@ import aiohttp
 import aiomqtt
 
 from .iammeter import DEFAULT_CONFORMANCE, IammeterHttpSimulator, MeterState, meter_state
+from .ports import free_port
 from .tls import Authority, new_authority
 
 PUSH_FAULTS = ("garbage", "short_row", "nulls", "string_value", "wrong_sn", "huge")
@@ -58,12 +59,6 @@ def mosquitto_binary() -> str | None:
 def mosquitto_passwd_binary() -> str | None:
     return shutil.which("mosquitto_passwd") or (
         "/usr/bin/mosquitto_passwd" if os.access("/usr/bin/mosquitto_passwd", os.X_OK) else None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _end_with_parent():
