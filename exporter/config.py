@@ -237,7 +237,7 @@ def _load_yaml_events(text: str, filename: str) -> _Located | None:
     problems: list[str] = []
     # Open collections: [container, path, key waiting for its value (or _NO_KEY), key's line]
     stack: list[list] = []
-    root: Any = _NO_KEY  # nothing yet (an empty file reads as an empty mapping)
+    root: Any = _NOTHING  # an empty file reads as an empty mapping
     documents = 0
 
     def scalar(event: yaml.ScalarEvent) -> Any:
@@ -308,10 +308,11 @@ def _load_yaml_events(text: str, filename: str) -> _Located | None:
         return None
     if problems:
         raise ConfigError(problems)
-    return _Located({} if root is _NO_KEY else root, lines)
+    return _Located({} if root is _NOTHING else root, lines)
 
 
-_NO_KEY = object()
+_NO_KEY = object()  # a mapping waiting for its next key
+_NOTHING = object()
 
 
 def _path_text(path: tuple) -> str:

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A free port for a listener another process (Mosquitto) or a later start (the exporter's
     push listener) will open. Taken below the kernel's ephemeral range, which `bind(..., 0)` and
     outgoing connections draw from: a port probed there and released could be handed to the
@@ -17,12 +17,12 @@ def free_port() -> int:
         port = random.randint(max(1024, low - 12000), low - 1)
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             except OSError:
                 continue
             return port
     with socket.socket() as s:  # a crowded range: any free port
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
