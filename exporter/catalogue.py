@@ -241,6 +241,14 @@ POLL_ERRORS = Metric(
 COUNTER_REGRESSIONS = Metric(
     "energy_meter_exporter_decreasing_readings_total", "counter", "",
     "Readings of a running total lower than the value held; held back, not exported as a reset.")
+SAMPLES_DROPPED = Metric(
+    "energy_meter_exporter_samples_dropped_total", "counter", "",
+    "Values of the target's readings not exported, by reason: not_finite (NaN or infinite), "
+    "negative (a running total below 0), out_of_range (a running total no meter reaches: energy "
+    "beyond 100 years at max_power, anything else beyond 1e15), implausible_jump (a running total "
+    "rising faster than max_power allows; the value held is kept), duplicate (a series twice in "
+    "one reading; the first is kept).",
+    labels=("reason",))
 BUILD_INFO = Metric(
     "energy_meter_exporter_build_info", "gauge", "",
     "Version of the exporter; value 1.", labels=("version", "python_version"), base_labels=())
@@ -272,7 +280,8 @@ PROCESS_METRICS = (
     Metric("process_start_time_seconds", "gauge", "s", "Start time of the process since unix epoch in seconds.",
            base_labels=()),
 )
-EXPORTER_SELF = (TARGET_UP, LAST_SUCCESS, POLL_DURATION, POLLS, POLL_ERRORS, COUNTER_REGRESSIONS)
+EXPORTER_SELF = (TARGET_UP, LAST_SUCCESS, POLL_DURATION, POLLS, POLL_ERRORS, COUNTER_REGRESSIONS,
+                 SAMPLES_DROPPED)
 
 
 # --- IAMMETER ---------------------------------------------------------------------------------
@@ -567,7 +576,8 @@ TOKEN_EXPIRY = Metric(
 PUSH_REJECTED = Metric(
     "energy_meter_exporter_push_rejected_total", "counter", "",
     "Pushed messages refused, by receiver (`http_push`, or `mqtt:<broker>`) and reason: "
-    "unknown_sn, sn_mismatch, malformed, too_large, forbidden_network, rate_limited, not_found.",
+    "unknown_sn, sn_mismatch, malformed, too_large, forbidden_network, rate_limited, not_found, "
+    "bad_token (no or a wrong http_push.path_token), timeout (a body slower than http_push.read_timeout).",
     labels=("listener", "reason"), vendors=(IAMMETER,), base_labels=())
 MQTT_CONNECTED = Metric(
     "energy_meter_exporter_mqtt_connected", "gauge", "",
@@ -649,6 +659,9 @@ METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in all_metrics()}
 JOULES_PER_KWH = 3.6e6
 JOULES_PER_WH = 3.6e3
 JOULES_PER_GJ = 1e9
+# Units of the counters that measure energy (active, reactive, apparent): their rises are
+# bounded by a target's `max_power`.
+ENERGY_UNITS = frozenset({"J", "var*s", "VA*s"})
 
 
 

@@ -40,6 +40,28 @@ def _shard(value: str):
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--shard ")) from None
 
 
+def _seconds(value: str) -> float:
+    from .config import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds < 86400:  # also NaN
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a duration above 0 and below a day, e.g. 10s")
+    return seconds
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be at least 1")
+    return number
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given `argv`, the command line it is about to parse, the arguments of
     `discover`, `token` and `backfill` are added only if the line names that command: they come
@@ -58,6 +80,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         help=f"address to serve /metrics on (default {DEFAULT_LISTEN})")
     parser.add_argument("--web.config.file", dest="web_config", metavar="PATH",
                         help="TLS and basic auth settings, in the format of Prometheus's exporter-toolkit")
+    parser.add_argument("--web.read-header-timeout", dest="read_header_timeout", type=_seconds, default="10s",
+                        metavar="DURATION", help="close a connection whose request head has not arrived within "
+                                                 "this (default 10s)")
+    parser.add_argument("--web.max-connections", dest="max_connections", type=_positive, default=512, metavar="N",
+                        help="at most this many connections at once; at the limit the oldest waiting one is "
+                             "closed (default 512)")
+    parser.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                        help="allow POST /-/reload (off by default, as in Prometheus; SIGHUP always reloads)")
     parser.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
                         help="poll only this replica's share of the targets: INDEX from 0 to COUNT-1 "
                              "(targets of one cloud account stay together; see README, Running at scale)")
@@ -123,11 +153,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def load_or_exit(path: str, next_step: str | None = None):
+    """The configuration, or its problems on stderr and exit status 2, never a traceback."""
     try:
         return load_config(path)
-    except ConfigError as exc:
+    except Exception as exc:  # whatever reading the file raises, it is bad input, not a crash
+        problems = exc.problems if isinstance(exc, ConfigError) else [
+            f"{path}: cannot read the configuration ({type(exc).__name__})"]
         print(f"energy-meter-exporter: invalid configuration {path}:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         if next_step:
             print(f"Next: {next_step}", file=sys.stderr)
@@ -220,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     warn_if_world_readable(args.config_file, config, log)
     log.info("starting", version=__version__, config=args.config_file)
-    return asyncio.run(serve(config, host, port, web_config, shard=args.shard))
+    from .serving import Limits
+
+    limits = Limits(head_timeout=args.read_header_timeout, max_connections=args.max_connections)
+    return asyncio.run(serve(config, host, port, web_config, shard=args.shard, limits=limits,
+                             lifecycle=args.enable_lifecycle))
 
 
 if __name__ == "__main__":  # pragma: no cover

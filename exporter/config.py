@@ -6,8 +6,11 @@ problems at once, and nothing is applied unless the whole file is valid.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -51,21 +54,68 @@ class Secret:
 
 # --- Option schema -----------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# ASCII digits only: `\d` would take other scripts' digits too.
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from `10`, `2.5`, `500ms`, `10s`, `5m`, `1h`, `1d`."""
+    """Seconds from `10`, `2.5`, `500ms`, `10s`, `5m`, `1h`, `1d`; never NaN or infinite."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 10s, 5m or 1h")
+    seconds: float | None = None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        seconds = _as_float(value)
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"expected a duration such as 10s, 5m or 1h, got {value!r}")
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds is None:
+        raise ValueError(f"expected a duration such as 10s, 5m or 1h, got {_show(value)}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration such as 10s, 5m or 1h, got {_show(value)}")
+    return seconds
+
+
+def _as_float(value: int | float) -> float:
+    """`value` as a float; NaN for what no float holds (an int of hundreds of digits)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
+
+
+def _show(value: Any) -> str:
+    """A value for a message, short and printable whatever it is."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) < 10**15:
+            return str(value)
+        if value.bit_length() < 1000:
+            return f"{value:.3e}"
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character (or lone surrogate) in `text`, as U+XXXX; None if clean.
+    Such a character in a host, a path or a token ends as an invalid HTTP header or URL on
+    every poll, far from the line that put it there."""
+    if text.isprintable():  # the common case, at C speed (spaces count as printable)
+        return None
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            return f"U+{ord(char):04X}"
+    return None
+
+
+# The widest sane values where an option gives none: beyond them a number is a typo or an
+# attack (a duration of 1e300 s, a count of 10^18), not a setting.
+# PyYAML (YAML 1.1) reads `1e7` and `1.0e7` as strings: an exponent needs a dot and a sign there.
+_EXPONENT_ONLY = re.compile(r"[-+]?([0-9]{1,20}\.?[0-9]{0,20}|\.[0-9]{1,20})[eE][-+]?[0-9]{1,3}")
+_CEILINGS: dict[str, float] = {"int": 2**31 - 1, "duration": 366 * 86400.0, "float": 1e12}
 
 
 @dataclass(frozen=True)
@@ -78,24 +128,32 @@ class Option:
     choices: tuple[str, ...] | None = None
     help: str = ""
     minimum: float | None = None
+    maximum: float | None = None
 
     def convert(self, value: Any) -> Any:
         kind = self.kind
         if kind in ("str", "path", "secret"):
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ValueError(f"expected a string, got {_type_name(value)}")
-            text = str(value)
+            text = value if isinstance(value, str) else str(value)
+            bad = _control_character(text)
+            if bad is not None:  # the value is not shown: it may be a secret
+                raise ValueError(f"contains a control character ({bad}); it must be one line of text")
             if self.choices and text not in self.choices:
-                raise ValueError(f"must be one of {', '.join(self.choices)}; got {text!r}")
+                raise ValueError(f"must be one of {', '.join(self.choices)}; got {_show(text)}")
             return Secret(text) if kind == "secret" else text
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"expected a whole number, got {_type_name(value)}")
-            number = value
+            number: float = value
         elif kind == "float":
+            if isinstance(value, str) and _EXPONENT_ONLY.fullmatch(value):
+                value = float(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"expected a number, got {_type_name(value)}")
-            number = float(value)
+            number = _as_float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"expected a finite number, got {_show(value)}")
         elif kind == "duration":
             number = parse_duration(value)
         elif kind == "bool":
@@ -105,11 +163,18 @@ class Option:
         elif kind == "list":
             if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
                 raise ValueError("expected a list of strings")
-            return tuple(str(v) for v in value)
+            items = tuple(str(v) for v in value)
+            bad = next(filter(None, map(_control_character, items)), None)
+            if bad is not None:
+                raise ValueError(f"an entry contains a control character ({bad}); each must be one line of text")
+            return items
         else:  # pragma: no cover - schema error in the code, not in the user's file
             raise AssertionError(kind)
+        maximum = self.maximum if self.maximum is not None else _CEILINGS[kind]
+        if number > maximum:
+            raise ValueError(f"must be at most {maximum:g}, got {_show(number)}")
         if self.minimum is not None and number < self.minimum:
-            raise ValueError(f"must be at least {self.minimum:g}, got {number:g}")
+            raise ValueError(f"must be at least {self.minimum:g}, got {_show(number)}")
         return number
 
 
@@ -125,7 +190,10 @@ COMMON_OPTIONS: dict[str, Option] = {
     "timeout": Option("duration", help="how long one poll may take", minimum=0.001),
     "max_backoff": Option("duration", default=300.0, help="ceiling of the retry delay after failures"),
     "stale_after": Option("duration", help="series of a failing target disappear after this long"),
-    "jitter": Option("float", default=0.1, minimum=0.0, help="random spread of poll times, as a fraction of the interval"),
+    "jitter": Option("float", default=0.1, minimum=0.0, maximum=1.0,
+                     help="random spread of poll times, as a fraction of the interval"),
+    # Default 1e7 (10 MW) in exporter/store.py; kept in the target's options only when set.
+    "max_power": Option("float", minimum=1.0, help="watts: energy counters rising faster than this are refused"),
 }
 GENERAL_DEFAULTS = {"timeout": 5.0}
 
@@ -177,12 +245,109 @@ class _Located:
 # libyaml's parser where PyYAML has it: a fleet's file (10,000 targets) in a quarter of the time.
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# Bounds on what one file may cost to read, whoever wrote it: a few hundred bytes of aliases
+# (a "billion laughs") would otherwise expand to gigabytes, and deep nesting exhausts the stack.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_SECRET_FILE_BYTES = 64 * 1024
+MAX_EXPANDED_CHARS = 64 * 1024  # one value after ${VAR} substitution
+MAX_DEPTH = 100  # levels of nested mappings and lists, counting what aliases repeat
+# Aliases may repeat what the file holds: up to ALIAS_RATIO times its own values (anchors and
+# merge keys in a fleet's file repeat a few), at least ALIAS_FLOOR, never more than MAX_VALUES.
+ALIAS_RATIO = 10
+ALIAS_FLOOR = 100_000
+MAX_VALUES = 4_000_000
+_INT_BITS = 14_000  # an int that long cannot even be printed (Python's 4,300-digit limit)
 
-def _yaml_error(exc: yaml.YAMLError, filename: str) -> ConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{filename}:{mark.line + 1}" if mark else filename
-    problem = getattr(exc, "problem", None) or str(exc)
+
+class _Unreadable(Exception):
+    """A file that cannot be read as text; `line` when the problem has one."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+
+
+def _read_text(path: str | os.PathLike, limit: int, secret: bool = False) -> str:
+    """A regular file's text (UTF-8), at most `limit` bytes; _Unreadable otherwise. Opened
+    without blocking and checked before reading: a FIFO or a device would hang or never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    except ValueError:  # a NUL in the path
+        raise _Unreadable("the path contains a NUL character") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _Unreadable("it is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise _Unreadable("not a regular file (a pipe, socket or device)")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise _Unreadable(f"larger than {_size_text(limit)}")
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        # The byte itself is not shown: it may be part of a secret.
+        where = "" if secret else f" (line {line}, column {column})"
+        raise _Unreadable(f"not valid UTF-8 at byte offset {exc.start}{where}; save it as UTF-8",
+                          None if secret else line) from None
+
+
+def _size_text(size: int) -> str:
+    return f"{size // (1024 * 1024)} MiB" if size >= 1024 * 1024 else f"{size // 1024} KiB"
+
+
+def read_config_text(path: str | os.PathLike, what: str = "the configuration") -> str:
+    """A configuration file's text, bounded in size; ConfigError naming the file otherwise."""
+    filename = str(path)
+    try:
+        return _read_text(path, MAX_FILE_BYTES)
+    except _Unreadable as exc:
+        where = f"{filename}:{exc.line}" if exc.line else filename
+        raise ConfigError([f"{where}: cannot read {what}: {exc.reason}"]) from None
+
+
+def _yaml_error(exc: yaml.YAMLError, filename: str, text: str = "") -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    position = getattr(exc, "position", None)  # a ReaderError: a byte offset in the UTF-8 text
+    if mark is not None:
+        where = f"{filename}:{mark.line + 1}"
+    elif isinstance(position, int) and text:
+        line = text.encode("utf-8", "surrogatepass")[:position].count(b"\n") + 1
+        where = f"{filename}:{line}"
+    else:
+        where = filename
+    if isinstance(exc, yaml.reader.ReaderError):
+        problem = f"{exc.reason} (character U+{exc.character:04X})" if isinstance(exc.character, int) else exc.reason
+    else:
+        problem = getattr(exc, "problem", None) or str(exc)
     return ConfigError([f"{where}: not valid YAML: {problem}"])
+
+
+def _value_error(filename: str, line: int, path: tuple, exc: Exception) -> ConfigError:
+    reason = "a number of thousands of digits" if "integer string conversion" in str(exc) else str(exc)
+    return ConfigError([f"{filename}:{line}: {_path_text(path)}: cannot read this value: {reason}"])
+
+
+def _check_scalar(value: Any) -> Any:
+    if value.__class__ is int and value.bit_length() > _INT_BITS:
+        raise ValueError("a number with thousands of digits")
+    return value
 
 
 def _load_yaml(text: str, filename: str) -> _Located:
@@ -191,31 +356,108 @@ def _load_yaml(text: str, filename: str) -> _Located:
         if located is not None:
             return located
         node = yaml.compose(text, Loader=_COMPOSER)
+        if node is not None:
+            _measure(node, filename)
+        return _from_nodes(node, filename)
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, filename) from None
+        raise _yaml_error(exc, filename, text) from None
+    except RecursionError:  # bounded above; a last guard, as the stack is what it protects
+        raise ConfigError([f"{filename}: nested too deeply (more than {MAX_DEPTH} levels)"]) from None
+
+
+def _measure(root: yaml.Node, filename: str) -> None:
+    """Refuse, before building anything, a node tree that aliases would make too big or too
+    deep, or that contains itself. Each node is visited once: the size and height of a shared
+    node are remembered, so a billion laughs costs as little as its text."""
+    if root.__class__ is yaml.ScalarNode:
+        return
+    # id(collection) -> (values it stands for, with what aliases repeat; nesting levels)
+    measured: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()  # collections on the current path: meeting one again is a cycle
+    own = 0  # values the file itself holds, seen so far
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = ([n for pair in node.value for n in pair] if node.__class__ is yaml.MappingNode
+                    else node.value)
+        if not children_done:
+            if key in measured:
+                continue
+            if key in open_nodes:
+                raise ConfigError([f"{filename}:{node.start_mark.line + 1}: an alias refers to a node "
+                                   "that contains it"])
+            open_nodes.add(key)
+            own += 1
+            stack.append((node, True))
+            for child in children:
+                if child.__class__ is yaml.ScalarNode:
+                    own += 1
+                elif id(child) not in measured:
+                    stack.append((child, False))
+            continue
+        open_nodes.discard(key)
+        size, height = 1, 1
+        for child in children:
+            if child.__class__ is yaml.ScalarNode:
+                size += 1
+            else:
+                child_size, child_height = measured[id(child)]
+                size += child_size
+                if child_height >= height:
+                    height = child_height + 1
+        limit = min(MAX_VALUES, ALIAS_FLOOR + ALIAS_RATIO * own)
+        if size > limit:
+            raise ConfigError([f"{filename}:{node.start_mark.line + 1}: the aliases here would expand to more "
+                               f"than {limit:,} values; refusing what looks like an alias bomb"])
+        if height > MAX_DEPTH:
+            raise ConfigError([f"{filename}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels "
+                               "deep (counting what aliases repeat)"])
+        measured[key] = (size, height)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _from_nodes(node: yaml.Node | None, filename: str) -> _Located:
+    """Plain data and lines from a node tree already bounded by _measure."""
     lines: dict[tuple, int] = {}
     problems: list[str] = []
     constructor = yaml.SafeLoader(stream="")
+    merged_counts: dict[int, int] = {}  # id(mapping) -> entries its merge keys brought in
+
+    def value_of(n: yaml.Node, path: tuple, deep: bool = False) -> Any:
+        try:
+            return _check_scalar(constructor.construct_object(n, deep=deep))
+        except (ValueError, OverflowError, TypeError) as exc:
+            raise _value_error(filename, n.start_mark.line + 1, path, exc) from None
 
     def walk(n: yaml.Node, path: tuple) -> Any:
         lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
-            constructor.flatten_mapping(n)
+            merged = merged_counts.get(id(n))
+            if merged is None:  # flattened once; a node an alias repeats is already flat
+                own = sum(1 for key_node, _ in n.value if key_node.tag != _MERGE_TAG)
+                constructor.flatten_mapping(n)
+                merged = merged_counts[id(n)] = len(n.value) - own
             out: dict[str, Any] = {}
-            for key_node, value_node in n.value:
-                key = constructor.construct_object(key_node, deep=True)
+            own_keys: set[str] = set()
+            for index, (key_node, value_node) in enumerate(n.value):
+                key = value_of(key_node, path, deep=True)
                 if not isinstance(key, str):
                     key = str(key)
-                if key in out:
-                    problems.append(
-                        f"{filename}:{key_node.start_mark.line + 1}: {_path_text(path + (key,))}: duplicate key"
-                    )
+                # A key a merge brought in may be given again: the mapping's own value wins.
+                if index >= merged:
+                    if key in own_keys:
+                        problems.append(f"{filename}:{key_node.start_mark.line + 1}: "
+                                        f"{_path_text(path + (key,))}: duplicate key")
+                    own_keys.add(key)
                 out[key] = walk(value_node, path + (key,))
                 lines[path + (key,)] = key_node.start_mark.line + 1
             return out
         if isinstance(n, yaml.SequenceNode):
             return [walk(item, path + (i,)) for i, item in enumerate(n.value)]
-        return constructor.construct_object(n, deep=True)
+        return value_of(n, path)
 
     data = walk(node, ()) if node is not None else {}
     if problems:
@@ -240,14 +482,17 @@ def _load_yaml_events(text: str, filename: str) -> _Located | None:
     root: Any = _NOTHING  # an empty file reads as an empty mapping
     documents = 0
 
-    def scalar(event: yaml.ScalarEvent) -> Any:
+    def scalar(event: yaml.ScalarEvent, path: tuple) -> Any:
         tag = constructor.resolve(yaml.ScalarNode, event.value, event.implicit)
-        if tag == "tag:yaml.org,2002:merge":
+        if tag == _MERGE_TAG:
             raise _Unsupported
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
-        value = constructor.construct_object(node, deep=True)
-        constructor.constructed_objects.clear()
-        return value
+        try:
+            return _check_scalar(constructor.construct_object(node, deep=True))
+        except (ValueError, OverflowError, TypeError) as exc:  # e.g. a date 2024-13-45
+            raise _value_error(filename, event.start_mark.line + 1, path, exc) from None
+        finally:
+            constructor.constructed_objects.clear()
 
     def attach(value: Any) -> None:
         nonlocal root
@@ -283,7 +528,7 @@ def _load_yaml_events(text: str, filename: str) -> _Located | None:
             if frame is not None and frame[0].__class__ is dict and frame[2] is _NO_KEY:
                 if kind is not yaml.ScalarEvent:
                     raise _Unsupported
-                key = scalar(event)
+                key = scalar(event, frame[1])
                 if not isinstance(key, str):
                     key = str(key)
                 if key in frame[0]:
@@ -299,8 +544,11 @@ def _load_yaml_events(text: str, filename: str) -> _Located | None:
                 path = frame[1] + (frame[2],)
             lines[path] = event.start_mark.line + 1
             if kind is yaml.ScalarEvent:
-                attach(scalar(event))
-            elif kind is yaml.MappingStartEvent:
+                attach(scalar(event, path))
+                continue
+            if len(stack) >= MAX_DEPTH:
+                raise ConfigError([f"{filename}:{event.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep"])
+            if kind is yaml.MappingStartEvent:
                 stack.append([{}, path, _NO_KEY, 0])
             else:
                 stack.append([[], path, _NO_KEY, 0])
@@ -325,7 +573,7 @@ def _path_text(path: tuple) -> str:
 # --- Validation ----------------------------------------------------------------------------------
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")  # fullmatch: `$` would allow a final newline
 
 
 class _Checker:
@@ -350,6 +598,10 @@ class _Checker:
         """Substitute ${VAR} in strings; a variable that is not set is an error."""
         if not isinstance(value, str) or "${" not in value:
             return value
+        size = len(value) + sum(len(self.environ.get(name, "")) for name in _ENV.findall(value))
+        if size > MAX_EXPANDED_CHARS:  # many references to a long variable: refused before it is built
+            self.problem(path, f"expands to more than {MAX_EXPANDED_CHARS // 1024} KiB of text")
+            return ""
 
         def sub(match: re.Match) -> str:
             name = match.group(1)
@@ -368,12 +620,18 @@ class _Checker:
         if not file_path.is_absolute():
             file_path = Path(self.filename).resolve().parent / file_path
         try:
-            content = file_path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            self.problem(path, f"cannot read {file_path}: {exc.strerror or exc}")
+            # Surrounding white space (the final newline an editor adds) is not part of it.
+            content = _read_text(file_path, MAX_SECRET_FILE_BYTES, secret=True).strip()
+        except _Unreadable as exc:
+            self.problem(path, f"cannot read {file_path}: {exc.reason}")
             return None
         if not content:
             self.problem(path, f"{file_path} is empty")
+            return None
+        bad = _control_character(content)
+        if bad is not None:  # it would end in an HTTP header on every poll; never shown
+            self.problem(path, f"{file_path}: the secret contains a line break or other control character "
+                               f"({bad}); the file must hold it on one line")
             return None
         return content
 
@@ -423,14 +681,21 @@ def load_config(
     extra_check: Callable[[Config], list[str]] | None = None,
 ) -> Config:
     """Read and validate a configuration file; raise ConfigError listing every problem."""
+    try:
+        return _load_config(path, environ, extra_check)
+    except RecursionError:  # nesting is bounded while reading; this guards what checks it later
+        raise ConfigError([f"{path}: nested too deeply to check"]) from None
+
+
+def _load_config(
+    path: str | os.PathLike,
+    environ: Mapping[str, str] | None,
+    extra_check: Callable[[Config], list[str]] | None,
+) -> Config:
     from .vendors import registry  # late import: vendors import this module
 
     filename = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{filename}: cannot read the configuration: {exc.strerror or exc}"]) from None
-    located = _load_yaml(text, filename)
+    located = _load_yaml(read_config_text(path), filename)
     check = _Checker(located, filename, os.environ if environ is None else environ)
     data = located.data
     if data is None:
@@ -459,6 +724,9 @@ def load_config(
         check.problem(("state_directory",), "expected a directory path")
         state_directory = "state"
     state_directory = check.expand(state_directory, ("state_directory",))
+    if _control_character(state_directory) is not None:
+        check.problem(("state_directory",), f"contains a control character ({_control_character(state_directory)})")
+        state_directory = "state"
     if not os.path.isabs(state_directory):
         state_directory = str(Path(filename).resolve().parent / state_directory)
 
@@ -520,7 +788,7 @@ def _section(check: _Checker, raw: Any, spec) -> Any:
             check.problem(item_path, f"expected a mapping, got {_type_name(item)}")
             continue
         name = item.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             check.problem(item_path + ("name",), "missing or not a valid name")
         elif name in names:
             check.problem(item_path + ("name",), f"duplicate name {name!r}")
@@ -533,7 +801,7 @@ def _section(check: _Checker, raw: Any, spec) -> Any:
 def _target(check: _Checker, raw: dict, path: tuple, defaults: dict, registry) -> TargetConfig | None:
     problems_before = len(check.problems)
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         check.problem(
             path + ("name",),
             "missing" if name is None else
@@ -588,5 +856,6 @@ def _target(check: _Checker, raw: dict, path: tuple, defaults: dict, registry) -
     return TargetConfig(
         name=name, vendor=spec.vendor, transport=spec.transport, interval=interval, timeout=timeout,
         max_backoff=max(merged["max_backoff"], interval), stale_after=stale_after,
-        jitter=min(merged["jitter"], 1.0), options=options, source=f"{check.filename}:{line}",
+        jitter=min(merged["jitter"], 1.0), source=f"{check.filename}:{line}",
+        options=options if merged.get("max_power") is None else {**options, "max_power": merged["max_power"]},
     )

@@ -20,6 +20,7 @@ from .config import Config, ConfigError, TargetConfig, load_config
 from .context import AdapterContext, SharedResources
 from .quota import ledger_for
 from .scheduler import TargetRunner
+from .serving import ConnectionGuard, GuardedSite, Limits, runner_options, warn_if_over_file_limit
 from .state import StateDirectory
 from .store import SnapshotStore
 from .vendors import registry
@@ -106,6 +107,7 @@ class Daemon:
         self.port: int | None = None
         self.shared = SharedResources()
         self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task] = set()  # SIGHUP's reloads, held until done
         self.started = time.monotonic()
         self._gc_task: asyncio.Task | None = None
         self._gc_watch: asyncio.Task | None = None
@@ -113,20 +115,26 @@ class Daemon:
         self._state: StateDirectory | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
-    async def start(self, host: str = "0.0.0.0", port: int = 9896) -> int:
+    async def start(self, host: str = "0.0.0.0", port: int = 9896, limits: Limits | None = None,
+                    lifecycle: bool = False) -> int:
+        """Start polling and serving; `limits` bound the web server's connections, `lifecycle`
+        allows `POST /-/reload` (`--web.enable-lifecycle`)."""
         self.session = make_session()
         ledger = ledger_for(StateDirectory(self.config.state_directory))
         ledger.listeners.append(lambda: self.store.set_quota(ledger.windows()))
         self.store.set_quota(ledger.windows())
         await self._apply(self.config)
         self._freeze()
-        middlewares = [self.web_config.middleware()] if self.web_config.users else []
-        self.runner = web.AppRunner(make_app(self, middlewares), access_log=None, shutdown_timeout=1.0)
+        limits = limits or Limits()
+        warn_if_over_file_limit(limits.max_connections, self.log, "--web.max-connections")
+        guard = ConnectionGuard(limits, "web")
+        middlewares = [guard.middleware()] + ([self.web_config.middleware()] if self.web_config.users else [])
+        app = make_app(self, middlewares, lifecycle=lifecycle)
+        self.runner = web.AppRunner(app, **runner_options(limits, "web"))
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=self.web_config.ssl_context)
+        site = GuardedSite(self.runner, host, port, guard, ssl_context=self.web_config.ssl_context)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self.port = site.port
         sharded = {"shard": str(self.shard), "of_targets": len(self.config.targets)} if self.shard.count > 1 else {}
         self.log.info("listening", address=f"{host}:{self.port}", targets=len(self.runners), **sharded,
                       tls=self.web_config.ssl_context is not None, basic_auth=bool(self.web_config.users))
@@ -228,21 +236,39 @@ class Daemon:
             runner.start(starting=len(starting))
 
     async def reload(self) -> tuple[bool, str]:
+        """Read the file again and apply it if it is valid; (ok, message), never an exception.
+        The file is read and checked in a thread: a fleet's file takes a good part of a second,
+        which /metrics and the polls must not wait for. Reloads run one at a time."""
         async with self._reload_lock:
             try:
-                config = load_config(self.config.path)
+                config = await asyncio.to_thread(load_config, self.config.path)
             except ConfigError as exc:
-                self.store.set_reload_result(False)
-                for problem in exc.problems:
-                    self.log.error("configuration reload failed; keeping the running one", problem=problem)
-                return False, "Reload failed; the previous configuration keeps running:\n" + str(exc)
-            await self._apply(config)
+                return self._reload_failed(exc.problems)
+            except Exception as exc:  # whatever reading a file can raise, it is a failed reload
+                return self._reload_failed([f"{self.config.path}: cannot read the configuration "
+                                            f"({type(exc).__name__})"])
+            try:
+                await self._apply(config)
+            except Exception as exc:  # a target's set-up failed: say so, as the file was valid
+                return self._reload_failed([f"{self.config.path}: applying it failed ({type(exc).__name__})"])
             self._freeze()
             self.store.set_reload_result(True)
             self.log.info("configuration reloaded", targets=len(config.targets))
             if self.shard.count > 1:
                 return True, f"Reloaded: {len(config.targets)} targets, {len(self.runners)} on this replica (shard {self.shard})."
             return True, f"Reloaded: {len(config.targets)} targets."
+
+    def _reload_failed(self, problems: list[str]) -> tuple[bool, str]:
+        self.store.set_reload_result(False)
+        for problem in problems:
+            self.log.error("configuration reload failed; keeping the running one", problem=problem)
+        return False, "Reload failed; the previous configuration keeps running:\n" + "\n".join(problems)
+
+    def reload_soon(self) -> None:
+        """SIGHUP: reload in a task the daemon holds, as the loop keeps only a weak reference."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
 
 # An idle connection to a device is kept this long: longer than the usual poll intervals (10 s,
@@ -286,16 +312,16 @@ def _version() -> str:
 
 
 async def serve(config: Config, host: str, port: int, web_config: WebConfig | None = None,
-                shard: Shard | None = None) -> int:
+                shard: Shard | None = None, limits: Limits | None = None, lifecycle: bool = False) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status."""
     daemon = Daemon(config, web_config=web_config, shard=shard)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload()))
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload_soon)
     try:
-        await daemon.start(host, port)
+        await daemon.start(host, port, limits, lifecycle)
     except OSError as exc:
         daemon.log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
         await daemon.stop()
@@ -306,4 +332,5 @@ async def serve(config: Config, host: str, port: int, web_config: WebConfig | No
         await asyncio.wait_for(daemon.stop(), timeout=SHUTDOWN_GRACE)
     except asyncio.TimeoutError:
         daemon.log.warning("shutdown took too long; exiting anyway")
+    daemon.web_config.close()
     return 0

@@ -35,6 +35,7 @@ import yaml
 from .console import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Console
 from .errors import PollError
 from .http import Response, request
+from .jsontext import label_text
 from .samples import ParseError
 
 DEFAULT_PORTS = (80, 443)
@@ -444,8 +445,10 @@ async def browse(seconds: float, interfaces: list[str] | None = None,
         info = AsyncServiceInfo(service_type, name)
         if not await info.async_request(zc.zeroconf, 3000) or not info.port:
             return None
-        props = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)):
-                 (v.decode("utf-8", "replace") if isinstance(v, bytes) else "" if v is None else str(v))
+        # Anyone on the network can announce: the values end up in the configuration printed
+        # (as comments and values), so no control characters, bounded length.
+        props = {label_text(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k), 64):
+                 label_text(v.decode("utf-8", "replace") if isinstance(v, bytes) else "" if v is None else str(v))
                  for k, v in info.properties.items()}
         return Announcement(service_type, name, info.parsed_addresses(IPVersion.V4Only), info.port, props)
 
@@ -633,6 +636,10 @@ def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
 
 
+def _comment(text: str) -> str:
+    return label_text(text, 1000)
+
+
 def render_yaml(devices: list[Device]) -> str:
     """A configuration fragment: `targets:` with one commented entry per device."""
     lines = [
@@ -641,8 +648,9 @@ def render_yaml(devices: list[Device]) -> str:
         "targets:",
     ]
     for device in devices:
-        lines.append(f"  # {device.describe()} (found by {', '.join(device.found_by)})")
-        lines.extend(f"  # {note}" for note in device.notes)
+        # A line break in what a device reports would end the comment and add YAML of its own.
+        lines.append(f"  # {_comment(device.describe())} (found by {', '.join(device.found_by)})")
+        lines.extend(f"  # {_comment(note)}" for note in device.notes)
         entry = {"name": device.name, "vendor": device.vendor, "host": device.host, **device.options}
         first = True
         for key, value in entry.items():

@@ -3,9 +3,35 @@
 
 from __future__ import annotations
 
+# Messages are kept per target for the status page: long ones are cut (a device's text may
+# end up in them).
+MAX_MESSAGE = 500
+
+
+def safe_text(text: str) -> str:
+    """`text` as it can be encoded to UTF-8: lone surrogates (JSON may carry "\\ud800") become
+    U+FFFD. Cheap for the usual ASCII and valid text; only broken text is copied."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # UTF-16 holds every surrogate as it is; decoding it back replaces the lone ones (and
+        # joins a split pair into its character).
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def safe_message(message: str) -> str:
+    """A message fit to keep and show: valid text, at most MAX_MESSAGE characters."""
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    return safe_text(message)
+
 
 class PollError(Exception):
     def __init__(self, reason: str, message: str) -> None:
+        message = safe_message(str(message))
         super().__init__(message)
         self.reason = reason
         self.message = message

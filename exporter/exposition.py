@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .catalogue import Metric
+from .errors import safe_text
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -56,6 +57,8 @@ _FINAL_BLOCK = b"\x03\x00"  # an empty, final, fixed-Huffman deflate block
 
 
 def escape_label_value(value: str) -> str:
+    if not value.isascii():  # text from a device may hold lone surrogates, which UTF-8 cannot carry
+        value = safe_text(value)
     if "\\" in value or '"' in value or "\n" in value:
         value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return value
@@ -83,10 +86,12 @@ def format_value(value: float) -> str:
     if value in (_INF, _NINF):
         return "+Inf" if value > 0 else "-Inf"
     # 15 significant digits drop the noise of unit conversions (2948.827 kWh * 3.6e6).
-    value = float(f"{value:.15g}")
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
+    rounded = float(f"{value:.15g}")
+    if rounded.is_integer() and abs(rounded) < 1e15:
+        return str(int(rounded))
+    if rounded in (_INF, _NINF):  # the largest floats round up past the float range
+        return repr(float(value))
+    return repr(rounded)
 
 
 _INF, _NINF = float("inf"), float("-inf")
@@ -102,9 +107,11 @@ def sample_line(name: str, pairs: Iterable[tuple[str, str]], value: float) -> st
 
 
 # Rendered `,name="value"` text of label tuples, shared by every target (most series carry the
-# same extra labels: phase, tariff, obis). Bounded: meter ids and the like make it grow.
+# same extra labels: phase, tariff, obis). Bounded: meter ids and the like make it grow, in
+# entries and (a device may send long ids) in the length of what is kept.
 _LABELS: dict[tuple, str] = {}
 _LABELS_MAX = 4096
+_LABELS_LONGEST = 256
 
 
 def extra_label_text(pairs: tuple[tuple[str, str], ...]) -> str:
@@ -112,9 +119,10 @@ def extra_label_text(pairs: tuple[tuple[str, str], ...]) -> str:
     text = _LABELS.get(pairs)
     if text is None:
         text = "".join(f',{k}="{escape_label_value(v)}"' for k, v in pairs)
-        if len(_LABELS) >= _LABELS_MAX:
-            _LABELS.clear()
-        _LABELS[pairs] = text
+        if len(text) <= _LABELS_LONGEST:
+            if len(_LABELS) >= _LABELS_MAX:
+                _LABELS.clear()
+            _LABELS[pairs] = text
     return text
 
 

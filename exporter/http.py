@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -11,6 +10,7 @@ from typing import Any, Mapping
 import aiohttp
 
 from .errors import PollError
+from .jsontext import JsonError, header_problem, label_text, loads
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # no meter answers with more; a bigger body is a fault
 
@@ -22,12 +22,11 @@ class Response:
     headers: Mapping[str, str]
 
     def json(self) -> Any:
-        """The body as JSON; PollError(parse) when it is not."""
+        """The body as JSON (see `jsontext.loads`); PollError(parse) when it is not."""
         try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            snippet = self.body[:60].decode("utf-8", "replace")
-            raise PollError("parse", f"answer is not JSON ({exc.__class__.__name__}): {snippet!r}") from None
+            return loads(self.body)
+        except JsonError as exc:
+            raise PollError("parse", str(exc)) from None
 
 
 async def request(
@@ -45,6 +44,8 @@ async def request(
 ) -> Response:
     """One request; the caller bounds it in time. The URL goes into messages, so it must not
     carry secrets (tokens travel in headers)."""
+    if headers:
+        _check_headers(url, headers)
     kwargs: dict[str, Any] = {}
     if ssl_context is not None:
         kwargs["ssl"] = ssl_context
@@ -83,11 +84,23 @@ async def request(
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise PollError("connection", f"{url}: connection lost: {exc.__class__.__name__}") from None
     except aiohttp.ClientResponseError as exc:
-        raise PollError("http_error", f"{url}: malformed HTTP answer: {exc.message}") from None
+        raise PollError("http_error", f"{url}: malformed HTTP answer: {label_text(str(exc.message), 200)}") from None
     except aiohttp.ClientError as exc:
-        raise PollError("connection", f"{url}: {exc.__class__.__name__}: {exc}") from None
+        raise PollError("connection", f"{url}: {exc.__class__.__name__}: {label_text(str(exc), 200)}") from None
     except OSError as exc:
         raise PollError("connection", f"{url}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a header, name or URL the client refuses to send
+        raise PollError("config", f"{url}: the request cannot be sent ({exc.__class__.__name__})") from None
+
+
+def _check_headers(url: str, headers: Mapping[str, str]) -> None:
+    """A header that cannot be sent (a token with a line break, from token_file or a state
+    file) is the configuration's fault: reason `config`, and the value is never quoted."""
+    for name, value in headers.items():
+        problem = header_problem(value)
+        if problem is not None:
+            raise PollError("config", f"{url}: the {name} header cannot be sent: {problem} "
+                                      "(check the token or credentials configured for this target)")
 
 
 def _tls_reason(exc: BaseException) -> str:

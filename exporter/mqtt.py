@@ -33,6 +33,7 @@ import aiomqtt
 from . import catalogue as M
 from .config import Option, Secret
 from .errors import PollError
+from .jsontext import label_text
 from .vendors.registry import SectionSpec, register_section
 
 DEFAULT_TOPIC = "device/+/realtime"
@@ -45,7 +46,7 @@ REJECT_REASONS = ("unknown_sn", "sn_mismatch", "malformed", "too_large")
 
 OPTIONS: dict[str, Option] = {
     "host": Option("str", required=True, help="address of the broker"),
-    "port": Option("int", minimum=1, help="port of the broker (default 1883, with tls 8883)"),
+    "port": Option("int", minimum=1, maximum=65535, help="port of the broker (default 1883, with tls 8883)"),
     "username": Option("str", help="user name, if the broker asks for one"),
     "password": Option("secret", help="password of that user (or password_file)"),
     "tls": Option("bool", default=False, help="connect with TLS"),
@@ -168,6 +169,7 @@ class BrokerConnection:
         self._background: set[asyncio.Task] = set()  # (un)subscriptions in flight
         self._client_id = settings.client_id or f"energy-meter-exporter-{uuid.uuid4().hex[:12]}"
         self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self.handler_crashes = 0
 
     # --- users -----------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
@@ -361,7 +363,17 @@ class BrokerConnection:
                     try:
                         handler(topic, bytes(payload))
                     except Exception as exc:  # one bad handler must not stop the others
-                        self.log.exception("mqtt handler crashed", topic=topic, error_type=exc.__class__.__name__)
+                        self._handler_crashed(topic, exc)
+
+    def _handler_crashed(self, topic: str, exc: Exception) -> None:
+        """A traceback the first time, then a line every 100th: a publisher repeating one bad
+        message must not fill the log."""
+        self.handler_crashes += 1
+        if self.handler_crashes == 1:
+            self.log.exception("mqtt handler crashed", topic=label_text(topic, 200), error_type=exc.__class__.__name__)
+        elif self.handler_crashes % 100 == 0:
+            self.log.warning("mqtt handler crashed again", topic=label_text(topic, 200),
+                             error_type=exc.__class__.__name__, crashes=self.handler_crashes)
 
     def _publish_state(self) -> None:
         if self.store is not None:

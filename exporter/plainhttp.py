@@ -5,7 +5,13 @@ Polling thousands of devices a second from one core, the general-purpose client'
 machinery (URL objects, cookie jar, connector bookkeeping, stream readers) cost more than the
 whole rest of a poll. A device's local API needs none of it: a GET, a small body with a length
 (or chunked, or ended by closing the connection), the same connection next time. Failures map to
-`PollError` with the same reasons and wording as `exporter.http.request`.
+`PollError` with the wording of `exporter.http.request`.
+
+Answers are parsed by llhttp (through httptools) as the bytes arrive, so a slow or hostile device
+costs time linear in what it sends and nothing is scanned twice. Whatever the device sends ends the
+poll: an answer, or `parse` (malformed status line, headers or chunk framing), `too_large` (head,
+header count, chunk count or body over its limit) or `connection`. A connection that carried
+anything malformed or unasked for is closed, never reused. Messages hold no bytes of the device's.
 """
 
 from __future__ import annotations
@@ -15,128 +21,210 @@ import socket
 from typing import Mapping
 from urllib.parse import urlsplit
 
+import httptools
 from multidict import CIMultiDict
 
 from .errors import PollError
 from .http import MAX_BODY_BYTES, Response
 
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers; a device's are a few hundred bytes
+MAX_HEADERS = 128  # a device sends a handful; thousands of tiny ones are a flood
+MAX_CHUNKS = 4096  # a device's chunked body comes in a few chunks; 1-byte chunks are an attack
+MAX_INTERIM = 8  # 1xx answers before the real one
 IDLE_SECONDS = 60.0  # an idle connection older than this is not trusted: devices drop them
 
 
-class _Malformed(Exception):
-    pass
+class _Stop(Exception):
+    """Raised inside a parser callback to end parsing; the reason is in `_Protocol.failure`."""
 
 
 class _Protocol(asyncio.Protocol):
-    """Collects one response at a time into `buffer`; wakes `waiter` when it is complete or
-    the connection ends."""
+    """Feeds every byte of the answer to the parser as it arrives and resolves `waiter` with
+    the `Response`, or with the `PollError` that ends the poll."""
 
-    __slots__ = ("transport", "buffer", "waiter", "lost", "eof", "max_bytes", "head", "received")
+    __slots__ = ("transport", "parser", "max_bytes", "max_raw", "waiter", "url", "retry", "lost", "eof",
+                 "dirty", "received", "failure", "response", "keep_alive", "status", "header_list",
+                 "headers", "head_bytes", "chunks", "interim", "body", "body_parts", "size", "until_eof")
 
     def __init__(self, max_bytes: int) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future | None = None
+        self.parser = httptools.HttpResponseParser(self)  # one per connection: it follows keep-alive
+        self.max_bytes = max_bytes
+        # Bytes on the wire for one answer: body, head, trailers and chunk framing.
+        self.max_raw = max_bytes + max_bytes // 8 + 2 * MAX_HEAD_BYTES
+        self.waiter: asyncio.Future[Response] | None = None
+        self.url = ""
+        self.retry = False  # a reused connection: closed before any byte means "try once more"
         self.lost = False
         self.eof = False
-        self.max_bytes = max_bytes
-        self.head: _Head | None = None
-        self.received = 0  # bytes of the current response
+        self.dirty = False  # bytes nobody asked for, or a broken answer: never reuse
+        self.received = 0  # bytes of the current answer
+        self.failure: PollError | None = None
+        self.response: Response | None = None
+        self.interim = 0  # 1xx answers so far
+        self._reset_message()
 
+    def _reset_message(self) -> None:
+        self.keep_alive = False
+        self.status = 0
+        self.header_list: list[tuple[str, str]] = []
+        self.headers: CIMultiDict | None = None  # set once the head is complete
+        self.head_bytes = 0
+        self.chunks = 0
+        self.body: bytes | None = None  # the body when it came in one piece (no copy)
+        self.body_parts: bytearray | None = None  # else the pieces, appended in place
+        self.size = 0
+        self.until_eof = False
+
+    # --- one request ----------------------------------------------------------------------
+    def begin(self, waiter: asyncio.Future[Response], url: str, retry: bool) -> None:
+        self.waiter = waiter
+        self.url = url
+        self.retry = retry
+        self.received = 0
+        self.failure = None
+        self.response = None
+        self.interim = 0
+        self._reset_message()
+        if self.lost or self.eof:
+            self._ended()
+
+    def _fail(self, error: BaseException) -> None:
+        self.dirty = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()  # stop reading whatever else it sends
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.dirty = True  # nothing was asked: the connection's state is unknown
+            return
         self.received += len(data)
-        self._wake()
+        if self.received > self.max_raw:
+            self._fail(PollError("too_large", f"{self.url}: answer larger than {self.max_bytes} bytes refused"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self.response is None:
+                self._fail(PollError("parse", f"{self.url}: malformed HTTP answer: unexpected protocol switch"))
+                return
+            self.dirty = True
+        except httptools.HttpParserError as exc:
+            if self.response is None:
+                self._fail(self.failure or PollError("parse", f"{self.url}: malformed HTTP answer: {exc}"))
+                return
+            self.dirty = True  # bytes after the answer: it stands, the connection does not
+        if self.response is not None:
+            waiter.set_result(self.response)
+            self.response = None  # the caller holds it now (kept per device, they would add up)
+        elif self.headers is None and self.received > MAX_HEAD_BYTES:
+            self._fail(PollError("too_large", f"{self.url}: header section larger than {MAX_HEAD_BYTES} bytes refused"))
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._wake()
+        self._ended()
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._wake()
+        self._ended()
 
-    def _wake(self) -> None:
+    def _ended(self) -> None:
+        """The device closed the connection: that ends a body without length, or the poll."""
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is None or waiter.done():
+            return
+        if self.until_eof:
+            waiter.set_result(self._finish())
+        elif self.received == 0 and self.retry:
+            waiter.set_exception(_Retry())
+        else:
+            what = "closed without an answer" if self.received == 0 else "the answer ended early"
+            waiter.set_exception(PollError("connection", f"{self.url}: connection lost: {what}"))
 
+    # --- parser callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.response is not None:
+            self.dirty = True  # a second answer nobody asked for
+            raise _Stop()
+        self._reset_message()
 
-class _Head:
-    __slots__ = ("status", "headers", "body_start", "length", "chunked", "keep_alive")
+    def on_status(self, reason: bytes) -> None:
+        self.head_bytes += len(reason) + 15  # "HTTP/1.1 200 " and CRLF
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._stop(PollError("too_large", f"{self.url}: header section larger than {MAX_HEAD_BYTES} bytes refused"))
 
-    def __init__(self, status: int, headers: CIMultiDict, body_start: int, length: int | None,
-                 chunked: bool, keep_alive: bool) -> None:
-        self.status = status
-        self.headers = headers
-        self.body_start = body_start
-        self.length = length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers is not None:
+            return  # a trailer after a chunked body: nothing a device's API needs
+        self.head_bytes += len(name) + len(value) + 4
+        if len(self.header_list) >= MAX_HEADERS or self.head_bytes > MAX_HEAD_BYTES:
+            what = f"more than {MAX_HEADERS} headers" if len(self.header_list) >= MAX_HEADERS \
+                else f"header section larger than {MAX_HEAD_BYTES} bytes"
+            self._stop(PollError("too_large", f"{self.url}: {what} refused"))
+        self.header_list.append((name.decode("latin-1"), value.decode("latin-1").strip()))
 
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.status = status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+        self.headers = headers = CIMultiDict(self.header_list)
+        if status < 200 or status in (204, 304):
+            return
+        length = headers.get("Content-Length")
+        if length is not None:
+            if int(length) > self.max_bytes:  # llhttp has checked it is digits only
+                self._stop(PollError("too_large", f"{self.url}: answer of {int(length)} bytes refused (limit {self.max_bytes})"))
+            return
+        coding = headers.get("Transfer-Encoding")
+        # Without a length or chunked framing the body ends when the connection does.
+        self.until_eof = coding is None or not coding.rstrip().lower().endswith("chunked")
 
-def _parse_head(buffer: bytearray, end: int, method: str) -> _Head:
-    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-    status_line = lines[0].split(" ", 2)
-    if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-        raise _Malformed(f"not an HTTP status line: {lines[0][:40]!r}")
-    version, status = status_line[0], int(status_line[1])
-    headers: CIMultiDict = CIMultiDict()
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise _Malformed(f"bad header line: {line[:40]!r}")
-        headers.add(name, value.strip())
-    connection = headers.get("Connection", "").lower()
-    keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-    chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-    length: int | None = None
-    if status in (204, 304) or 100 <= status < 200 or method == "HEAD":
-        length = 0
-    elif not chunked and "Content-Length" in headers:
-        text = headers["Content-Length"]
-        if not text.isdigit():
-            raise _Malformed(f"bad Content-Length: {text[:20]!r}")
-        length = int(text)
-    if length is None and not chunked:
-        keep_alive = False  # the body ends when the connection does
-    return _Head(status, headers, end + 4, length, chunked, keep_alive)
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+        if self.chunks > MAX_CHUNKS:
+            self._stop(PollError("too_large", f"{self.url}: answer in more than {MAX_CHUNKS} chunks refused"))
 
+    def on_body(self, data: bytes) -> None:
+        size = self.size + len(data)
+        if size > self.max_bytes:
+            self._stop(PollError("too_large", f"{self.url}: answer larger than {self.max_bytes} bytes refused"))
+        self.size = size
+        if self.body is None:
+            self.body = data
+        else:
+            if self.body_parts is None:
+                self.body_parts = bytearray(self.body)
+            self.body_parts += data
 
-def _dechunk(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
-    """The body of a chunked message beginning at `start`, and where the message ends; None
-    while incomplete."""
-    parts: list[bytes] = []
-    pos = start
-    while True:
-        line_end = buffer.find(b"\r\n", pos)
-        if line_end < 0:
-            if len(buffer) - pos > 1024:
-                raise _Malformed("chunk size line too long")
-            return None
-        size_text = bytes(buffer[pos:line_end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _Malformed(f"bad chunk size: {size_text[:20]!r}") from None
-        if size == 0:
-            trailer_end = buffer.find(b"\r\n\r\n", line_end)
-            if trailer_end < 0:
-                return None
-            return b"".join(parts), trailer_end + 4
-        data_start = line_end + 2
-        data_end = data_start + size
-        if len(buffer) < data_end + 2:
-            return None
-        if buffer[data_end:data_end + 2] != b"\r\n":
-            raise _Malformed("chunk not followed by CRLF")
-        parts.append(bytes(buffer[data_start:data_end]))
-        pos = data_end + 2
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # an interim answer (100 Continue): the real one follows
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
+                self._stop(PollError("parse", f"{self.url}: malformed HTTP answer: more than {MAX_INTERIM} interim answers"))
+            return
+        self.response = self._finish()
+
+    def _finish(self) -> Response:
+        body = bytes(self.body_parts) if self.body_parts is not None else (self.body or b"")
+        response = Response(self.status, body, self.headers if self.headers is not None else CIMultiDict())
+        self.until_eof = False
+        if not self.keep_alive:
+            self.dirty = True
+        self._reset_message()
+        return response
+
+    def _stop(self, error: PollError) -> None:
+        self.failure = error
+        raise _Stop()
 
 
 class PlainHttpConnection:
@@ -165,7 +253,7 @@ class PlainHttpConnection:
         try:
             loop = asyncio.get_running_loop()
             protocol = self._protocol
-            reused = protocol is not None and not (protocol.lost or protocol.eof or protocol.buffer) \
+            reused = protocol is not None and not (protocol.lost or protocol.eof or protocol.dirty) \
                 and loop.time() - self._last_used < IDLE_SECONDS
             if not reused:
                 self.close()
@@ -207,70 +295,18 @@ class PlainHttpConnection:
         return protocol
 
     async def _exchange(self, protocol: _Protocol, request: bytes, url: str, retry: bool) -> Response:
-        loop = asyncio.get_running_loop()
-        protocol.buffer.clear()
-        protocol.head = None
-        protocol.received = 0
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         assert protocol.transport is not None
-        protocol.transport.write(request)
-        while True:
-            try:
-                result = self._complete(protocol, url)
-            except _Malformed as exc:
-                raise PollError("http_error", f"{url}: malformed HTTP answer: {exc}") from None
-            if result is not None:
-                if not protocol.head.keep_alive:  # type: ignore[union-attr]
-                    self.close()
-                protocol.buffer.clear()  # anything arriving before the next request is suspect
-                protocol.head = None  # its headers are the response's now (kept per device, they add up)
-                return result
-            if protocol.lost or protocol.eof:
-                if protocol.received == 0 and retry:
-                    raise _Retry()
-                what = "closed without an answer" if protocol.received == 0 else "the answer ended early"
-                raise PollError("connection", f"{url}: connection lost: {what}")
-            protocol.waiter = loop.create_future()
-            try:
-                await protocol.waiter
-            finally:
-                protocol.waiter = None
-
-    def _complete(self, protocol: _Protocol, url: str) -> Response | None:
-        buffer = protocol.buffer
-        head = protocol.head
-        if head is None:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise _Malformed("header section too large")
-                return None
-            head = protocol.head = _parse_head(buffer, end, "GET")
-            if head.length is not None and head.length > self.max_bytes:
-                raise PollError("too_large", f"{url}: answer of {head.length} bytes refused (limit {self.max_bytes})")
-        start = head.body_start
-        if len(buffer) - start > self.max_bytes + (self.max_bytes // 8 if head.chunked else 0):
-            raise PollError("too_large", f"{url}: answer larger than {self.max_bytes} bytes refused")
-        if head.length is not None:
-            end = start + head.length
-            if len(buffer) < end:
-                return None
-            body = bytes(buffer[start:end])
-            if len(buffer) > end:
-                head.keep_alive = False  # bytes nobody asked for: do not trust this connection
-        elif head.chunked:
-            found = _dechunk(buffer, start)
-            if found is None:
-                return None
-            body, end = found
-            if len(body) > self.max_bytes:
-                raise PollError("too_large", f"{url}: answer larger than {self.max_bytes} bytes refused")
-            if len(buffer) > end:
-                head.keep_alive = False
-        else:
-            if not (protocol.eof or protocol.lost):
-                return None
-            body = bytes(buffer[start:])
-        return Response(head.status, body, head.headers)
+        protocol.begin(waiter, url, retry)
+        if not waiter.done():
+            protocol.transport.write(request)
+        try:
+            response = await waiter
+        finally:
+            protocol.waiter = None
+        if protocol.dirty:
+            self.close()  # no keep-alive, or more bytes than the answer: do not trust this connection
+        return response
 
 
 class _Retry(Exception):

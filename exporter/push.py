@@ -1,12 +1,23 @@
 """The HTTP push receiver: one aiohttp server (the `http_push:` section) for every target whose
 device POSTs its readings to the exporter.
 
+What protects it (none of `--web.config.file` applies here: meters can do neither basic auth
+nor client certificates of the web server's CA, and the listener is a port of its own):
+- `path_token`: a secret the meter's upload address carries as its first path segment
+  (`host:port/<token>`). A request without it is answered 404, as if nothing were there, and
+  counted as `bad_token`; the comparison takes the same time whatever the guess.
+- `tls_cert_file`/`tls_key_file`: HTTPS (a meter uploads over HTTPS to port 443); with
+  `tls_client_ca_file`, only clients with a certificate from that CA get through the handshake.
+- `allowed_networks`, `max_requests_per_minute`, `max_body_bytes`, and the connection limits of
+  every listener (`read_timeout` for the head and the body, `max_connections`; see serving.py).
+
 Each request passes, in this order: the source network (`allowed_networks`, 403), a per-source
-rate limit (429), the path (`path`, 404), the body size (`max_body_bytes`, 413), JSON (400),
-the device id in the body (only ids a target claims: 403), the vendor's parser (400). Every
-refused request is counted in `energy_meter_exporter_push_rejected_total{listener="http_push"}`;
-a body that names a configured device but cannot be parsed also fails that device's target with
-reason `parse`, so a meter that sends garbage shows up as a target error, not only as a count.
+rate limit (429), the token (`path_token`, 404), the path (`path`, 404), the body size
+(`max_body_bytes`, 413) and time (`read_timeout`, 408), JSON (400), the device id in the body
+(only ids a target claims: 403), the vendor's parser (400). Every refused request is counted in
+`energy_meter_exporter_push_rejected_total{listener="http_push"}`; a body that names a
+configured device but cannot be parsed also fails that device's target with reason `parse`, so
+a meter that sends garbage shows up as a target error, not only as a count.
 
 The reply is `{"successful":true,"message":"ok"}`: IAMMETER meters upload to their cloud's
 `/api/v1/sensor/UploadSensor`, whose answer has that shape, and the push documents ask for no
@@ -15,18 +26,23 @@ other; refusals carry `"successful":false` and a message.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import ipaddress
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from aiohttp import web
 
 from . import catalogue as M
-from .config import Option
+from .config import Option, Secret
 from .errors import PollError
+from .serving import DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, Limits, runner_options
 from .samples import ParseError, Reading
 from .vendors.registry import SectionSpec, register_section
 
@@ -35,15 +51,28 @@ DEFAULT_MAX_BODY = 64 * 1024
 MAX_UNKNOWN_LOGGED = 100  # distinct unknown SNs logged once each; the counter counts them all
 RATE_WINDOW = 60.0  # seconds over which max_requests_per_minute is counted
 # Shown from the start at 0, so that rate() works from the first refusal on.
-REASONS = ("unknown_sn", "malformed", "too_large", "forbidden_network", "rate_limited", "not_found")
+REASONS = ("unknown_sn", "malformed", "too_large", "forbidden_network", "rate_limited", "not_found",
+           "bad_token", "timeout")
+DEFAULT_MAX_CONNECTIONS = 256
+MIN_TOKEN_LENGTH = 16
+_TOKEN = re.compile(r"^[A-Za-z0-9._~-]+$")  # characters a URL path segment carries as they are
 
 OPTIONS: dict[str, Option] = {
     "listen": Option("str", help="[host]:port to receive pushes on, e.g. :8088 or 192.168.1.5:8088"),
     "allowed_networks": Option("list", help="source networks (CIDR) allowed to push; default: any"),
     "max_body_bytes": Option("int", default=DEFAULT_MAX_BODY, minimum=256, help="larger bodies are refused (413)"),
-    "path": Option("str", help="the only URL path accepted (default: any path, as the meter's address has none)"),
+    "path": Option("str", help="the only URL path accepted, after path_token if that is set (default: any path)"),
     "max_requests_per_minute": Option("int", default=120, minimum=0,
                                       help="per source address; 0 = no limit (meters upload every 2 s at most)"),
+    "path_token": Option("secret", help="secret first path segment of the upload address "
+                                        "(host:port/TOKEN); requests without it are refused 404"),
+    "tls_cert_file": Option("path", help="certificate (PEM) to serve HTTPS with (with tls_key_file)"),
+    "tls_key_file": Option("path", help="private key (PEM) of tls_cert_file"),
+    "tls_client_ca_file": Option("path", help="require client certificates signed by this CA"),
+    "read_timeout": Option("duration", default=DEFAULT_HEAD_TIMEOUT, minimum=0.1,
+                           help="a request's head, and then its body, must arrive within this"),
+    "max_connections": Option("int", default=DEFAULT_MAX_CONNECTIONS, minimum=1,
+                              help="connections at once; at the limit the oldest waiting one is closed"),
 }
 
 SECTION = register_section(SectionSpec(
@@ -58,6 +87,46 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{value!r}: expected [host]:port, e.g. :8088")
     return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def check_section(section: Mapping[str, Any]) -> Iterable[tuple[tuple, str]]:
+    """Problems of the section's protection settings, for check-config: (key path, message)."""
+    token = section.get("path_token")
+    if token is not None:
+        value = token.reveal() if isinstance(token, Secret) else str(token)
+        # never the value in a message: a config check's output ends up in logs and tickets
+        if not _TOKEN.match(value):
+            yield ("http_push", "path_token"), ("may hold only letters, digits and - . _ ~ (it is a segment of "
+                                                "a URL path); e.g. from `openssl rand -hex 16`")
+        elif len(value) < MIN_TOKEN_LENGTH:
+            yield ("http_push", "path_token"), (f"too short to be a secret: at least {MIN_TOKEN_LENGTH} characters, "
+                                                "e.g. from `openssl rand -hex 16`")
+    cert, key = section.get("tls_cert_file"), section.get("tls_key_file")
+    if bool(cert) != bool(key):
+        yield ("http_push", "tls_cert_file" if key else "tls_key_file"), "tls_cert_file and tls_key_file go together"
+    elif section.get("tls_client_ca_file") and not cert:
+        yield ("http_push", "tls_client_ca_file"), "needs tls_cert_file and tls_key_file (client certificates need TLS)"
+    elif cert:
+        try:
+            tls_context(cert, key, section.get("tls_client_ca_file"))
+        except ValueError as exc:
+            yield ("http_push", "tls_cert_file"), str(exc)
+
+
+def tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    """The server context; ValueError saying which file could not be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the certificate and key: {getattr(exc, 'strerror', None) or exc}") from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load tls_client_ca_file: {getattr(exc, 'strerror', None) or exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def parse_networks(values: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -79,6 +148,12 @@ class PushSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     path: str | None = None
     max_requests_per_minute: int = 120
+    token: Secret | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    read_timeout: float = DEFAULT_HEAD_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> "PushSettings":
@@ -89,15 +164,29 @@ class PushSettings:
             networks = parse_networks(section.get("allowed_networks"))
         except ValueError as exc:
             raise PollError("config", f"http_push: {exc}") from None
+        problems = list(check_section(section))
+        if problems:
+            (_, key), message = problems[0]
+            raise PollError("config", f"http_push.{key}: {message}")
         path = section.get("path")
+        token = section.get("path_token")
         return cls(host=host, port=port, networks=networks,
                    max_body_bytes=int(section.get("max_body_bytes") or DEFAULT_MAX_BODY),
                    path=("/" + path.lstrip("/")) if path else None,
-                   max_requests_per_minute=int(section.get("max_requests_per_minute") or 0))
+                   max_requests_per_minute=int(section.get("max_requests_per_minute") or 0),
+                   token=token if isinstance(token, Secret) else (Secret(str(token)) if token else None),
+                   tls_cert_file=section.get("tls_cert_file"), tls_key_file=section.get("tls_key_file"),
+                   tls_client_ca_file=section.get("tls_client_ca_file"),
+                   read_timeout=float(section.get("read_timeout") or DEFAULT_HEAD_TIMEOUT),
+                   max_connections=int(section.get("max_connections") or DEFAULT_MAX_CONNECTIONS))
 
     def key(self) -> tuple:
         return (LISTENER, self.host, self.port, self.networks, self.max_body_bytes, self.path,
-                self.max_requests_per_minute)
+                self.max_requests_per_minute, self.token, self.tls_cert_file, self.tls_key_file,
+                self.tls_client_ca_file, self.read_timeout, self.max_connections)
+
+    def limits(self) -> Limits:
+        return Limits(head_timeout=self.read_timeout, max_connections=self.max_connections)
 
 
 @dataclass
@@ -128,6 +217,7 @@ class PushListener:
     _runner: web.AppRunner | None = None
     _rate: dict[str, list] = field(default_factory=dict)  # source -> [window start, requests]
     _unknown_logged: set[str] = field(default_factory=set)
+    guard: ConnectionGuard | None = None
 
     # --- users -----------------------------------------------------------------------------
     def attach(self, device_id: str, sink: Sink) -> None:
@@ -140,11 +230,20 @@ class PushListener:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> "PushListener":
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        s = self.settings
+        context = None
+        if s.tls_cert_file and s.tls_key_file:
+            try:
+                context = tls_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+            except ValueError as exc:
+                raise PollError("config", f"http_push: {exc}") from None
+        limits = s.limits()
+        self.guard = ConnectionGuard(limits, LISTENER)
+        app = web.Application(client_max_size=s.max_body_bytes, middlewares=[self.guard.middleware()])
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(app, **runner_options(limits, LISTENER))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
+        site = GuardedSite(self._runner, s.host, s.port, self.guard, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:
@@ -155,7 +254,8 @@ class PushListener:
         addresses = self._runner.addresses
         self.port = addresses[0][1] if addresses else self.settings.port
         self._publish()
-        self.log.info("http push listening", address=f"{self.settings.host}:{self.port}")
+        self.log.info("http push listening", address=f"{self.settings.host}:{self.port}", tls=context is not None,
+                      client_certificates=bool(context and s.tls_client_ca_file), path_token=s.token is not None)
         return self
 
     async def close(self) -> None:
@@ -172,21 +272,44 @@ class PushListener:
             return self._refuse(403, "forbidden_network", f"source {remote} is not in http_push.allowed_networks")
         if not self._within_rate(remote):
             return self._refuse(429, "rate_limited", "too many requests from this address")
-        if self.settings.path is not None and request.path != self.settings.path:
-            return self._refuse(404, "not_found", f"nothing is received at {request.path[:80]}")
+        path = request.path
+        if self.settings.token is not None:
+            path = self._past_token(path)
+            if path is None:  # the same answer as for a path that does not exist
+                return self._refuse(404, "bad_token", "nothing is received here")
+        if self.settings.path is not None and path != self.settings.path:
+            return self._refuse(404, "not_found", f"nothing is received at {path[:80]}")
         if request.method != "POST":
             return _reply(405, False, "POST the meter's JSON here", headers={"Allow": "POST"})
-        body = await self._read_body(request)
+        try:
+            async with asyncio.timeout(self.settings.read_timeout):
+                body = await self._read_body(request)
+        except TimeoutError:
+            response = self._refuse(408, "timeout", f"the body did not arrive within {self.settings.read_timeout:g}s")
+            response.force_close()
+            return response
         if body is None:
             return self._refuse(413, "too_large", f"body larger than {self.settings.max_body_bytes} bytes")
         return self.receive(body)
 
+    def _past_token(self, path: str) -> str | None:
+        """The path after its first segment when that segment is the token, else None. Both
+        sides are hashed first, so the comparison time says nothing about the token, not even
+        its length."""
+        assert self.settings.token is not None
+        segment, _, rest = path[1:].partition("/")
+        given = hashlib.sha256(segment.encode("utf-8", "replace")).digest()
+        wanted = hashlib.sha256(self.settings.token.reveal().encode()).digest()
+        return "/" + rest if hmac.compare_digest(given, wanted) else None
+
     def receive(self, body: bytes) -> web.Response:
         """Route one body to its target (the part of the work that needs no socket)."""
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            match = _ID_IN_BROKEN_JSON.search(body[:4096].decode("utf-8", "replace"))
+            from .jsontext import loads as decode_json  # one decoder for devices: depth, NaN, surrogates
+            document = decode_json(body, "body")
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+            # the whole body (at most max_body_bytes): the SN may follow a long poisoned field
+            match = _ID_IN_BROKEN_JSON.search(body.decode("utf-8", "replace"))
             sink = self.sinks.get(normalize_id(match.group(1))) if match else None
             message = f"body is not JSON ({exc.__class__.__name__})"
             if sink is not None:

@@ -10,6 +10,7 @@ its quota.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -39,6 +40,13 @@ class WindowState:
     limit: int
 
 
+def _plausible_stamp(value: object, now: float) -> bool:
+    """A stored call time that can be counted: a finite number, not ahead of the clock (a NaN or
+    a stamp years ahead in a damaged or hand-edited ledger would hold a cloud call back forever)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value <= now + 60)
+
+
 class QuotaLedger:
     def __init__(self, state: StateDirectory, clock: Callable[[], float] = time.time) -> None:
         self.state = state
@@ -50,7 +58,7 @@ class QuotaLedger:
         if isinstance(stored, dict) and isinstance(stored.get("calls"), dict):
             for key, stamps in stored["calls"].items():
                 if isinstance(stamps, list):
-                    self.calls[key] = sorted(float(t) for t in stamps if isinstance(t, (int, float)))
+                    self.calls[key] = sorted(float(t) for t in stamps if _plausible_stamp(t, self.clock()))
 
     @staticmethod
     def _key(api: str, scope: str) -> str:

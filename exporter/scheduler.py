@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import random
 import time
+import traceback
 import weakref
 from array import array
 from typing import Any
 
 from .config import TargetConfig
-from .errors import PollError
+from .errors import PollError, safe_message
 from .samples import ParseError, Reading
-from .store import SnapshotStore
+from .store import DEFAULT_MAX_POWER, Notice, SnapshotStore
 
 # The first poll of a target waits a random part of its interval, at most this long.
 FIRST_POLL_SPREAD = 10.0
@@ -157,9 +159,70 @@ class Once:
         return True
 
 
+# A failure of the same reason is logged at most once per this many seconds (with how many
+# were left out since); a dead device otherwise writes a line per poll for days.
+REPEAT_LOG_SECONDS = 300.0
+# A refused value of a series (metric and reason) is logged at most once per this many seconds.
+NOTICE_LOG_SECONDS = 3600.0
+
+
+class LogThrottle:
+    """Which of one target's repeated log lines to write: the first of a kind, then at most one
+    per `every` seconds, which says how many were left out. Bounded: the kinds come from a
+    device's answers."""
+
+    __slots__ = ("_kinds",)
+    KINDS = 64
+
+    def __init__(self) -> None:
+        self._kinds: dict[Any, list] = {}  # kind -> [when last written, left out since]
+
+    def allow(self, kind: Any, every: float, now: float | None = None) -> int | None:
+        """None: leave this line out; else write it, noting the number left out before it."""
+        now = time.monotonic() if now is None else now
+        entry = self._kinds.get(kind)
+        if entry is None:
+            if len(self._kinds) >= self.KINDS:
+                del self._kinds[next(iter(self._kinds))]  # the kind seen first goes
+            self._kinds[kind] = [now, 0]
+            return 0
+        if now - entry[0] >= every:
+            left_out, entry[0], entry[1] = entry[1], now, 0
+            return left_out
+        entry[1] += 1
+        return None
+
+
+def as_poll_error(exc: BaseException, timeout: float) -> PollError:
+    """The failure an exception in a poll's path stands for. Errors that come from what a device
+    sent (nesting too deep for the parser, text that is not valid, JSON that is not) are
+    `parse`; anything unforeseen is `internal`."""
+    if isinstance(exc, PollError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return PollError("timeout", f"no complete answer within {timeout:g}s")
+    if isinstance(exc, ParseError):
+        return PollError("parse", str(exc))
+    if isinstance(exc, RecursionError):
+        return PollError("parse", "the answer is nested too deeply")
+    if isinstance(exc, UnicodeError):
+        return PollError("parse", "the answer holds text that is not valid Unicode")
+    if isinstance(exc, json.JSONDecodeError):
+        return PollError("parse", f"the answer is not JSON ({exc.msg})")
+    return PollError("internal", f"internal error: {exc.__class__.__name__}")
+
+
+def _origin(exc: BaseException) -> tuple[str, str, int]:
+    """(exception type, file, line) where it was raised: one traceback in the log per origin."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return exc.__class__.__name__, "", 0
+    return exc.__class__.__name__, frames[-1].filename, frames[-1].lineno or 0
+
+
 class TargetRunner:
     __slots__ = ("target", "adapter", "store", "log", "kind", "failures", "task", "polled_once", "lags",
-                 "first_spread", "stopped", "entry", "timetable", "task_name")
+                 "first_spread", "stopped", "entry", "timetable", "task_name", "throttle")
 
     def __init__(self, target: TargetConfig, adapter: Any, store: SnapshotStore, log: Any, kind: str = "poll") -> None:
         self.target = target
@@ -178,10 +241,12 @@ class TargetRunner:
         self.entry = 0  # its live entry in the timetable (0: none)
         self.timetable: _Timetable | None = None
         self.task_name = f"target:{target.name}"
+        self.throttle: LogThrottle | None = None  # made when the target first has something to log
 
     def start(self, starting: int = 1) -> None:
         """Run in the background; `starting`: how many targets start along with this one."""
         self.first_spread = first_poll_spread(self.target, starting)
+        self.store.set_max_power(self.target.name, float(self.target.option("max_power", DEFAULT_MAX_POWER)))
         if self.kind != "poll":
             self.task = asyncio.create_task(self._push_loop(), name=f"target:{self.target.name}")
             return
@@ -215,42 +280,73 @@ class TargetRunner:
             self.log.debug("close failed", error=str(exc))
 
     async def poll_once(self) -> Reading:
-        """One bounded poll; the store is updated and the reading (or PollError) returned."""
+        """One bounded poll; the store is updated and the reading (or PollError) returned. Any
+        exception on the way (the device's answer, parsing it, rendering it) ends the poll as a
+        failure with a reason."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.target.timeout):
                 reading = await self.adapter.poll()
-        except PollError as exc:
-            self._failed(exc.reason, exc.message, started)
-            raise
-        except TimeoutError:
-            message = f"no complete answer within {self.target.timeout:g}s"
-            self._failed("timeout", message, started)
-            raise PollError("timeout", message) from None
-        except ParseError as exc:
-            self._failed("parse", str(exc), started)
-            raise PollError("parse", str(exc)) from None
+            notices = self.store.record_success(self.target.name, reading, time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.log.exception("poll crashed", error_type=exc.__class__.__name__)
-            message = f"internal error: {exc.__class__.__name__}"
-            self._failed("internal", message, started)
-            raise PollError("internal", message) from None
-        duration = time.monotonic() - started
-        self.store.record_success(self.target.name, reading, duration)
-        if self.failures:
-            self.log.info("target recovered", after_failures=self.failures)
-        self.failures = 0
+            error = self._error(exc)
+            self._failed(error.reason, error.message, started)
+            if error is exc:
+                raise
+            raise error from None
+        if notices:
+            self._log_notices(notices)
+        self._succeeded()
         return reading
+
+    def _error(self, exc: Exception) -> PollError:
+        """The PollError of an exception; an internal one logs its traceback once per origin."""
+        error = as_poll_error(exc, self.target.timeout)
+        if error.reason == "internal" and not isinstance(exc, PollError):
+            if self._throttle().allow(("traceback", *_origin(exc)), float("inf")) is not None:
+                self.log.error("poll crashed", error_type=exc.__class__.__name__, exc_info=exc)
+        return error
+
+    def _throttle(self) -> LogThrottle:
+        if self.throttle is None:
+            self.throttle = LogThrottle()
+        return self.throttle
+
+    def _succeeded(self) -> None:
+        if self.failures:
+            if self._throttle().allow("recovered", REPEAT_LOG_SECONDS) is not None:
+                self.log.info("target recovered", after_failures=self.failures)
+        self.failures = 0
 
     def _failed(self, reason: str, message: str, started: float | None) -> None:
         self.failures += 1
         duration = None if started is None else time.monotonic() - started
         self.store.record_failure(self.target.name, reason, message, duration)
-        # Log the first failure and then every 10th, so a dead device does not flood the log.
-        if self.failures == 1 or self.failures % 10 == 0:
-            self.log.warning("poll failed", reason=reason, error=message, consecutive=self.failures)
+        # The first failure of a reason, then at most one line per REPEAT_LOG_SECONDS: a dead
+        # or hostile device does not flood the log.
+        left_out = self._throttle().allow(("failed", reason), REPEAT_LOG_SECONDS)
+        if left_out is not None:
+            fields = {"repeated": left_out} if left_out else {}
+            self.log.warning("poll failed", reason=reason, error=safe_message(message),
+                             consecutive=self.failures, **fields)
+
+    def _log_notices(self, notices: list[Notice]) -> None:
+        """Values a reading lost: per metric and reason one line (naming its first series) per
+        NOTICE_LOG_SECONDS, however many series a device makes up."""
+        throttle = self._throttle()
+        for notice in notices:
+            left_out = throttle.allow(("notice", notice.reason, notice.metric), NOTICE_LOG_SECONDS)
+            if left_out is None:
+                continue
+            if notice.reason == "forgotten":
+                self.log.warning("counters gone from the answers forgotten (too many series came and went)",
+                                 forgotten=notice.value)
+                continue
+            labels = safe_message(",".join(f"{k}={v}" for k, v in notice.labels)[:200])
+            self.log.warning("value refused", reason=notice.reason, metric=notice.metric, labels=labels,
+                             value=repr(notice.value)[:40], **({"repeated": left_out} if left_out else {}))
 
     async def _cycle(self, due: float) -> None:
         """One poll that was due at `due`, then the next one on the timetable."""
@@ -261,6 +357,8 @@ class TargetRunner:
             await self.poll_once()
         except PollError:
             pass
+        except Exception as exc:  # recording the failure failed too: the next poll still comes
+            self._last_resort(exc)
         finally:
             self.polled_once.set()
         now = loop.time()
@@ -275,6 +373,12 @@ class TargetRunner:
                 next_due += random.uniform(-spread, spread) / 2
         self._schedule(next_due)
 
+    def _last_resort(self, exc: Exception) -> None:
+        """An exception while recording a poll's outcome: logged (a traceback once per origin),
+        never raised into the schedule or a receiver."""
+        if self._throttle().allow(("traceback", *_origin(exc)), float("inf")) is not None:
+            self.log.error("recording a poll failed", error_type=exc.__class__.__name__, exc_info=exc)
+
     async def _push_loop(self) -> None:
         """Run a push adapter; it reconnects by itself. Silence longer than the target's
         interval x 3 (or stale_after) marks it down.
@@ -283,11 +387,21 @@ class TargetRunner:
         this loop, so a malformed message or a refused connection is handed in like a reading
         and recorded as the target's failure with its reason."""
         def emit(item: Reading | PollError) -> None:
-            if isinstance(item, PollError):
-                self._failed(item.reason, item.message, None)
-            else:
-                self.store.record_success(self.target.name, item)
-                self.failures = 0
+            try:
+                if isinstance(item, PollError):
+                    self._failed(item.reason, item.message, None)
+                else:
+                    try:
+                        notices = self.store.record_success(self.target.name, item)
+                    except Exception as exc:  # a message that cannot be taken fails, the receiver goes on
+                        error = self._error(exc)
+                        self._failed(error.reason, error.message, None)
+                    else:
+                        if notices:
+                            self._log_notices(notices)
+                        self._succeeded()
+            except Exception as exc:
+                self._last_resort(exc)
             self.polled_once.set()
 
         runner = asyncio.create_task(self.adapter.run(emit))

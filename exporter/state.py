@@ -34,10 +34,11 @@ class StateDirectory:
         return self.path / name
 
     def read_json(self, name: str) -> Any | None:
-        """The stored value, or None if absent or unreadable (treated as no state)."""
+        """The stored value, or None if absent or unreadable (treated as no state): a damaged
+        file (truncated, not UTF-8, nested past the recursion limit) must not stop the start."""
         try:
             return json.loads(self.file(name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
 
     def write_json(self, name: str, value: Any) -> None:

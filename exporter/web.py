@@ -1,10 +1,17 @@
 """The exporter's HTTP endpoints: /metrics (optionally one target's: `?target=NAME`), the status
-page and its JSON (`/`, `/api/v1/targets`, see statuspage.py), health, readiness and reload."""
+page and its JSON (`/`, `/api/v1/targets`, see statuspage.py), health, readiness and reload.
+
+`POST /-/reload` works only when the daemon runs with `--web.enable-lifecycle` (as Prometheus's
+own), and never for a request a browser sends on another site's behalf: any page the user
+visits could otherwise make the browser post to the exporter on the local network.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import urllib.parse
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -16,32 +23,60 @@ if TYPE_CHECKING:
     from .daemon import Daemon
 
 
+def _q(params: str) -> float:
+    """The q value of one element of an Accept or Accept-Encoding header (1 when absent)."""
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "q":
+            try:
+                q = float(value.strip())
+            except ValueError:
+                return 0.0
+            return q if 0.0 <= q <= 1.0 else 0.0  # also NaN
+    return 1.0
+
+
 def wants_openmetrics(accept: str) -> bool:
     """Prometheus asks for OpenMetrics first when it wants it; anything else gets text 0.0.4."""
     for part in accept.split(","):
         media, _, params = part.strip().partition(";")
         if media.strip().lower() == "application/openmetrics-text":
-            q = 1.0
-            for param in params.split(";"):
-                key, _, value = param.strip().partition("=")
-                if key == "q":
-                    try:
-                        q = float(value)
-                    except ValueError:
-                        q = 0.0
-            return q > 0
+            return _q(params) > 0
     return False
 
 
 def wants_gzip(accept_encoding: str) -> bool:
+    """gzip only when named, with a q above 0 (`gzip;q=0` and `gzip;q=0.0` refuse it)."""
     for part in accept_encoding.split(","):
         coding, _, params = part.strip().partition(";")
         if coding.strip().lower() == "gzip":
-            return "q=0" not in params.replace(" ", "") or "q=0." in params
+            return _q(params) > 0
     return False
 
 
-def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
+# The content types a cross-site page can POST without the browser asking the server first
+# (a CORS preflight, which this server never approves): an HTML form's, or fetch's "simple" ones.
+FORM_CONTENT_TYPES = {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+LIFECYCLE_FLAG = "--web.enable-lifecycle"
+
+
+def cross_site(request: web.BaseRequest) -> str | None:
+    """Why `request` looks sent by a browser on another site's behalf, or None."""
+    fetch_site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site: {fetch_site}"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        parsed = urllib.parse.urlsplit(origin.strip())
+        if origin.strip() == "null" or parsed.netloc.lower() != request.host.lower():
+            return "Origin is not this server"
+    if request.content_type.lower() in FORM_CONTENT_TYPES and request.headers.get("Content-Type"):
+        return f"Content-Type: {request.content_type}"
+    return None
+
+
+def make_app(daemon: "Daemon", middlewares=(), lifecycle: bool = False) -> web.Application:
+    """`lifecycle`: whether `POST /-/reload` may reload (`--web.enable-lifecycle`)."""
     app = web.Application(client_max_size=64 * 1024, middlewares=list(middlewares))
 
     async def metrics(request: web.Request) -> web.StreamResponse:
@@ -66,10 +101,18 @@ def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
         chunks = await cache.gzip_chunks(openmetrics) if compress else cache.chunks(openmetrics)
         response = web.StreamResponse(headers=headers)
         response.content_length = sum(len(chunk) for chunk in chunks)
-        await response.prepare(request)
-        for batch in _batches(chunks):
-            await response.write(batch)
-        await response.write_eof()
+        try:
+            # A client that stops reading would hold its connection, and these chunks, forever.
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await response.prepare(request)
+                for batch in _batches(chunks):
+                    await response.write(batch)
+                await response.write_eof()
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass  # the client went away: nothing to answer, nothing to log
         return response
 
     async def healthy(request: web.Request) -> web.Response:
@@ -81,6 +124,13 @@ def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
         return web.Response(status=503, text="Not ready: targets have not all been polled once.\n")
 
     async def reload(request: web.Request) -> web.Response:
+        if not lifecycle:
+            return web.Response(status=403, text=f"Reloading over HTTP is off: start the exporter with "
+                                                 f"{LIFECYCLE_FLAG} to allow it, or send it SIGHUP.\n")
+        why = cross_site(request)
+        if why is not None:
+            return web.Response(status=403, text=f"Refused: this looks like a cross-site request ({why}). "
+                                                 f"Reload with e.g. `curl -X POST {request.url.with_query(None)}`.\n")
         ok, message = await daemon.reload()
         return web.Response(status=200 if ok else 400, text=message + "\n")
 
@@ -111,6 +161,9 @@ def make_app(daemon: "Daemon", middlewares=()) -> web.Application:
 
 
 WRITE_BATCH = 256 * 1024
+# Seconds a /metrics body may take to send: far above a scrape timeout, and the end of a client
+# that stopped reading.
+SEND_TIMEOUT = 120.0
 
 
 def _batches(chunks: list[bytes]):

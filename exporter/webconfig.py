@@ -15,9 +15,14 @@ Relative paths are relative to the web configuration file.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import re
+import secrets
 import ssl
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ from typing import Any
 import bcrypt
 from aiohttp import web
 
-from .config import ConfigError, _Checker, _load_yaml, _type_name
+from .config import ConfigError, _Checker, _load_yaml, _type_name, read_config_text
 
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,
@@ -41,39 +46,90 @@ TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_
 TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
 
 
+# bcrypt is slow on purpose (tens to hundreds of ms a check): checks run in their own threads, a
+# few at once so that wrong passwords cannot take every core from polls and scrapes; more
+# waiting than MAX_WAITING_CHECKS are refused at once (429) instead of queueing without end.
+MAX_CONCURRENT_CHECKS = 2
+MAX_WAITING_CHECKS = 32
+# Successful checks remembered (Prometheus scrapes every few seconds with the same password).
+CACHE_SIZE = 100
+BCRYPT_MAX_BYTES = 72  # bcrypt reads no further; htpasswd made the hash from those bytes
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+
+
+class TooManyChecks(Exception):
+    """More password checks are waiting than MAX_WAITING_CHECKS."""
+
+
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    return bcrypt.checkpw(password, hashed)
+
+
 @dataclass
 class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
-    # (user, sha256(password)) pairs already checked: bcrypt is slow on purpose, scrapes are frequent
-    _verified: set[tuple[str, bytes]] = field(default_factory=set)
+    # A hash of the users' cost that matches no password: an unknown user is checked against it,
+    # so that it costs what a known user costs and user names cannot be found by timing.
+    dummy_hash: bytes | None = None
+    # sha256(user, hash, password) of checks that succeeded, oldest first
+    _verified: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    _executor: ThreadPoolExecutor | None = None
+    _pending: int = 0
 
-    def check(self, header: str | None) -> bool:
+    async def check(self, header: str | None) -> bool:
+        """Whether an Authorization header names a user and the right password; raises
+        TooManyChecks when too many checks wait already."""
         if not self.users:
             return True
-        if not header or not header.startswith("Basic "):
+        credentials = _credentials(header)
+        if credentials is None:
             return False
-        try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
+        user, password = credentials
         stored = self.users.get(user)
-        digest = hashlib.sha256(password.encode()).digest()
-        if stored is None:
-            bcrypt.checkpw(b"timing", _DUMMY_HASH)  # same cost whether or not the user exists
-            return False
-        key = (user, digest)
-        if key in self._verified:
+        hashed = stored if stored is not None else self._dummy()
+        key = hashlib.sha256(b"\0".join((user.encode(), hashed, password))).digest()
+        if stored is not None and key in self._verified:
+            self._verified.move_to_end(key)
             return True
-        if bcrypt.checkpw(password.encode(), stored):
-            self._verified.add(key)
-            return True
-        return False
+        ok = await self._bcrypt(password[:BCRYPT_MAX_BYTES], hashed) and stored is not None
+        if ok:
+            self._verified[key] = None
+            if len(self._verified) > CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return ok
+
+    async def _bcrypt(self, password: bytes, hashed: bytes) -> bool:
+        if self._pending >= MAX_CONCURRENT_CHECKS + MAX_WAITING_CHECKS:
+            raise TooManyChecks()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(MAX_CONCURRENT_CHECKS, thread_name_prefix="bcrypt")
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, _checkpw, password, hashed)
+        finally:
+            self._pending -= 1
+
+    def close(self) -> None:
+        """Drop the checks still waiting: at exit they would hold up the process for nothing."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _dummy(self) -> bytes:
+        if self.dummy_hash is None:
+            self.dummy_hash = dummy_hash(self.users.values())
+        return self.dummy_hash
 
     def middleware(self):
         @web.middleware
         async def basic_auth(request: web.Request, handler):
-            if not self.check(request.headers.get("Authorization")):
+            try:
+                ok = await self.check(request.headers.get("Authorization"))
+            except TooManyChecks:
+                return web.Response(status=429, text="Too many password checks at once; try again.\n",
+                                    headers={"Retry-After": "1"})
+            if not ok:
                 return web.Response(status=401, text="Unauthorized\n",
                                     headers={"WWW-Authenticate": 'Basic realm="energy-meter-exporter"'})
             return await handler(request)
@@ -81,7 +137,23 @@ class WebConfig:
         return basic_auth
 
 
-_DUMMY_HASH = bcrypt.hashpw(b"timing", bcrypt.gensalt(rounds=4))
+def _credentials(header: str | None) -> tuple[str, bytes] | None:
+    if not header or not header.startswith("Basic "):
+        return None
+    try:
+        user, sep, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not sep:
+        return None
+    return user, password.encode()
+
+
+def dummy_hash(hashes) -> bytes:
+    """A bcrypt hash of the cost most of `hashes` have (the highest among equals)."""
+    costs = Counter(int(_BCRYPT_HASH.match(h.decode()).group(1)) for h in hashes)
+    cost = max(costs, key=lambda c: (costs[c], c)) if costs else 10
+    return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
 
 
 def load_web_config(path: str | None) -> WebConfig:
@@ -89,11 +161,7 @@ def load_web_config(path: str | None) -> WebConfig:
     if not path:
         return WebConfig()
     filename = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{filename}: cannot read the web configuration: {exc.strerror or exc}"]) from None
-    located = _load_yaml(text, filename)
+    located = _load_yaml(read_config_text(path, "the web configuration"), filename)
     check = _Checker(located, filename, {})
     data = located.data or {}
     if not isinstance(data, dict):
@@ -109,10 +177,12 @@ def load_web_config(path: str | None) -> WebConfig:
         check.problem(("basic_auth_users",), f"expected a mapping of user: bcrypt hash, got {_type_name(users)}")
         users = {}
     for user, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed) or not 4 <= int(hashed[4:6]) <= 31:
             check.problem(("basic_auth_users", user), "expected a bcrypt hash ($2y$..., e.g. from `htpasswd -nBC 10 \"\"`)")
             continue
         config.users[str(user)] = hashed.encode()
+    if config.users:
+        config.dummy_hash = dummy_hash(config.users.values())
 
     tls = data.get("tls_server_config")
     if tls is not None:

@@ -243,3 +243,22 @@ def test_duplicate_keys_and_bad_yaml_name_their_line_either_way(tmp_path):
         path.write_text(f"targets:\n  - {anchor}{{name: a, vendor: homewizard, host: h\n")
         with pytest.raises(ConfigError, match=rf"{path}:3: not valid YAML"):
             load_config(path)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("x: " + "[" * 101 + "]" * 101 + "\n", "f.yaml:1: nested more than 100 levels deep"),
+    ("a: 1\nx: 2024-13-45\n", "f.yaml:2: x: cannot read this value: month must be in 1..12"),
+    ("a: 1\nx: 0x" + "f" * 5000 + "\n", "f.yaml:2: x: cannot read this value: a number"),
+    ("a: 1\n? 2024-02-31\n: 1\n", "f.yaml:2: (top level): cannot read this value: day is out of range"),
+    ("a: 1\nb: !nope x\n", "f.yaml:2: not valid YAML: could not determine a constructor for the tag '!nope'"),
+], ids=["deep", "date", "huge_int", "date_key", "unknown_tag"])
+def test_both_yaml_readers_refuse_alike(text, expected, monkeypatch):
+    from exporter import config
+
+    with pytest.raises(ConfigError) as by_events:
+        config._load_yaml(text, "f.yaml")
+    monkeypatch.setattr(config, "_load_yaml_events", lambda text, filename: None)
+    with pytest.raises(ConfigError) as by_tree:
+        config._load_yaml(text, "f.yaml")
+    assert str(by_events.value).startswith(expected), str(by_events.value)
+    assert str(by_tree.value).startswith(expected), str(by_tree.value)

@@ -49,7 +49,7 @@ def exporter(tmp_path, devices):
     p1, kwh = devices
     config = tmp_path / "config.yaml"
     write_config(config, p1, kwh)
-    proc = ExporterProcess(config, free_port())
+    proc = ExporterProcess(config, free_port(), extra=["--web.enable-lifecycle"])
     yield proc, config
     proc.stop()
 
@@ -135,7 +135,8 @@ def http_get_post(url):
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, method="POST", data=b"")
+    # no body: urllib would label an empty one a form, which /-/reload refuses as cross-site
+    req = urllib.request.Request(url, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()

@@ -11,11 +11,23 @@ target recovers after the fault clears: a polled target at the first poll that s
 clears, a pushing one at the first message or reconnection after it clears. A fault the
 exporter absorbs (an expired Enphase token it renews) must fail no poll at all. README.md's
 fault table lists the same rows (transport, fault).
+
+Hostile peers (`hostile=True`, see `exporter/simulators/hostile.py`) break the protocol itself:
+framing errors, invalid UTF-8, lone surrogates, absurd numbers, deep nesting, endless data. For
+every case the whole /metrics body must also parse with prometheus_client's OpenMetrics parser
+(no faulty counter negative, absurd or not finite), the status page must answer, and an endless
+answer must be given up on before the simulator's cap. A poison the exporter absorbs (a lone
+surrogate it replaces, a counter it refuses) keeps the target up: the series hold their values,
+the poisoned ones are absent or held, a sanitised label may appear.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import math
+import ssl
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -25,13 +37,16 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from exporter.scheduler import RETRIES_BEFORE_BACKOFF
+from exporter.simulators import hostile
 from exporter.simulators.faultproxy import FaultProxy
 from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.iometer_partner import LEGACY_WS, PartnerApiSimulator, demo_installations, demo_values
+from exporter.simulators.iometer_partner import (LEGACY_WS, PartnerApiSimulator, demo_installations, demo_values,
+                                                 format_obis)
 from exporter.simulators.tls import new_authority
 
 from .conftest import async_wait_until, free_port, require_binary, sample_value
@@ -59,6 +74,13 @@ class Fault:
     rig: Callable[..., Awaitable["Rig"]] | None = None
     # For an absorbed fault: the exporter has met it and dealt with it.
     handled: Callable[["Rig"], bool] | None = None
+    # Series (metric name prefixes) that may change under an absorbed fault (a newer reading's time).
+    moving: tuple[str, ...] = ()
+    # A hostile peer (see the module's docstring): a bound of its own, so a hang fails fast.
+    hostile: bool = False
+    # An endless answer is one message, which a client must give up on before the simulator's
+    # cap (False: a stream of frames, each dropped as it comes).
+    one_message: bool = True
 
 
 @dataclass
@@ -144,6 +166,14 @@ HOMEWIZARD_FAULTS = [
 FAULTS = HOMEWIZARD_FAULTS  # kept for other modules that import the HomeWizard list
 
 
+def _insecure() -> ssl.SSLContext:
+    """A client context for the proxy's own connection to an HTTPS simulator."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def failures(state) -> int:
     """Failed polls (or failed messages, or a silence) the target has had so far."""
     return sum(state.errors.values())
@@ -182,7 +212,10 @@ async def homewizard_rig(tmp_path, api: str) -> Rig:
     device = await HomeWizardSimulator("HWE-P1").start()
     device.tokens.add(TOKEN)
     upstream = device.http_port if api == "v1" else device.https_port
-    proxy = await FaultProxy("127.0.0.1", upstream).start()
+    proxy = FaultProxy("127.0.0.1", upstream)
+    if api == "v2":  # hostile HTTP modes end TLS with a certificate for the same device
+        proxy.tls, proxy.upstream_tls = device.authority.issue(device.cert_name, name="proxy"), _insecure()
+    await proxy.start()
     control = await HomeWizardSimulator("HWE-KWH3", v2=False).start()
     v2 = f"    token: {TOKEN}\n    ca_file: {device.ca_file}\n" if api == "v2" else ""
     daemon = daemon_config(tmp_path, f"  - name: faulty\n    vendor: homewizard\n    host: {proxy.address}\n" + v2, control)
@@ -278,7 +311,8 @@ async def enphase_rig(tmp_path, monkeypatch) -> Rig:
 
     device = await GatewaySimulator().start()
     token = device.mint_token()
-    proxy = await FaultProxy("127.0.0.1", device.port).start()
+    # hostile HTTP modes end TLS with the gateway's own certificate (the pinned one)
+    proxy = await FaultProxy("127.0.0.1", device.port, tls=device.tls_context, upstream_tls=_insecure()).start()
     control = await HomeWizardSimulator("HWE-KWH3", v2=False).start()
     daemon = daemon_config(tmp_path, slow(f"  - name: faulty\n    vendor: enphase\n    host: {proxy.address}\n"
                            f"    token: {token}\n    tls_fingerprint: {device.fingerprint}\n"
@@ -536,19 +570,80 @@ BAD_READINGS = {
 }
 
 
+PARTNER_POISONS = ("surrogate", "absurd", "deep")
+# Where a poison goes in a subscription message: the meter number (a label), the import and
+# export registers, the power.
+_READING = ("payload", "data", "meterReadings")
+PARTNER_SPOTS = hostile.Spots(_READING + ("meter", "number"), _READING + ("values", 0, "value"),
+                              _READING + ("values", 1, "value"), _READING + ("values", 6, "value"))
+ENDLESS_CAP = 16 * 1024 * 1024
+
+
 class FaultyPartnerApi(PartnerApiSimulator):
     """The Partner API simulator with the faults of the matrix switched by `fault`: "drop"
     (every WebSocket cut right after the upgrade), "upgrade_401", "garbage" (a frame that is not
     JSON where the reading belongs), "wrong_types" / "nulls" (readings of the wrong shape, one
-    per upload interval), "status:NNN" (the query endpoint's answer)."""
+    per upload interval), "status:NNN" (the query endpoint's answer); hostile: a broken frame
+    where the first reading belongs (`hostile.WS_MODES`), readings with a poison
+    (`PARTNER_POISONS`), and for the query endpoint "query:endless" (a body without end) and
+    "query:deep" (an answer nested 200,000 deep)."""
 
     fault: str | None = None
+    endless_full: int = 0
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if (self.fault or "").startswith("status:") and request.headers.get("Upgrade", "").lower() != "websocket":
-            self.http_requests += 1
-            return web.Response(status=int(self.fault[7:]), text="upstream connect error")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            if (self.fault or "").startswith("status:"):
+                self.http_requests += 1
+                return web.Response(status=int(self.fault[7:]), text="upstream connect error")
+            if self.fault == "query:deep":
+                self.http_requests += 1
+                return web.Response(body=hostile.deep({"data": {"readings": {"readings": [], "cursor": None}}}),
+                                    content_type="application/json")
+            if self.fault == "query:endless":
+                self.http_requests += 1
+                return await self._endless_answer(request)
         return await super()._handle(request)
+
+    async def _endless_answer(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        sent = 0
+        try:
+            await response.write(b'{"data": {"readings": {"readings": [')
+            while sent < ENDLESS_CAP:
+                await response.write(b" " * 65536)
+                sent += 65536
+            self.endless_full += 1
+            await asyncio.sleep(3600)
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
+
+    def _reading_message(self, op_id: str, kind: str) -> dict:
+        """A fresh reading of the first meter, with the values published at the start."""
+        meter = self.installations[0].meters[0]
+        values = [{"obisCode": format_obis(code, self.obis_format), "value": value, "unit": unit}
+                  for code, value, unit in demo_values(1000.0, 400.0)]
+        reading = {"meter": {"id": meter.id, "number": meter.number, "installation": {"id": meter.installation_id}},
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "values": values}
+        return {"id": op_id, "type": kind, "payload": {"data": {"meterReadings": reading}}}
+
+    async def _hostile_frame(self, conn: Any, op_id: str, kind: str) -> None:
+        transport = conn.transport
+        payload = json.dumps(self._reading_message(op_id, kind)).encode()
+        transport.write(hostile.ws_frame(self.fault, payload))
+        if self.fault != "endless_frame":
+            return
+        sent = 0
+        while sent < ENDLESS_CAP and not transport.is_closing():
+            transport.write(b"0" * 65536)
+            sent += 65536
+            while transport.get_write_buffer_size() > 1 << 20 and not transport.is_closing():
+                await asyncio.sleep(0.01)
+        if sent >= ENDLESS_CAP:
+            self.endless_full += 1
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         if self.fault == "upgrade_401":
@@ -567,6 +662,13 @@ class FaultyPartnerApi(PartnerApiSimulator):
         if self.fault == "garbage":
             await conn.ws.send_str("<html><body><h1>502 Bad Gateway</h1></body></html>")
             return
+        if self.fault in hostile.WS_MODES:
+            await self._hostile_frame(conn, op_id, kind)
+            return
+        while self.fault in PARTNER_POISONS:
+            message = hostile.poisoned(self._reading_message(op_id, kind), self.fault, PARTNER_SPOTS)
+            await conn.ws.send_str(message.decode("ascii"))
+            await asyncio.sleep(PUSH_EVERY)
         while self.fault in BAD_READINGS:
             await conn.ws.send_json({"id": op_id, "type": kind,
                                      "payload": {"data": {"meterReadings": BAD_READINGS[self.fault]}}})
@@ -619,21 +721,289 @@ IOMETER_PARTNER_QUERY_FAULTS = [
     attr_fault("status:503", "fault", "status:503", ("http_error",), prefix="query"),
 ]
 
+# --- Hostile peers ------------------------------------------------------------------------------
+#
+# A peer that breaks the protocol itself. HTTP framing errors are a malformed answer: `parse`
+# (the lean client) or `http_error` (the general client's malformed head), or `connection` (the
+# general client finding the body's framing broken);
+# an answer without end is `too_large` once past the limit; a body that is not JSON the exporter
+# accepts (invalid UTF-8, NaN, nesting 200,000 deep) is `parse`. Three poisons are absorbed, the
+# target stays up: a lone surrogate is replaced (U+FFFD) where the string is shown (a label), and
+# an absurd (1e300) or negative (-5) counter value is not exported (the counter holds its value,
+# or its series is absent) while the other series go on.
+
+FRAMING = ("parse", "http_error", "connection")
+# A Modbus answer whose framing lies: a client detects it (`parse`), waits for bytes that never
+# come (`timeout`), or drops the connection (`connection`).
+MODBUS_FRAMING = ("parse", "timeout", "connection")
+
+
+def hostile_proxy(mode: str, reasons: tuple[str, ...], **options: Any) -> Fault:
+    fault = proxy_fault(mode, reasons)
+    fault.hostile = True
+    for key, value in options.items():
+        setattr(fault, key, value)
+    return fault
+
+
+def _sanitised(rig: Rig) -> bool:
+    """A poll took the poisoned string: it shows as U+FFFD in the target's series."""
+    return any(hostile.REPLACEMENT in key for key in rig.series())
+
+
+def _polled_twice(rig: Rig) -> bool:
+    """Two more good polls (or messages) since the poison was served."""
+    state = rig.daemon.store.targets["faulty"]
+    return state.polls - failures(state) >= rig.extra["good_at_apply"] + 2
+
+
+def _absorbed(kind: str) -> Callable[[Rig], bool]:
+    """When an absorbed poison has been met: a replaced string shows, or polls went on."""
+    return _sanitised if kind == "surrogate" else _polled_twice
+
+
+def poison(attribute: str, kind: str, reasons: tuple[str, ...], prefix: str = "device", **options: Any) -> Fault:
+    """A simulator switch to a poisoned body (hostile.BODY_POISONS) or another hostile mode."""
+    if reasons:
+        fault = attr_fault(kind, attribute, kind, reasons, prefix=prefix, **options)
+    else:
+        fault = attr_fault(kind, attribute, kind, reasons, prefix=prefix, handled=_absorbed(kind), **options)
+    fault.hostile = True
+    return fault
+
+
+def poison_as(name: str, attribute: str, value: str, reasons: tuple[str, ...], prefix: str = "device",
+              **options: Any) -> Fault:
+    fault = attr_fault(name, attribute, value, reasons, prefix=prefix, **options)
+    fault.hostile = True
+    return fault
+
+
+HOMEWIZARD_V1_HOSTILE = [
+    hostile_proxy("chunk:-6", FRAMING),
+    hostile_proxy("chunk:+6", FRAMING),
+    hostile_proxy("status_line", FRAMING),
+    hostile_proxy("content_length:conflict", FRAMING),
+    hostile_proxy("endless:chunked", ("too_large",)),
+    poison("broken", "invalid_utf8", ("parse",)),
+    poison("broken", "surrogate", ()),
+    poison("broken", "absurd", ()),
+    poison("broken", "negative", ()),
+    poison("broken", "nan", ("parse",)),
+    poison("broken", "deep", ("parse",)),
+    poison("broken", "error_surrogate", ("http_error",)),
+]
+HOMEWIZARD_V2_HOSTILE = [
+    hostile_proxy("chunk:-6", FRAMING),  # (the proxy ends TLS with the device's certificate)
+    poison("broken", "surrogate", ()),
+    poison("broken", "absurd", ()),
+]
+IAMMETER_HTTP_HOSTILE = [
+    hostile_proxy("chunk:-6", FRAMING),
+    hostile_proxy("endless:chunked", ("too_large",)),
+    poison("fault", "invalid_utf8", ("parse",)),
+    poison("fault", "surrogate", ()),
+    poison("fault", "absurd", ()),
+    poison("fault", "negative", ()),
+]
+IAMMETER_MODBUS_HOSTILE = [
+    hostile_proxy("mbap:length", MODBUS_FRAMING),
+    hostile_proxy("mbap:transaction", MODBUS_FRAMING),
+    hostile_proxy("mbap:truncated_pdu", MODBUS_FRAMING),
+    # Frames of other transactions without end: each is dropped, the poll times out.
+    hostile_proxy("mbap:endless", MODBUS_FRAMING, one_message=False),
+    poison("fault", "absurd", ()),
+]
+IAMMETER_CLOUD_HOSTILE = [
+    hostile_proxy("chunk:-6", FRAMING),
+    poison("fault", "absurd", ()),
+    poison("fault", "deep", ("parse",)),
+    poison("fault", "error_surrogate", ("http_error",)),
+]
+
+
+def _swap_body(key: str, kind: str, spots: hostile.Spots, reasons: tuple[str, ...]) -> Fault:
+    """An Enphase endpoint's captured body replaced by a poisoned one."""
+    def apply(rig: Rig) -> None:
+        rig.extra["saved_body"] = rig.device.bodies[key]
+        rig.device.bodies[key] = hostile.poisoned(json.loads(rig.device.bodies[key]), kind, spots)
+
+    def clear(rig: Rig) -> None:
+        rig.device.bodies[key] = rig.extra["saved_body"]
+
+    return Fault(f"device:{kind}", reasons, apply, clear, handled=None if reasons else _absorbed(kind),
+                 hostile=True)
+
+
+# /ivp/meters/readings (read every poll): the first CT's import, its first channel's import, its power.
+ENPHASE_SPOTS = hostile.Spots((0, "eid"), (0, "actEnergyDlvd"), (0, "channels", 0, "actEnergyDlvd"), (0, "activePower"))
+ENPHASE_HOSTILE = [
+    hostile_proxy("chunk:-6", FRAMING),  # (the proxy ends TLS with the gateway's certificate)
+    hostile_proxy("endless:chunked", ("too_large",)),
+    _swap_body("ivp_meters_readings", "absurd", ENPHASE_SPOTS, ()),
+    _swap_body("ivp_meters_readings", "negative", ENPHASE_SPOTS, ()),
+    _swap_body("ivp_meters_readings", "deep", ENPHASE_SPOTS, ("parse",)),
+]
+
+
+def bridge_poison(kind: str, reasons: tuple[str, ...]) -> Fault:
+    def apply(rig: Rig) -> None:
+        rig.extra["saved"] = rig.device.body("reading")
+        rig.device.set_reading(rig.device.poisoned_reading(kind))
+
+    def clear(rig: Rig) -> None:
+        rig.device.set_reading(rig.extra["saved"])
+
+    return Fault(f"device:{kind}", reasons, apply, clear, handled=None if reasons else _absorbed(kind), hostile=True)
+
+
+IOMETER_BRIDGE_HOSTILE = [
+    hostile_proxy("chunk:-6", FRAMING),
+    bridge_poison("surrogate", ()),
+    bridge_poison("absurd", ()),
+]
+
+
+async def iometer_bridge_sse_rig(tmp_path, monkeypatch) -> Rig:
+    """The bridge in `mode: sse`: both event streams kept open, through a fault proxy."""
+    from exporter.simulators.iometer import BridgeSimulator
+
+    device = BridgeSimulator()
+    await device.start()
+    proxy = await FaultProxy("127.0.0.1", device.port).start()
+    control = await HomeWizardSimulator("HWE-KWH3", v2=False).start()
+    daemon = daemon_config(tmp_path, f"  - name: faulty\n    vendor: iometer\n    host: {proxy.address}\n"
+                           "    mode: sse\n    reconnect_delay: 100ms\n", control)
+    return Rig(device, proxy, control, daemon, stops=[device.stop])
+
+
+def stream_fault(kind: str, reasons: tuple[str, ...], **options: Any) -> Fault:
+    """The reading stream turns hostile: the open one ends (properly: the client just asks
+    again), the next one is hostile."""
+    def apply(rig: Rig) -> None:
+        rig.device.stream_fault = kind
+        rig.device.end_streams("reading")
+
+    def clear(rig: Rig) -> None:
+        rig.device.stream_fault = None
+        rig.device.end_streams("reading")
+
+    handled = options.pop("handled", None) or (None if reasons else _absorbed(kind))
+    return Fault(f"stream:{kind}", reasons, apply, clear, handled=handled, hostile=True, **options)
+
+
+IOMETER_BRIDGE_SSE_FAULTS = [
+    proxy_fault("refuse", ("connection",)),
+    # An event line that never ends: dropped at the event size limit.
+    stream_fault("endless_line", ("too_large", "parse")),
+    # Event streams are UTF-8 decoded with replacement (WHATWG): the meter number shows U+FFFD.
+    stream_fault("invalid_utf8", (), handled=_sanitised),
+    stream_fault("deep", ("parse",)),
+]
+for _fault in IOMETER_BRIDGE_SSE_FAULTS:
+    _fault.hostile = True
+
+
+async def iammeter_mqtt_proxied_rig(tmp_path, monkeypatch) -> Rig:
+    """The MQTT rig with a fault proxy between the exporter and Mosquitto (the meter publishes
+    to the broker directly): what the broker sends the exporter can be broken on the way."""
+    rig = await iammeter_mqtt_rig(tmp_path, monkeypatch)
+    broker = rig.extra["broker"]
+    proxy = await FaultProxy("127.0.0.1", broker.port).start()
+    path = Path(rig.daemon.config.path)
+    path.write_text(path.read_text().replace(f"port: {broker.port}\n", f"port: {proxy.port}\n", 1))
+    rig.daemon = Daemon(load_config(path))
+    rig.proxy = proxy
+    return rig
+
+
+def mqtt_proxy_fault(mode: str, reasons: tuple[str, ...], **options: Any) -> Fault:
+    return hostile_proxy(mode, reasons, rig=iammeter_mqtt_proxied_rig, **options)
+
+
+IAMMETER_MQTT_HOSTILE = [
+    # A packet whose length never ends: a protocol error, the client drops the connection; the
+    # broker takes it back at once each time, so the meter is heard no more (`stale`).
+    mqtt_proxy_fault("mqtt:garbage_frame", ("stale", "connection"), repeats=False),
+    # Every reading arrives under a topic that is not UTF-8: refused, the meter is heard no more.
+    mqtt_proxy_fault("mqtt:topic_utf8", ("stale", "connection"), repeats=False),
+    # A PUBLISH announcing 256 MB: refused (a reading is at most 64 KiB) before it is read.
+    mqtt_proxy_fault("mqtt:endless", ("too_large", "connection")),
+    poison("fault", "invalid_utf8", ("parse",), prefix="payload", counted="malformed"),
+    poison("fault", "surrogate", (), prefix="payload"),
+    poison("fault", "absurd", (), prefix="payload"),
+    poison("fault", "deep", ("parse",), prefix="payload", counted="malformed"),
+]
+IAMMETER_PUSH_HOSTILE = [
+    # Refused by the listener's HTTP parser before any target sees it: the meter goes stale.
+    poison_as("chunk:-6", "fault", "chunk:-6", ("stale",), prefix="upload", repeats=False),
+    poison_as("endless:chunked", "fault", "endless:chunked", ("stale",), prefix="upload", repeats=False,
+              counted="too_large"),
+    poison("fault", "invalid_utf8", ("parse",), prefix="upload", counted="malformed"),
+    poison("fault", "surrogate", (), prefix="upload"),
+    poison("fault", "absurd", (), prefix="upload"),
+    poison("fault", "deep", ("parse",), prefix="upload", counted="malformed"),
+]
+
+
+def _publish_fresh(rig: Rig) -> None:
+    """Clear a poison sent as fresh readings: the healthy values again, newer still."""
+    rig.device.fault = None
+    fresh = time.time() + 1.5  # readings carry whole seconds: newer than the last poisoned one
+    for installation in rig.device.installations:
+        for meter in installation.meters:
+            rig.device.publish(meter, fresh, demo_values(1000.0, 400.0))
+
+
+def partner_hostile(kind: str, reasons: tuple[str, ...], **options: Any) -> Fault:
+    fault = partner_fault(kind, reasons)
+    fault.hostile = True
+    if not reasons:
+        fault.handled = _absorbed(kind)
+        fault.clear = _publish_fresh
+        # fresh readings carry a newer time
+        fault.moving = ("energy_meter_account_measurement_timestamp_seconds",)
+    for key, value in options.items():
+        setattr(fault, key, value)
+    return fault
+
+
+IOMETER_PARTNER_HOSTILE = [
+    # Broken frames where the first reading belongs: the client closes the connection.
+    partner_hostile("invalid_utf8_frame", ("connection",)),
+    partner_hostile("reserved_bits", ("connection",)),
+    partner_hostile("endless_frame", ("connection", "too_large")),
+    partner_hostile("surrogate", ()),
+    partner_hostile("absurd", ()),
+    # A reading nested 200,000 deep: refused (`parse`), or the connection dropped.
+    partner_hostile("deep", ("parse", "connection")),
+]
+IOMETER_PARTNER_QUERY_HOSTILE = [
+    poison_as("endless", "fault", "query:endless", ("too_large",), prefix="query"),
+    poison_as("deep", "fault", "query:deep", ("parse",), prefix="query"),
+]
+
 
 RIGS: dict[str, tuple[Callable[..., Awaitable[Rig]], list[Fault]]] = {
-    "homewizard-v1": (lambda tmp, _: homewizard_rig(tmp, "v1"), HOMEWIZARD_FAULTS),
-    "homewizard-v2": (lambda tmp, _: homewizard_rig(tmp, "v2"), HOMEWIZARD_FAULTS),
-    "iammeter-http": (iammeter_http_rig, IAMMETER_HTTP_FAULTS),
-    "iammeter-modbus": (iammeter_modbus_rig, IAMMETER_MODBUS_FAULTS),
-    "iammeter-mqtt": (iammeter_mqtt_rig, IAMMETER_MQTT_FAULTS),
-    "iammeter-push": (iammeter_push_rig, IAMMETER_PUSH_FAULTS),
-    "iammeter-cloud": (iammeter_cloud_rig, IAMMETER_CLOUD_FAULTS),
-    "enphase-local": (enphase_rig, ENPHASE_FAULTS + ENPHASE_TOKEN_FAULTS),
-    "iometer-bridge": (iometer_bridge_rig, IOMETER_BRIDGE_FAULTS),
-    "iometer-partner": (iometer_partner_rig, IOMETER_PARTNER_FAULTS),
-    "iometer-partner-query": (lambda tmp, mp: iometer_partner_rig(tmp, mp, "query"), IOMETER_PARTNER_QUERY_FAULTS),
+    "homewizard-v1": (lambda tmp, _: homewizard_rig(tmp, "v1"), HOMEWIZARD_FAULTS + HOMEWIZARD_V1_HOSTILE),
+    "homewizard-v2": (lambda tmp, _: homewizard_rig(tmp, "v2"), HOMEWIZARD_FAULTS + HOMEWIZARD_V2_HOSTILE),
+    "iammeter-http": (iammeter_http_rig, IAMMETER_HTTP_FAULTS + IAMMETER_HTTP_HOSTILE),
+    "iammeter-modbus": (iammeter_modbus_rig, IAMMETER_MODBUS_FAULTS + IAMMETER_MODBUS_HOSTILE),
+    "iammeter-mqtt": (iammeter_mqtt_rig, IAMMETER_MQTT_FAULTS + IAMMETER_MQTT_HOSTILE),
+    "iammeter-push": (iammeter_push_rig, IAMMETER_PUSH_FAULTS + IAMMETER_PUSH_HOSTILE),
+    "iammeter-cloud": (iammeter_cloud_rig, IAMMETER_CLOUD_FAULTS + IAMMETER_CLOUD_HOSTILE),
+    "enphase-local": (enphase_rig, ENPHASE_FAULTS + ENPHASE_TOKEN_FAULTS + ENPHASE_HOSTILE),
+    "iometer-bridge": (iometer_bridge_rig, IOMETER_BRIDGE_FAULTS + IOMETER_BRIDGE_HOSTILE),
+    "iometer-bridge-sse": (iometer_bridge_sse_rig, IOMETER_BRIDGE_SSE_FAULTS),
+    "iometer-partner": (iometer_partner_rig, IOMETER_PARTNER_FAULTS + IOMETER_PARTNER_HOSTILE),
+    "iometer-partner-query": (lambda tmp, mp: iometer_partner_rig(tmp, mp, "query"),
+                              IOMETER_PARTNER_QUERY_FAULTS + IOMETER_PARTNER_QUERY_HOSTILE),
 }
 CASES = [(transport, fault) for transport, (_, faults) in RIGS.items() for fault in faults]
+HOSTILE_TIMEOUT = 150  # seconds: a hostile case that hangs the daemon fails alone, with a trace
+PARAMS = [pytest.param(transport, fault, id=f"{transport}-{fault.name}",
+                       marks=[pytest.mark.timeout(HOSTILE_TIMEOUT)] if fault.hostile else [])
+          for transport, fault in CASES]
 
 
 async def stop_rig(rig: Rig) -> None:
@@ -649,8 +1019,63 @@ def assert_nothing_wrong(rig: Rig, before: dict[str, str], fault: Fault) -> None
     """Each series of the faulty target holds its value from before the fault, or is gone. (A
     target that stays up may add the series of an endpoint read on a slower cadence.)"""
     for key, value in rig.series().items():
+        if fault.moving and key.startswith(fault.moving):
+            continue
         if key in before or fault.reasons:
             assert before.get(key) == value, f"{key} = {value} under {fault.name}, before it {before.get(key)}"
+
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+ABSURD_TOTAL = 1e15  # no counter of one meter comes near (1e15 J is 278 GWh)
+
+
+async def check_exposition(rig: Rig) -> None:
+    """/metrics in OpenMetrics parses whole with prometheus_client's parser; every value of the
+    faulty target is finite, its counters neither negative nor absurd; the status page and the
+    targets API answer."""
+    base = f"http://127.0.0.1:{rig.daemon.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/metrics", headers={"Accept": OPENMETRICS}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("application/openmetrics-text"), resp.headers
+            raw = await resp.read()
+        for path in ("/", "/api/v1/targets"):
+            async with http.get(f"{base}{path}") as resp:
+                assert resp.status == 200, (path, resp.status)
+                (await resp.read()).decode("utf-8")
+    for family in text_string_to_metric_families(raw.decode("utf-8")):
+        for sample in family.samples:
+            if sample.labels.get("device") != "faulty":
+                continue
+            assert math.isfinite(sample.value), sample
+            if family.type == "counter":
+                assert 0 <= sample.value < ABSURD_TOTAL, sample
+
+
+LOG_FLOOD = 500  # warnings from libraries while a fault lasts (a few seconds): more is a flood
+
+
+class _Warnings(logging.Handler):
+    """Counts the warnings and errors that libraries log through the standard library."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = f"{record.name}: {record.getMessage()[:120]}"
+
+
+def assert_bounded(rig: Rig, fault: Fault) -> None:
+    """An endless answer was given up on before the simulator's cap (it was not buffered whole)."""
+    if not fault.one_message:
+        return
+    for peer in (rig.proxy, rig.device):
+        full = getattr(peer, "endless_full", 0)
+        assert not full, f"the exporter read {full} endless answer(s) of the {type(peer).__name__} to its cap"
 
 
 async def scrape(rig: Rig) -> str:
@@ -661,12 +1086,13 @@ async def scrape(rig: Rig) -> str:
             return await resp.text()
 
 
-@pytest.mark.parametrize("transport,fault", CASES, ids=[f"{t}-{f.name}" for t, f in CASES])
+@pytest.mark.parametrize("transport,fault", PARAMS)
 async def test_fault(tmp_path, monkeypatch, transport, fault):
     build = fault.rig or RIGS[transport][0]
     fast_transports(monkeypatch)
     rig = await build(tmp_path, monkeypatch)
     await rig.daemon.start("127.0.0.1", 0)
+    warnings = _Warnings()
     try:
         states = rig.daemon.store.targets
         faulty, control = states["faulty"], states["control"]
@@ -683,7 +1109,10 @@ async def test_fault(tmp_path, monkeypatch, transport, fault):
         control_before = control.polls
         control_runner = rig.daemon.runners["control"]
         lags_before = len(control_runner.lags)
+        rig.extra["good_at_apply"] = faulty.polls - failures(faulty)
 
+        if fault.hostile:
+            logging.getLogger().addHandler(warnings)
         await _maybe(fault.apply(rig))
         if fault.reasons:
             await async_wait_until(lambda: not faulty.up, timeout=20, what=f"faulty down under {fault.name}")
@@ -707,8 +1136,14 @@ async def test_fault(tmp_path, monkeypatch, transport, fault):
             await async_wait_until(lambda: fault.handled(rig), timeout=20, what=f"{fault.name} handled")
             seen = faulty.polls
             await async_wait_until(lambda: faulty.polls >= seen + 2, timeout=30, what="more polls")
+            # (a pushing target meets it faster than the control polls: two of its polls too)
+            await async_wait_until(lambda: control.polls >= control_before + 2, timeout=30, what="the control's polls")
             assert failures(faulty) == failed_before and faulty.up, (faulty.last_reason, faulty.last_error)
         assert_nothing_wrong(rig, good, fault)
+        await check_exposition(rig)
+        assert_bounded(rig, fault)
+        logging.getLogger().removeHandler(warnings)
+        assert warnings.count < LOG_FLOOD, f"{warnings.count} library log lines under {fault.name}, first: {warnings.first}"
         if fault.counted:
             assert rig.refused(fault.counted) > refused_before, f"refused pushes not counted as {fault.counted}"
         # The healthy target kept its cadence all along.
@@ -734,12 +1169,19 @@ async def test_fault(tmp_path, monkeypatch, transport, fault):
         if not fault.held_back:
             late = failures(faulty) - failed_at_clear
             assert late <= in_flight, f"{late} attempts failed after the fault cleared ({faulty.last_reason})"
+        kept = {key: value for key, value in good.items() if not (fault.moving and key.startswith(fault.moving))}
+        if not fault.reasons and fault.hostile:
+            # the target never went down: its first good reading after the clear may take a poll
+            await async_wait_until(lambda: {key: rig.series().get(key) for key in kept} == kept, timeout=10,
+                                   what="the healthy series back")
         after = rig.series()
-        assert {key: after.get(key) for key in good} == good
+        assert {key: after.get(key) for key in kept} == kept
         text = await scrape(rig)
         assert sample_value(text, "energy_meter_exporter_target_up", device="faulty") == 1
         assert sample_value(text, "energy_meter_exporter_target_up", device="control") == 1
+        await check_exposition(rig)
     finally:
+        logging.getLogger().removeHandler(warnings)
         await stop_rig(rig)
 
 

@@ -178,17 +178,23 @@ async def test_sse_streams_both_endpoints_and_reconnects(bridge, session, tmp_pa
 
 async def test_sse_skips_a_bad_event_and_keeps_the_last_good_state(bridge, session, tmp_path) -> None:
     adapter = IOmeterBridge(make_target(bridge.host, mode="sse"), context(session, tmp_path))
-    emitted: list[Reading] = []
+    emitted: list[Reading | PollError] = []
+
+    def readings() -> list[Reading]:
+        return [item for item in emitted if isinstance(item, Reading)]
+
     task = asyncio.create_task(adapter.run(emitted.append))
     try:
-        await wait_for(lambda: emitted and emitted[-1].value_of(c.ENERGY_IMPORTED), "first event")
-        count = len(emitted)
+        await wait_for(lambda: readings() and readings()[-1].value_of(c.ENERGY_IMPORTED), "first event")
+        count = len(readings())
         bridge.set_reading({"__typename": "iometer.reading.v1", "meter": {"reading": {"registers": "oops"}}})
         await wait_for(lambda: adapter.last_error is not None, "the bad event")
         assert adapter.last_error.reason == "parse"
+        # the bad event reaches the daemon as a failure with its reason
+        assert any(isinstance(item, PollError) and item.reason == "parse" for item in emitted)
         bridge.set_reading(reading_with(99, "2024-11-11T12:00:00Z"))
-        await wait_for(lambda: emitted[-1].value_of(c.ENERGY_IMPORTED) == 99 * 3600, "the next good event")
-        assert len(emitted) == count + 1  # nothing emitted for the bad one
+        await wait_for(lambda: readings()[-1].value_of(c.ENERGY_IMPORTED) == 99 * 3600, "the next good event")
+        assert len(readings()) == count + 1  # no reading emitted for the bad one
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

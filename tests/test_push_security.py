@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import subprocess
+import sys
 import textwrap
 
 import aiohttp
 import pytest
 
 from exporter import catalogue as c
+from exporter import statuspage
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from exporter.simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
+from exporter.simulators.tls import new_authority
 
 from .conftest import async_wait_until, free_port, sample_value
 
@@ -175,3 +180,128 @@ async def test_a_huge_push_is_refused_without_reading_it_all(tmp_path, size):
                                what="the refusal counted")
     finally:
         await daemon.stop()
+
+
+# --- what protects the listener: a path token, TLS, client certificates -------------------------------
+
+TOKEN = "k3J9-rQ2x_Vb7.Lm4~Tz8pW"
+
+
+async def start_push(tmp_path, protection: str, environ_token: bool = False) -> tuple[Daemon, int]:
+    port = free_port()
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+        state_directory: {tmp_path / 'state'}
+        http_push:
+          listen: 127.0.0.1:{port}
+          max_requests_per_minute: 0
+        """) + textwrap.indent(textwrap.dedent(protection), "  ") + textwrap.dedent(f"""
+        targets:
+          - name: pushed
+            vendor: iammeter
+            transport: push
+            sn: {SN}
+            interval: 2s
+        """))
+    daemon = Daemon(load_config(tmp_path / "c.yaml"))
+    await daemon.start("127.0.0.1", 0)
+    await listening(port)
+    return daemon, port
+
+
+async def test_a_path_token_keeps_out_uploads_without_it_and_never_shows(tmp_path, capsys):
+    (tmp_path / "push.token").write_text(TOKEN + "\n")
+    daemon, port = await start_push(tmp_path, f"path_token_file: {tmp_path / 'push.token'}\n")
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/{TOKEN}", serial=SN)
+    try:
+        status, reply = await meter.post_once()
+        assert status == 200 and reply["successful"], reply
+        await async_wait_until(lambda: daemon.store.targets["pushed"].up, what="the meter's upload received")
+        wrong = ["/", "/upload", f"/{TOKEN[:-1]}", f"/{TOKEN}x", f"/x{TOKEN}", f"/{TOKEN.upper()}",
+                 f"/api/{TOKEN}", f"/?token={TOKEN}"]
+        replies = []
+        async with aiohttp.ClientSession() as session:
+            for path in wrong:
+                async with session.post(f"http://127.0.0.1:{port}{path}", data=meter.body()) as resp:
+                    replies.append((resp.status, await resp.text()))
+            # the token is the first segment; what follows it is the meter's (any, unless `path` is set)
+            async with session.post(f"http://127.0.0.1:{port}/{TOKEN}/api/v1/sensor/UploadSensor",
+                                    data=meter.body()) as resp:
+                assert resp.status == 200
+        # a malformed request with the right token: aiohttp's error quotes the request line
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /{TOKEN}/\x00 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert (await reader.read(100)).startswith(b"HTTP/1.")
+        writer.close()
+        assert {status for status, _ in replies} == {404}
+        assert len({text for _, text in replies}) == 1, "refusals must not differ by how close the guess was"
+        text = daemon.store.cache.encoded(False, False).decode()
+        assert sample_value(text, c.PUSH_REJECTED.name, listener="http_push", reason="bad_token") == len(wrong)
+        page, doc = statuspage.render(daemon), json.dumps(statuspage.status(daemon))
+        captured = capsys.readouterr()
+        for where, content in [("metrics", text), ("status page", page), ("targets JSON", doc),
+                               ("replies", repr(replies)), ("log", captured.out + captured.err),
+                               ("settings", repr(daemon.config.sections))]:
+            assert TOKEN not in content, f"the push token shows in the {where}"
+    finally:
+        await daemon.stop()
+
+
+async def test_push_over_tls_and_with_client_certificates(tmp_path):
+    authority = new_authority("Push CA", "tests", tmp_path / "pki")
+    authority.issue("localhost", dns_names=("localhost",), ip_addresses=("127.0.0.1",), name="server")
+    authority.issue("meter", name="client")
+    stranger = new_authority("Other CA", "someone else", tmp_path / "other")
+    stranger.issue("intruder", name="client")
+    daemon, port = await start_push(tmp_path, f"""
+        tls_cert_file: {authority.directory / 'server.pem'}
+        tls_key_file: {authority.directory / 'server.key'}
+        tls_client_ca_file: {authority.ca_file}
+        """)
+    meter = HttpPushMeter("WEM3080T", url=f"https://127.0.0.1:{port}/", serial=SN)
+
+    def client(directory=None) -> aiohttp.ClientSession:
+        context = ssl.create_default_context(cafile=str(authority.ca_file))
+        if directory is not None:
+            context.load_cert_chain(directory / "client.pem", directory / "client.key")
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+    try:
+        async with client(authority.directory) as session:
+            status, _ = await meter.post_once(session)
+            assert status == 200
+        for directory in (None, stranger.directory):  # no certificate, or one of another CA
+            async with client(directory) as session:
+                with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+                    await meter.post_once(session)
+        async with aiohttp.ClientSession() as session:  # plain HTTP to the TLS port
+            with pytest.raises((aiohttp.ClientError, ConnectionError)):
+                async with session.post(f"http://127.0.0.1:{port}/", data=meter.body()) as resp:
+                    await resp.read()
+        assert daemon.store.targets["pushed"].up
+    finally:
+        await daemon.stop()
+
+
+@pytest.mark.parametrize("protection,expected", [
+    ("path_token: short\n", "http_push.path_token: too short"),
+    ("path_token: 'has/a slash and more'\n", "http_push.path_token: may hold only"),
+    ("tls_cert_file: /nonexistent/cert.pem\n", "tls_cert_file and tls_key_file go together"),
+    ("tls_cert_file: /nonexistent/c.pem\ntls_key_file: /nonexistent/k.pem\n", "cannot load the certificate"),
+    ("tls_client_ca_file: /nonexistent/ca.pem\n", "needs tls_cert_file"),
+])
+def test_check_config_names_bad_push_protection(tmp_path, protection, expected):
+    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+        http_push:
+          listen: 127.0.0.1:8088
+        """) + textwrap.indent(protection, "  ") + textwrap.dedent(f"""
+        targets:
+          - name: pushed
+            vendor: iammeter
+            transport: push
+            sn: {SN}
+        """))
+    proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", f"--config.file={tmp_path / 'c.yaml'}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expected in proc.stderr
+    assert "short" not in proc.stderr.replace("too short", "") and "has/a slash" not in proc.stderr

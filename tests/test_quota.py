@@ -82,3 +82,19 @@ def test_remaining_is_exported(tmp_path):
     ledger.acquire("meterdata", "SN1", (Limit(12, 3600, "hour"),))
     text = store.cache.encoded(False, False).decode()
     assert sample_value(text, "energy_meter_exporter_quota_remaining", api="meterdata", scope="SN1", window="hour") == 11
+
+
+@pytest.mark.parametrize("content", [
+    '{"calls": {"login|acct": [NaN, NaN, NaN, NaN, NaN]}}',
+    '{"calls": {"login|acct": [1e300, 1e300, 1e300, 1e300, 1e300]}}',
+    "[" * 100_000,
+], ids=["nan", "far-future", "deep"])
+def test_a_damaged_ledger_holds_no_call_back(tmp_path, content):
+    """A ledger file with NaN or far-future call times (hand-edited, damaged) or nested past the
+    recursion limit neither stops the start nor defers cloud calls forever."""
+    from exporter.quota import LEDGER_FILE
+
+    (tmp_path / LEDGER_FILE).write_text(content)
+    ledger = QuotaLedger(StateDirectory(tmp_path), Clock())
+    assert ledger.wait_time("login", "acct", LOGIN) == 0.0
+    ledger.acquire("login", "acct", LOGIN)

@@ -350,6 +350,11 @@ class GatewaySimulator:
         """SHA-256 of the certificate (hex), or None for plain-HTTP firmware."""
         return self._tls.fingerprint if self._tls else None
 
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server context with the gateway's certificate (a proxy in front may present it)."""
+        return self._tls.context if self._tls else None
+
     def mint_token(self, **kwargs: Any) -> str:
         return self.issuer.mint(self.serial, **kwargs)
 

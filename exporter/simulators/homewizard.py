@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ..vendors.homewizard.parse import CERT_KINDS
+from . import hostile
 from .tls import Authority, new_authority
 
 DATA = Path(__file__).with_name("data") / "homewizard"
@@ -40,6 +41,15 @@ PRODUCTS: dict[str, tuple[str | None, str | None]] = {
 }
 NAME_PATTERN = re.compile(r"^local/[a-zA-Z0-9\-_/\\# ]{1,40}$")
 BUTTON_WINDOW = 30.0  # seconds after a button press during which a user may be created
+# Where a hostile mode (`broken` in hostile.BODY_POISONS) poisons the P1 meter's data: the id
+# of its second external meter (a label; the first is the gas meter, which v1 also reports in
+# flat fields under the same id), two import counters, the power.
+POISON_SPOTS = {
+    False: hostile.Spots(("external", 1, "unique_id"), ("total_power_import_kwh",),
+                         ("total_power_import_t1_kwh",), ("active_power_w",)),
+    True: hostile.Spots(("external", 1, "unique_id"), ("energy_import_kwh",), ("energy_import_t1_kwh",),
+                        ("power_w",)),
+}
 
 
 def _load(*parts: str) -> Any:
@@ -60,7 +70,9 @@ class HomeWizardSimulator:
     auto_button_after: float | None = None  # demo: "press" the button after this many seconds of pairing attempts
     tokens: set[str] = field(default_factory=set)
     api_enabled: bool = True  # v1 local API switch in the app
-    broken: str | None = None  # fault injection: "garbage", "slow", "500", "empty"
+    # fault injection: "garbage", "slow", "500", "empty", ..., a poison of hostile.BODY_POISONS,
+    # "error_surrogate" (HTTP 500 with a lone surrogate in the error code)
+    broken: str | None = None
     authority: Authority | None = None
     requests: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
@@ -149,6 +161,12 @@ class HomeWizardSimulator:
             return _json({key: None for key in body})
         if broken == "huge":  # 50 MB of JSON, sent without a length as a real runaway would be
             return await self._huge(request)
+        if broken in hostile.BODY_POISONS:
+            body = self.v2_measurement if v2 else self.v1_data
+            return web.Response(body=hostile.poisoned(body, broken, POISON_SPOTS[v2]), content_type="application/json")
+        if broken == "error_surrogate":
+            return web.Response(status=500, body=hostile.dumps({"error": f"request:internal{hostile.SURROGATE}"}),
+                                content_type="application/json")
         return None
 
     async def _huge(self, request: web.Request) -> web.StreamResponse:

@@ -33,6 +33,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ..vendors.iammeter import registers as reg
+from . import hostile
 
 DEFAULT_CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "conformance"
 
@@ -48,8 +49,21 @@ CORPUS_FILES = {
     "WEM3080T": "iammeter/wem3080t_i.75.97.9_monitorjson.json",
     "WEM3162": "iammeter/wem3162_legacy_data.json",
 }
-HTTP_FAULTS = ("garbage", "short_row", "nulls", "null_data", "string_value", "error500", "slow")
-MODBUS_FAULTS = ("exception", "short")
+HTTP_FAULTS = ("garbage", "short_row", "nulls", "null_data", "string_value", "error500", "slow",
+               *hostile.BODY_POISONS)
+MODBUS_FAULTS = ("exception", "short", "absurd")
+
+
+def poison_spots(document: dict[str, Any]) -> hostile.Spots:
+    """Where a hostile mode poisons a measurement document: the firmware version (an info
+    label), the import counter of the first row, the export counter of the second (or first),
+    the power of the first."""
+    if "Datas" in document:
+        rows: tuple = ("Datas", 0)
+        other: tuple = ("Datas", 1 if len(document["Datas"]) > 1 else 0)
+    else:
+        rows = other = ("Data",) if "Data" in document else ("data",)
+    return hostile.Spots(("version",), rows + (3,), other + (4,), rows + (2,))
 
 
 @dataclass
@@ -313,6 +327,10 @@ class IammeterHttpSimulator:
         if self.fault == "garbage":
             return web.Response(status=200, body=b"<html><body>busy\x00\xff</body></html>",
                                 content_type="text/html", headers=_CORS)
+        if self.fault in hostile.BODY_POISONS:
+            doc = self.document()
+            doc = {**extra, **doc} if extra else doc
+            return _json_response(hostile.poisoned(doc, self.fault, poison_spots(doc)))
         return _json_response(self._body(extra))
 
     async def _monitorjson(self, request: web.Request) -> web.Response:
@@ -430,7 +448,9 @@ class IammeterModbusSimulator:
 
     `wide=False` leaves out the reactive block and runtime (reads beyond register 37 are then
     refused, like a meter without them). `fault = "exception"` answers every read with
-    exception 4 (device failure); `fault = "short"` answers with only 5 registers.
+    exception 4 (device failure); `fault = "short"` answers with only 5 registers; `fault =
+    "absurd"` answers with the total import at its largest value (a jump no meter can make)
+    and the first phase's import back at 0.
     """
 
     def __init__(self, state: MeterState, *, single_phase: bool | None = None, wide: bool = True) -> None:
@@ -472,6 +492,13 @@ class IammeterModbusSimulator:
         if self.fault == "exception":
             return ExcCodes.DEVICE_FAILURE
         words = self.registers()
+        if self.fault == "absurd":
+            if self.single_phase:
+                words[4:6] = [0xFFFF, 0xFFFF]
+            else:
+                words[reg.TOTAL_IMPORT:reg.TOTAL_IMPORT + 2] = [0xFFFF, 0xFFFF]
+                start = reg.PHASE_BLOCK_STARTS[0] + reg.PHASE_IMPORT
+                words[start:start + 2] = [0, 0]
         registers[:len(words)] = words
         return None
 

@@ -20,7 +20,9 @@ against the window, as a server counting requests would. Every call is in `calls
 `fault` makes every data call (`/api/v1/site/...`) misbehave until cleared with None:
 "status:500", "status:503" (the error status with a plain-text body), "html" (a 200 with an
 HTML page, as a maintenance page or a captive portal gives), "nothing" (the over-quota answer,
-as `_limited` gives it). Logins are not affected: a token once issued stays valid.
+as `_limited` gives it), a poison of `hostile.BODY_POISONS` (the metersdata answer with one
+spot poisoned: see `POISON_SPOTS`), "error_surrogate" (a refusal whose message holds a lone
+surrogate). Logins are not affected: a token once issued stays valid.
 
 The token goes in a `token` header or a `token` query parameter. An unknown token is answered
 `{"data":null,"successful":false,"message":"Token is invalid or expired"}` (`token_error_status`
@@ -46,6 +48,8 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable
 
 from aiohttp import web
+
+from . import hostile
 
 # --- The seed's example bodies ---------------------------------------------------------------
 
@@ -118,6 +122,11 @@ SEED_ENERGY_HISTORY = {  # groupby=day, 2024-05-05 .. 2024-05-07
 }
 
 INVALID_TOKEN = {"data": None, "successful": False, "message": "Token is invalid or expired"}
+# Where a hostile mode poisons the metersdata answer of the seed's meters: the first meter's SN,
+# its import counter (a single-phase row), the first phase's import of the third meter, the
+# first meter's power.
+POISON_SPOTS = hostile.Spots(("data", 0, "sn"), ("data", 0, "values", 3), ("data", 2, "values", 0, 3),
+                             ("data", 0, "values", 2))
 WRONG_PASSWORD = {"data": None, "successful": False, "message": "Incorrect user name or password"}
 SWING = 0.1  # power varies +-10 % over a day
 DAY = 86400.0
@@ -386,6 +395,12 @@ class IammeterCloudSimulator:
                                      "<h1>IAMMETER is being upgraded</h1></body></html>", content_type="text/html")
         if fault == "nothing":
             return web.Response(status=self.nothing_status, body=b"", content_type="application/json")
+        if fault in hostile.BODY_POISONS:
+            answer = json.loads(self._metersdata().body)  # type: ignore[arg-type]
+            return web.Response(body=hostile.poisoned(answer, fault, POISON_SPOTS), content_type="application/json")
+        if fault == "error_surrogate":
+            refusal = {"data": None, "successful": False, "message": f"Meter offline{hostile.SURROGATE}"}
+            return web.Response(body=hostile.dumps(refusal), content_type="application/json")
         raise ValueError(f"unknown fault {fault!r}")
 
     @staticmethod

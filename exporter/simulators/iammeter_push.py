@@ -13,7 +13,10 @@ as text/plain to a URL, the way the HTTP upload mode does. Both render the same 
 local API (`simulators/iammeter.py`): the captured body of `conformance/iammeter/` byte for byte
 while the measurement is untouched, the firmware's format otherwise. `fault` injects what a
 broken meter or a bad network sends: "garbage", "short_row", "nulls", "string_value",
-"wrong_sn", "huge".
+"wrong_sn", "huge", the poisons of `hostile.BODY_POISONS` (invalid UTF-8, a lone surrogate,
+absurd counters...), and for HTTP uploads broken framing: "chunk:-6" (a chunked upload with a
+negative chunk size), "endless:chunked" (a chunked upload that never ends, as fast as the
+receiver reads).
 
 Demo: `python -m exporter.simulators.iammeter_push mqtt --broker` starts a broker and a meter
 publishing to it; `python -m exporter.simulators.iammeter_push http --url http://127.0.0.1:8088/`
@@ -36,15 +39,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import aiomqtt
 
-from .iammeter import DEFAULT_CONFORMANCE, IammeterHttpSimulator, MeterState, meter_state
+from . import hostile
+from .iammeter import DEFAULT_CONFORMANCE, IammeterHttpSimulator, MeterState, meter_state, poison_spots
 from .ports import free_port
 from .tls import Authority, new_authority
 
-PUSH_FAULTS = ("garbage", "short_row", "nulls", "string_value", "wrong_sn", "huge")
+PUSH_FAULTS = ("garbage", "short_row", "nulls", "string_value", "wrong_sn", "huge", *hostile.BODY_POISONS)
+RAW_UPLOAD_FAULTS = ("chunk:-6", "endless:chunked")
+ENDLESS_CAP = 16 * 1024 * 1024
 TOPIC = "device/{sn}/realtime"
 
 
@@ -272,6 +279,8 @@ class PushingMeter:
         if self.fault == "garbage":
             return b'{"method":"uploadsn","SN":"' + self.serial.encode() + b'","Datas":[[220.0,9.9'
         document = self._renderer.document()
+        if self.fault in hostile.BODY_POISONS:  # (a reading may be 64 KiB at most: nested less deep)
+            return hostile.poisoned(document, self.fault, poison_spots(document), depth=hostile.SMALL_DEPTH)
         if self.fault == "huge":
             document["padding"] = "x" * 70_000
         elif self.fault == "wrong_sn":
@@ -362,6 +371,7 @@ class HttpPushMeter(PushingMeter):
         super().__init__(model, **kwargs)
         self.url = url
         self.errors = 0
+        self.endless_full = 0  # endless uploads the receiver read to the cap (it never refused)
         self.last_status: int | None = None
         self.last_reply: Any = None
 
@@ -385,14 +395,54 @@ class HttpPushMeter(PushingMeter):
             if own:
                 await session.close()
 
+    async def post_raw(self) -> int | None:
+        """One upload with broken framing (`fault` in RAW_UPLOAD_FAULTS) on a socket of its own;
+        the status the receiver answered, or None if it closed without one."""
+        parts = urlsplit(self.url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+        try:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            head = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                    "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+            body = self._renderer.document()
+            data = json.dumps(body, separators=(",", ":")).encode()
+            if self.fault == "chunk:-6":
+                writer.write(head + b"-6\r\n" + f"{len(data):x}".encode() + b"\r\n" + data + b"\r\n0\r\n\r\n")
+                await writer.drain()
+            else:
+                writer.write(head + f"{len(data) // 2:x}".encode() + b"\r\n" + data[: len(data) // 2] + b"\r\n")
+                piece = b"10000\r\n" + b" " * 65536 + b"\r\n"
+                sent = 0
+                answer = asyncio.ensure_future(reader.readline())
+                while sent < ENDLESS_CAP and not answer.done():
+                    writer.write(piece)
+                    await writer.drain()
+                    sent += len(piece)
+                if sent >= ENDLESS_CAP:
+                    self.endless_full += 1
+                return _status_of(await asyncio.wait_for(answer, 10))
+            return _status_of(await asyncio.wait_for(reader.readline(), 10))
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            return None
+        finally:
+            writer.close()
+
     async def _loop(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
                 try:
-                    await self.post_once(session)
+                    if self.fault in RAW_UPLOAD_FAULTS:
+                        self.last_status = await self.post_raw()
+                    else:
+                        await self.post_once(session)
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                     self.errors += 1  # the receiver is not up yet, or gone: the meter just tries again
                 await asyncio.sleep(self.interval)
+
+
+def _status_of(line: bytes) -> int | None:
+    parts = line.split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
 
 
 # --- Demo runner ------------------------------------------------------------------------------

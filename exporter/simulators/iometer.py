@@ -5,7 +5,10 @@ back to copies embedded here when the corpus is absent). With `Accept: text/even
 same paths stream Server-Sent Events, as the bridge does: `event: readingEvent` /
 `event: statusEvent`, `data:` the JSON body on one line, the current state first, then every
 change. Tests change the state with `set_reading` / `set_status` and cut streams with
-`drop_streams`.
+`drop_streams`. `stream_fault` makes the reading stream hostile: "endless_line" (an event whose
+data line never ends, sent as fast as the client reads), or a poison of `hostile.BODY_POISONS`
+in the reading event (see `POISON_SPOTS`); `poisoned_reading(poison)` is the same body for
+`set_reading` in poll mode.
 
 Run `python -m exporter.simulators.iometer` for a demo: a bridge whose meter counts up, and a
 Partner API simulator with a few installations receiving readings.
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from . import hostile
 
 CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "iometer-local"
 
@@ -99,6 +104,14 @@ THREE_PHASE_READING: dict[str, Any] = {
 }
 
 
+# Where a hostile mode poisons a reading: the meter number (a label), the import and export
+# registers, the power register.
+POISON_SPOTS = hostile.Spots(("meter", "number"), ("meter", "reading", "registers", 0, "value"),
+                             ("meter", "reading", "registers", 1, "value"),
+                             ("meter", "reading", "registers", 2, "value"))
+ENDLESS_CAP = 16 * 1024 * 1024
+
+
 def load_body(name: str, root: Path | None = None) -> bytes:
     """The corpus body of `reading` or `status`, byte for byte, or the embedded copy."""
     folder = CONFORMANCE if root is None else root
@@ -130,6 +143,8 @@ class BridgeSimulator:
         self.requests: dict[str, int] = {"reading": 0, "status": 0}
         self.stream_requests: dict[str, int] = {"reading": 0, "status": 0}
         self.fail_with: int | None = None  # answer every request with this status
+        self.stream_fault: str | None = None  # see the module's docstring
+        self.endless_full = 0  # endless lines the client read to the cap (it never gave up)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -160,6 +175,10 @@ class BridgeSimulator:
     def body(self, name: str) -> bytes:
         return self._bodies[name]
 
+    def poisoned_reading(self, poison: str) -> bytes:
+        """The current reading with `poison` at its spot."""
+        return hostile.poisoned(json.loads(self._bodies["reading"]), poison, POISON_SPOTS)
+
     def set_reading(self, reading: bytes | dict[str, Any]) -> None:
         self._set("reading", _body(reading))
 
@@ -180,6 +199,12 @@ class BridgeSimulator:
             for queue in list(queues):
                 queue.put_nowait(None)
         await asyncio.sleep(0)
+
+    def end_streams(self, name: str) -> None:
+        """End the open streams of `name` properly (the client sees the stream end after its
+        events, and asks again)."""
+        for queue in list(self._streams[name]):
+            queue.put_nowait(None)
 
     @property
     def open_streams(self) -> int:
@@ -209,6 +234,11 @@ class BridgeSimulator:
         self._transports.add(request.transport)
         event = b"readingEvent" if name == "reading" else b"statusEvent"
         try:
+            if name == "reading" and self.stream_fault is not None:
+                await self._hostile_stream(response, self.stream_fault, queue)
+                while await queue.get() is not None:
+                    pass  # then nothing more, until the stream is dropped
+                return response
             while True:
                 body = await queue.get()
                 if body is None:
@@ -221,6 +251,27 @@ class BridgeSimulator:
             self._streams[name].discard(queue)
             self._transports.discard(request.transport)
         return response
+
+    async def _hostile_stream(self, response: web.StreamResponse, fault: str, queue: asyncio.Queue) -> None:
+        """What a hostile bridge streams on the reading path (see `stream_fault`)."""
+        head = b"event: readingEvent\ndata: "
+        if fault == "endless_line":
+            body = json.dumps(json.loads(self._bodies["reading"]), separators=(",", ":")).encode()
+            await response.write(head + body[: len(body) // 2])
+            sent = 0
+            while sent < ENDLESS_CAP:
+                await response.write(b"0" * 65536)
+                sent += 65536
+            self.endless_full += 1
+            return
+        while True:  # the poisoned reading, again and again, as a meter's readings come
+            await response.write(head + self.poisoned_reading(fault) + b"\n\n")
+            try:
+                if await asyncio.wait_for(queue.get(), 0.2) is None:
+                    queue.put_nowait(None)
+                    return
+            except asyncio.TimeoutError:
+                pass
 
 
 def advance(reading: dict[str, Any], seconds: float, now: float) -> dict[str, Any]:

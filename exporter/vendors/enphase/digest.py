@@ -12,6 +12,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from ...jsontext import header_problem
+
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
@@ -28,8 +30,8 @@ class Challenge:
 
 def parse_challenge(header: str | None) -> Challenge | None:
     """The Digest challenge of a `WWW-Authenticate` header, or None if it offers no Digest."""
-    if not header:
-        return None
+    if not header or header_problem(header) is not None:
+        return None  # its realm and nonce are sent back in a header: nothing that cannot be
     start = header.lower().find("digest ")
     if start < 0:
         return None

@@ -221,7 +221,14 @@ class EnphaseLocal:
         self.username: str | None = target.option("username")
         self._password = target.option("password")
         configured = target.option("token")
-        self.configured_token: TokenInfo | None = token_info(configured.reveal()) if configured else None
+        # A token the loader let through but that cannot be used (a token_file rewritten with a
+        # line break in it) fails each poll with reason `config`; the message never quotes it.
+        self._token_problem: str | None = None
+        try:
+            self.configured_token: TokenInfo | None = token_info(configured.reveal()) if configured else None
+        except TokenError as exc:
+            self.configured_token = None
+            self._token_problem = f"the configured token is not usable: {exc}"
         fingerprint = target.option("tls_fingerprint")
         self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
         self.tls_verify: bool = target.option("tls_verify", True)
@@ -309,6 +316,8 @@ class EnphaseLocal:
         return reading
 
     async def _poll(self, now: float) -> Reading:
+        if self._token_problem is not None:
+            raise PollError("config", self._token_problem)
         self._renewed_this_poll = False
         self._accepted_this_poll = False
         self._jwt_check = None

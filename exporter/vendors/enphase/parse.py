@@ -50,7 +50,6 @@ Known firmware faults, and what the parsers do about them:
 
 from __future__ import annotations
 
-import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from typing import Any, Iterable, Mapping
 
 from ... import catalogue as cat
 from ...catalogue import JOULES_PER_WH
+from ...jsontext import label_text, loads
 from ...samples import DeviceInfo, ParseError, Reading, number_or_none
 
 PHASES = ("l1", "l2", "l3")
@@ -114,9 +114,12 @@ def _int(value: Any, what: str) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         return int(value.strip())
     raise ParseError(f"{what}: expected an integer, got {_kind(value)}")
+
+
+_DIGITS = re.compile(r"[0-9]{1,30}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 
 
 def _serial(value: Any, what: str) -> str | None:
@@ -124,10 +127,12 @@ def _serial(value: Any, what: str) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ParseError(f"{what}: expected a serial number, got {_kind(value)}")
+    if isinstance(value, int) and not -10**64 < value < 10**64:
+        raise ParseError(f"{what}: number out of range")
     text = str(value).strip()
     if not text:
         raise ParseError(f"{what}: empty serial number")
-    return text
+    return label_text(text)  # a label value (inverter, battery)
 
 
 def _kind(value: Any) -> str:
@@ -207,7 +212,7 @@ class GatewayInfo:
         return Reading(devices=[DeviceInfo(model=self.part_number, serial=self.serial, firmware=self.firmware)])
 
 
-_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+_VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})(?:\.([0-9]{1,9}))?")
 
 
 def parse_info(body: bytes | str) -> GatewayInfo:
@@ -244,10 +249,10 @@ def parse_info(body: bytes | str) -> GatewayInfo:
     def flag(value: str | None) -> bool | None:
         return None if value is None else value.lower() == "true"
 
-    return GatewayInfo(
-        serial=serial,
-        part_number=text_of(device, "pn") or "",
-        firmware=software,
+    return GatewayInfo(  # label values of the info metric: made fit for that
+        serial=label_text(serial),
+        part_number=label_text(text_of(device, "pn") or ""),
+        firmware=label_text(software),
         version=version,
         web_tokens=flag(text_of(root, "web-tokens")),
         imeter=flag(text_of(device, "imeter")),
@@ -410,9 +415,11 @@ def parse_production_page(body: bytes | str, phase_count: int | None = None) -> 
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     if isinstance(text, str) and text.lstrip().startswith("<"):
         return parse_production_html(text)
+    if not isinstance(text, str):
+        raise ParseError(f"/production: expected text, got {_kind(body)}")
     try:
-        payload = json.loads(text)
-    except (TypeError, ValueError):
+        payload = loads(text, "/production")
+    except ParseError:
         raise ParseError("/production: neither HTML nor JSON") from None
     return parse_production_json(payload, phase_count)
 
@@ -494,7 +501,7 @@ def parse_meters(payload: Any) -> dict[int, MeterConfig]:
         enabled = state is None or state == "enabled"
         label = None
         if role and enabled:
-            role = role.strip()
+            role = label_text(role.strip(), 64)  # the `meter` label
             count = used.get(role, 0)
             used[role] = count + 1
             label = role if count == 0 else f"{role}-{count + 1}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ import aiohttp
 
 from ...errors import PollError
 from ...http import request
+from ...jsontext import label_text, loads
 from ...state import StateDirectory
 
 ENLIGHTEN_URL = "https://enlighten.enphaseenergy.com"
@@ -70,6 +71,9 @@ class TokenInfo:
         return self.expires_at - now
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_\-]*")
+
+
 def _b64url(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
@@ -79,11 +83,13 @@ def decode_claims(token: str) -> dict[str, Any]:
     if not isinstance(token, str):
         raise TokenError("a token must be text")
     parts = token.strip().split(".")
-    if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z0-9_\-]*", p) for p in parts[:2]):
+    # All three parts, the signature too: the token travels in a header, where a line break or
+    # any other character outside base64url has no place.
+    if len(parts) != 3 or not all(_B64URL.fullmatch(p) for p in parts):
         raise TokenError("not a JWT (expected three base64url parts separated by dots)")
     try:
-        claims = json.loads(_b64url(parts[1]))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        claims = loads(_b64url(parts[1]), "the token's payload")
+    except (ValueError, binascii.Error):  # JsonError is a ValueError
         raise TokenError("not a JWT (its payload is not base64url-encoded JSON)") from None
     if not isinstance(claims, dict):
         raise TokenError("not a JWT (its payload is not a JSON object)")
@@ -94,20 +100,30 @@ def token_info(token: str) -> TokenInfo:
     """Decode a gateway token; TokenError when it has no usable expiry."""
     token = token.strip()
     claims = decode_claims(token)
-    exp = claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+    expires = _time(claims.get("exp"))
+    if expires is None:
         raise TokenError("the token has no expiry (`exp`)")
-    iat = claims.get("iat")
-    issued = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None
+    issued = _time(claims.get("iat"))
     user = claims.get("enphaseUser")
     aud = claims.get("aud")
     return TokenInfo(
         token=token,
-        expires_at=float(exp),
+        expires_at=expires,
         issued_at=issued,
-        user_type=user if isinstance(user, str) else None,
-        serial=str(aud) if isinstance(aud, (str, int)) and not isinstance(aud, bool) and str(aud).isdigit() else None,
+        user_type=label_text(user, 32) if isinstance(user, str) else None,
+        serial=str(aud) if isinstance(aud, (str, int)) and not isinstance(aud, bool) and str(aud).isascii() and str(aud).isdigit() else None,
     )
+
+
+def _time(value: Any) -> float | None:
+    """A claim that is a moment (Unix time), or None when it is absent or not a usable number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        moment = float(value)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return moment if math.isfinite(moment) else None
 
 
 # --- Enlighten -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ configured `serial`, or else the one the device reports on its first, token-less
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -27,6 +28,7 @@ from ..registry import TransportSpec, register
 from . import parse
 
 BUNDLED_CA = Path(__file__).with_name("homewizard-ca.pem")
+_CERT_NAME = re.compile(r"appliance/[a-z0-9_.-]{1,40}/[a-z0-9_.-]{1,64}")
 SYSTEM_REFRESH = 60.0  # seconds between reads of /api/system (Wi-Fi signal, uptime)
 DEVICE_REFRESH = 3600.0  # seconds between reads of /api (firmware can change under us)
 
@@ -114,7 +116,13 @@ class HomeWizardLocal:
         if not serial or not model:
             return None
         kind = parse.CERT_KINDS.get(model, model.lower())
-        return f"appliance/{kind}/{serial.lower()}"
+        name = f"appliance/{kind}/{serial.lower()}"
+        # The name goes to the TLS layer, which refuses (ValueError) what is not a host name.
+        if not _CERT_NAME.fullmatch(name):
+            configured = bool(self.target.option("serial"))
+            raise PollError("config" if configured else "parse",
+                            f"the serial {serial[:40]!r} cannot be a certificate name (letters and digits expected)")
+        return name
 
     # --- requests --------------------------------------------------------------------------
     async def _get(self, version: int, path: str, authorized: bool) -> Response:

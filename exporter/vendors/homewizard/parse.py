@@ -17,6 +17,7 @@ from typing import Any
 
 from ... import catalogue as M
 from ...catalogue import JOULES_PER_GJ, JOULES_PER_KWH, Metric
+from ...jsontext import label_text
 from ...samples import DeviceInfo, ParseError, Reading, Sample, number_or_none
 
 # (v1 field, v2 field, metric, labels, factor). A None field name: not sent by that API.
@@ -170,7 +171,9 @@ def parse_device(payload: Any) -> DeviceInfo:
     if not isinstance(product, str) or not isinstance(serial, str):
         raise ParseError("/api: product_type and serial must be strings")
     firmware = data.get("firmware_version")
-    return DeviceInfo(model=product, serial=serial, firmware=str(firmware) if firmware is not None else "")
+    firmware = str(firmware) if isinstance(firmware, (str, int, float)) and not isinstance(firmware, bool) else ""
+    # These become label values of the info metric: no control characters, bounded length.
+    return DeviceInfo(model=label_text(product), serial=label_text(serial), firmware=label_text(firmware))
 
 
 def api_version(payload: Any) -> int:
@@ -197,7 +200,7 @@ def parse_v1_data(payload: Any, tz: tzinfo | None = None) -> Reading:
     seen = _add_externals(reading, externals, tz, _dsmr_time)
     # Old firmware reports the gas meter only in these flat fields.
     gas_id = data.get("gas_unique_id")
-    gas_id = gas_id if isinstance(gas_id, str) else ""
+    gas_id = label_text(gas_id) if isinstance(gas_id, str) else ""
     if "total_gas_m3" in data and (M.GAS.name, "gas_meter", gas_id) not in seen:
         reading.add(M.GAS, number_or_none(data["total_gas_m3"], "total_gas_m3"), meter=gas_id)
         reading.add(M.EXTERNAL_MEASUREMENT_TIME, _dsmr_time(data.get("gas_timestamp"), tz), meter=gas_id)
@@ -230,11 +233,12 @@ def api_error(payload: Any) -> str | None:
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
-    if isinstance(error, str):
-        return error
-    if isinstance(error, dict) and "id" in error:
-        return str(error["id"])
-    return None
+    if isinstance(error, dict):
+        error = error.get("id")
+        if isinstance(error, int) and not isinstance(error, bool) and abs(error) < 10**18:
+            error = str(error)
+    # The code goes into messages shown on the status page and in logs.
+    return label_text(error, 64) if isinstance(error, str) else None
 
 
 def _single_phase_voltage(reading: Reading, data: dict, key: str) -> None:
@@ -258,7 +262,9 @@ def _add_externals(reading: Reading, externals: Any, tz: tzinfo | None, to_time)
         uid, kind, unit = entry.get("unique_id"), entry.get("type"), entry.get("unit")
         if not isinstance(uid, str) or not isinstance(kind, str) or entry.get("value") is None:
             continue
-        unit = unit if isinstance(unit, str) else ""
+        # Label values: a device must not be able to write a label that breaks the exposition.
+        uid, kind = label_text(uid), label_text(kind)
+        unit = label_text(unit) if isinstance(unit, str) else ""
         value = entry["value"]
         if value.__class__ is not float or not math.isfinite(value):
             try:

@@ -63,6 +63,7 @@ from ...config import Option, Secret, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
 from ...http import request, status_error
+from ...jsontext import header_problem
 from ...quota import Limit, QuotaLedger, ledger_for
 from ...samples import ParseError, Reading
 from ...state import StateDirectory
@@ -178,7 +179,8 @@ class CloudClient:
         if not isinstance(stored, dict):
             return
         token = stored.get("token")
-        if isinstance(token, str) and token:
+        # A damaged state file must not put a line break into a header: log in again instead.
+        if isinstance(token, str) and token and header_problem(token) is None:
             self._token = token
             self.account_id = str(stored.get("account_id") or "")
         holdoff = stored.get("holdoff")

@@ -33,7 +33,6 @@ phase series, and its net row the `..._net_...` series and the system power fact
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -81,6 +80,7 @@ from ...catalogue import (
     POWER_FACTOR,
     Metric,
 )
+from ...jsontext import header_problem, label_text, loads
 from ...samples import DeviceInfo, ParseError, Reading, number_or_none
 from .parse import parse_monitorjson
 
@@ -130,16 +130,12 @@ def unwrap(body: bytes, what: str = "answer") -> Any:
     """The `data` of an answer; NothingReturned, ApiRefused or ParseError otherwise."""
     if is_nothing(body):
         raise NothingReturned(what)
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        snippet = body[:60].decode("utf-8", "replace")
-        raise ParseError(f"{what}: not JSON: {snippet!r}") from None
+    payload = loads(body, what)  # JsonError is a ParseError
     if not isinstance(payload, dict):
         raise ParseError(f"{what}: expected a JSON object, got {_kind(payload)}")
     successful = payload.get("successful")
     message = payload.get("message")
-    text = message.strip()[:200] if isinstance(message, str) else ""
+    text = label_text(message.strip(), 200) if isinstance(message, str) else ""  # shown in messages
     if successful is False or (type(successful) is int and successful == 0):
         return _refused(text)
     if successful not in (None, True, 1):
@@ -173,12 +169,14 @@ def parse_login(data: Any) -> Login:
     token = obj.get("token")
     if not isinstance(token, str) or not token.strip():
         raise ParseError("login: no token in the answer")
-    if len(token) > 4096 or any(c in token for c in "\r\n"):
+    if len(token) > 4096 or header_problem(token.strip()) is not None:
         raise ParseError("login: the token is not a plain string")
     account = obj.get("id")
     if isinstance(account, bool) or not isinstance(account, (str, int, type(None))):
         raise ParseError(f"login: id: expected a number or text, got {_kind(account)}")
-    return Login(token.strip(), "" if account is None else str(account)[:64])
+    if isinstance(account, int) and not -10**64 < account < 10**64:
+        raise ParseError("login: id: number out of range")
+    return Login(token.strip(), "" if account is None else label_text(str(account), 64))
 
 
 # --- latest values -------------------------------------------------------------------------------
@@ -432,7 +430,7 @@ def _sn(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ParseError(f"{what}: expected a serial number, got {_kind(value)}")
     text = str(value).strip()
-    if not text or len(text) > 64:
+    if not text or len(text) > 64 or not text.isprintable():
         raise ParseError(f"{what}: {text[:70]!r} is not a serial number")
     return text
 

@@ -15,7 +15,6 @@ target of its SN fails with reason `parse`), an SN in the body that differs from
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
@@ -23,6 +22,7 @@ from ... import logs
 from ...config import Config, Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
+from ...jsontext import JsonError, label_text, loads
 from ...mqtt import (
     DEFAULT_TOPIC,
     BrokerConnection,
@@ -119,25 +119,25 @@ class IammeterMqttRouter:
 
     def on_message(self, topic: str, payload: bytes) -> None:
         topic_sn = wildcard_value(self.topic_filter, topic)
+        where = label_text(topic, 200)  # what messages and logs say: no control characters
         emit = None
         if topic_sn is not None:
             emit = self.routes.get(normalize_id(topic_sn))
             if emit is None:
-                self._unknown(topic_sn, topic)
+                self._unknown(topic_sn, where)
                 return
         if len(payload) > MAX_PAYLOAD_BYTES:
             self._refuse(emit, "too_large", PollError(
-                "too_large", f"MQTT message on {topic} of {len(payload)} bytes refused (limit {MAX_PAYLOAD_BYTES})"))
+                "too_large", f"MQTT message on {where} of {len(payload)} bytes refused (limit {MAX_PAYLOAD_BYTES})"))
             return
         try:
-            document = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            self._refuse(emit, "malformed", PollError("parse", f"MQTT message on {topic} is not JSON "
-                                                               f"({exc.__class__.__name__}): {_snippet(payload)}"))
+            document = loads(payload, f"MQTT message on {where}")
+        except JsonError as exc:
+            self._refuse(emit, "malformed", PollError("parse", str(exc)))
             return
         body_sn = document.get("SN") if isinstance(document, dict) else None
         if body_sn is not None and (isinstance(body_sn, bool) or not isinstance(body_sn, (str, int))):
-            self._refuse(emit, "malformed", PollError("parse", f"MQTT message on {topic}: SN is not text"))
+            self._refuse(emit, "malformed", PollError("parse", f"MQTT message on {where}: SN is not text"))
             return
         if emit is None:  # a filter without '+': the body alone names the meter
             if body_sn is None or not str(body_sn).strip():
@@ -145,16 +145,16 @@ class IammeterMqttRouter:
                 return
             emit = self.routes.get(normalize_id(body_sn))
             if emit is None:
-                self._unknown(str(body_sn), topic)
+                self._unknown(str(body_sn), where)
                 return
         elif body_sn is not None and normalize_id(body_sn) != normalize_id(topic_sn):
             self._refuse(emit, "sn_mismatch", PollError(
-                "parse", f"MQTT message on {topic} carries SN {str(body_sn)[:64]!r}, not the topic's"))
+                "parse", f"MQTT message on {where} carries SN {str(body_sn)[:64]!r}, not the topic's"))
             return
         try:
             reading = parse_monitorjson(document)
         except ParseError as exc:
-            self._refuse(emit, "malformed", PollError("parse", f"MQTT message on {topic}: {exc}"))
+            self._refuse(emit, "malformed", PollError("parse", f"MQTT message on {where}: {exc}"))
             return
         emit(reading)
 
@@ -168,11 +168,7 @@ class IammeterMqttRouter:
         key = normalize_id(sn)
         if key not in self._unknown_logged and len(self._unknown_logged) < MAX_UNKNOWN_LOGGED:
             self._unknown_logged.add(key)
-            self.log.info("mqtt message from a meter no target reads", sn=sn[:64], topic=topic[:200])
-
-
-def _snippet(payload: bytes) -> str:
-    return repr(payload[:40].decode("utf-8", "replace"))
+            self.log.info("mqtt message from a meter no target reads", sn=label_text(sn, 64), topic=topic)
 
 
 class IammeterMqttAdapter:

@@ -84,6 +84,7 @@ from ...catalogue import (
     WIFI_RSSI,
     WIFI_SIGNAL,
 )
+from ...jsontext import label_text
 from ...samples import DeviceInfo, ParseError, Reading, number_or_none
 from . import registers as reg
 
@@ -326,7 +327,7 @@ def _text(payload: dict, key: str) -> str:
         raise ParseError(f"{key}: expected text, got {_kind(value)}")
     if isinstance(value, int) and not -10**64 < value < 10**64:
         raise ParseError(f"{key}: number out of range")
-    return str(value).strip()[:64]
+    return label_text(str(value).strip(), 64)  # a label value (model, serial, firmware)
 
 
 def _joules(kwh: float | None) -> float | None:

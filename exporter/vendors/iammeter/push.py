@@ -16,7 +16,7 @@ from ... import logs
 from ...config import Config, Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
-from ...push import PushListener, PushSettings, Sink, normalize_id, parse_listen, parse_networks
+from ...push import PushListener, PushSettings, Sink, check_section, normalize_id, parse_listen, parse_networks
 from ..registry import TransportSpec, register
 from . import http as _http  # noqa: F401  (registered first: http stays the default transport)
 from .mqtt import check_target
@@ -42,6 +42,7 @@ def check_config(config: Config) -> Iterable[tuple[tuple, str]]:
         parse_networks(section.get("allowed_networks"))
     except ValueError as exc:
         yield ("http_push", "allowed_networks"), str(exc)
+    yield from check_section(section)
     seen: dict[str, str] = {}
     # The loader runs this only when every target is valid, so the index is the file's index.
     for index, target in enumerate(config.targets):

@@ -10,14 +10,17 @@ event, and reconnects a stream that breaks or goes silent with a growing delay
 answers a stream request with plain JSON (no SSE) is read like a poll, once per interval.
 The adapter is a push adapter (`run`) in sse mode; a daemon that polls it anyway gets the newest
 streamed state from `poll()` (the streams then run in the background), or the error that broke
-them since.
+them since. Every way a stream fails (refused or timed-out connection, an HTTP error status, an
+answer that is not HTTP, an event that is not JSON, an event or line over 1 MiB, no complete
+event for `stream_idle_timeout`) reaches the target as a failure with its reason, and the
+stream is opened again after the delay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -28,6 +31,7 @@ from ...config import Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
 from ...http import Response, request, status_error
+from ...jsontext import JsonError, label_text, loads
 from ...samples import ParseError, Reading
 from ..registry import TransportSpec, register
 from . import parse
@@ -68,33 +72,61 @@ class SseEvent:
     id: str | None = None
 
 
+class EventTooLarge(ParseError):
+    """An event (or a line) longer than the decoder accepts: the stream is dropped."""
+
+
+_LINE_BREAK = re.compile(rb"[\r\n]")
+
+
 @dataclass
 class SseDecoder:
     """Splits an event stream into events (WHATWG rules: `\\n`, `\\r\\n` or `\\r` line ends,
-    `:` comments, multi-line `data`, dispatch on a blank line)."""
+    `:` comments, multi-line `data`, dispatch on a blank line).
+
+    Incremental: each chunk is searched for line ends once (bytes already searched are not
+    searched again), so a long line in small pieces costs its length, not its length squared.
+    An event (all its lines, including one still incomplete) longer than `max_bytes` raises
+    EventTooLarge."""
 
     max_bytes: int = MAX_EVENT_BYTES
-    _buffer: bytes = b""
+    _buffer: bytearray = field(default_factory=bytearray)
+    _scanned: int = 0  # bytes of the buffer searched for a line end already
     _event: str = ""
     _data: list[str] = field(default_factory=list)
     _id: str | None = None
-    _size: int = 0
+    _size: int = 0  # characters of the current event's data so far
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        self._buffer += chunk
+        buffer = self._buffer
+        buffer += chunk
         events: list[SseEvent] = []
+        start = 0  # where the current line begins
         while True:
-            cut = _line_end(self._buffer)
-            if cut is None:
+            match = _LINE_BREAK.search(buffer, self._scanned)
+            if match is None:
+                self._scanned = len(buffer)
                 break
-            end, width = cut
-            line = self._buffer[:end].decode("utf-8", "replace")
-            self._buffer = self._buffer[end + width:]
+            end = match.start()
+            width = 1
+            if buffer[end] == 0x0D:
+                if end + 1 == len(buffer):  # a lone CR at the very end may still become CRLF
+                    self._scanned = end
+                    break
+                if buffer[end + 1] == 0x0A:
+                    width = 2
+            if end - start > self.max_bytes:
+                raise EventTooLarge(f"event stream: a line longer than {self.max_bytes} bytes")
+            line = buffer[start:end].decode("utf-8", "replace")
+            start = self._scanned = end + width
             event = self._line(line)
             if event is not None:
                 events.append(event)
-        if len(self._buffer) + self._size > self.max_bytes:
-            raise ParseError(f"event stream: an event larger than {self.max_bytes} bytes")
+        if start:
+            del buffer[:start]  # a bytearray drops its head without copying the rest
+            self._scanned -= start
+        if len(buffer) + self._size > self.max_bytes:
+            raise EventTooLarge(f"event stream: an event larger than {self.max_bytes} bytes")
         return events
 
     def _line(self, line: str) -> SseEvent | None:
@@ -113,23 +145,12 @@ class SseDecoder:
             self._event = value
         elif name == "data":
             self._data.append(value)
-            self._size += len(value)
+            self._size += len(value) + 1
+            if self._size > self.max_bytes:
+                raise EventTooLarge(f"event stream: an event larger than {self.max_bytes} bytes")
         elif name == "id" and "\0" not in value:
             self._id = value
         return None
-
-
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
-    """Where the first line ends and how wide its ending is; a lone `\\r` at the very end
-    may still become `\\r\\n`, so it waits for more."""
-    for i, byte in enumerate(buffer):
-        if byte == 0x0A:
-            return i, 1
-        if byte == 0x0D:
-            if i + 1 == len(buffer):
-                return None
-            return i, 2 if buffer[i + 1] == 0x0A else 1
-    return None
 
 
 # --- The adapter -----------------------------------------------------------------------------
@@ -160,6 +181,7 @@ class IOmeterBridge:
         self._error_seq = 0
         self._news = asyncio.Event()
         self._streams: aiohttp.ClientSession | None = None
+        self._emit: Callable[[Reading | PollError], None] | None = None
 
     # --- poll mode ---
     async def poll(self) -> Reading:
@@ -180,13 +202,16 @@ class IOmeterBridge:
         return response.json()
 
     # --- sse mode ---
-    async def run(self, emit: Callable[[Reading], None]) -> None:
+    async def run(self, emit: Callable[[Reading | PollError], None]) -> None:
+        # Every failure goes to `emit` as a PollError: the target is down with its reason and
+        # its error counter moves (a push adapter cannot raise into the daemon's loop).
+        self._emit = emit
         if self.mode != "sse":
             await self._poll_forever(emit)
             return
         await asyncio.gather(self._stream_forever("reading", emit), self._stream_forever("status", emit))
 
-    async def _poll_forever(self, emit: Callable[[Reading], None]) -> None:
+    async def _poll_forever(self, emit: Callable[[Reading | PollError], None]) -> None:
         """Poll mode run as a push adapter (if the daemon asks for one)."""
         failures = 0
         while True:
@@ -199,7 +224,7 @@ class IOmeterBridge:
                 self._failed(exc if isinstance(exc, PollError) else PollError("timeout", "no answer in time"))
             await asyncio.sleep(min(self.target.interval * 2 ** min(failures, 16), max(self.target.max_backoff, self.target.interval)))
 
-    async def _stream_forever(self, name: str, emit: Callable[[Reading], None]) -> None:
+    async def _stream_forever(self, name: str, emit: Callable[[Reading | PollError], None]) -> None:
         delay = self.reconnect_delay
         while True:
             try:
@@ -212,8 +237,9 @@ class IOmeterBridge:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, max(self.target.max_backoff, self.reconnect_delay))
 
-    async def _stream_once(self, name: str, emit: Callable[[Reading], None]) -> bool:
-        """One connection to one event stream; True if it delivered at least one event."""
+    async def _stream_once(self, name: str, emit: Callable[[Reading | PollError], None]) -> bool:
+        """One connection to one event stream; True if it delivered at least one event. Every
+        way it can fail ends in a PollError with a reason."""
         url = f"{self.base}/v1/{name}"
         # The status stream may stay quiet while nothing changes; only readings must keep coming.
         idle = self.idle_timeout if name == "reading" else self.idle_timeout * 10
@@ -229,36 +255,61 @@ class IOmeterBridge:
                     raise status_error(url, Response(response.status, body, dict(response.headers)))
                 if "text/event-stream" not in response.headers.get("Content-Type", ""):
                     # No SSE on this firmware: take the body as one event, read again later.
-                    body = await response.content.read(MAX_EVENT_BYTES)
+                    body = await _read_bounded(response.content, MAX_EVENT_BYTES, url)
                     self._event(name, Response(200, body, {}).json(), emit)
                     await asyncio.sleep(self.target.interval)
                     return True
-                decoder = SseDecoder()
-                async for chunk in response.content.iter_any():
-                    for event in decoder.feed(chunk):
-                        try:
-                            payload = json.loads(event.data)
-                        except ValueError:
-                            self._failed(PollError("parse", f"{url}: event data is not JSON"))
-                            continue
-                        self._event(_kind_of(payload, event.event, name), payload, emit)
-                        delivered = True
+                delivered = await self._read_events(response.content, url, name, idle, emit)
         except PollError:
             raise
+        except EventTooLarge as exc:
+            raise PollError("too_large", f"{url}: {exc}") from None
         except ParseError as exc:
             raise PollError("parse", f"{url}: {exc}") from None
+        except aiohttp.ConnectionTimeoutError:
+            raise PollError("timeout", f"{url}: no connection within {self.target.timeout:g}s") from None
         except asyncio.TimeoutError:
             raise PollError("timeout", f"{url}: event stream silent for {idle:g}s") from None
         except aiohttp.ClientConnectorError as exc:
             raise PollError("connection", f"{url}: cannot connect: {exc.os_error.strerror or exc.os_error}") from None
+        except aiohttp.ClientResponseError as exc:
+            raise PollError("http_error", f"{url}: malformed HTTP answer: {label_text(str(exc.message), 120)}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise PollError("connection", f"{url}: event stream broken: {exc.__class__.__name__}") from None
+        except ValueError as exc:  # the client refused to send the request (a malformed host)
+            raise PollError("config", f"{url}: the request cannot be sent ({exc.__class__.__name__})") from None
         if not delivered:
             raise PollError("connection", f"{url}: event stream closed without an event")
         self.ctx.log.info("event stream ended; reconnecting", path=f"/v1/{name}")
         return delivered
 
-    def _event(self, name: str, payload: Any, emit: Callable[[Reading], None]) -> None:
+    async def _read_events(self, content: aiohttp.StreamReader, url: str, name: str, idle: float,
+                           emit: Callable[[Reading | PollError], None]) -> bool:
+        """Events until the stream ends; True if any was taken. A stream that keeps sending
+        bytes (comments, a line that never ends) but no event for `idle` seconds is as good as
+        silent: the socket's read timeout alone would never fire."""
+        loop = asyncio.get_running_loop()
+        decoder = SseDecoder()
+        delivered = False
+        last_event = loop.time()
+        async for chunk in content.iter_any():
+            events = decoder.feed(chunk)
+            if not events:
+                if loop.time() - last_event > idle:
+                    raise PollError("timeout", f"{url}: no complete event for {idle:g}s")
+                continue
+            last_event = loop.time()
+            for event in events:
+                try:
+                    payload = loads(event.data, "event data")
+                except JsonError as exc:
+                    self._failed(PollError("parse", f"{url}: {exc}"))
+                    continue
+                self._event(_kind_of(payload, event.event, name), payload, emit)
+                delivered = True
+        return delivered
+
+    def _event(self, name: str, payload: Any, emit: Callable[[Reading | PollError], None]) -> None:
         try:
             if name == "status":
                 self.status = parse.parse_bridge_status(payload)
@@ -273,7 +324,10 @@ class IOmeterBridge:
         self.last_error = exc
         self._error_seq = self._snapshot_seq + 1
         self._news.set()
-        self.ctx.log.warning("bridge stream problem", reason=exc.reason, error=exc.message)
+        if self._emit is not None:
+            self._emit(exc)  # the daemon records it and logs it (rate-limited)
+        else:
+            self.ctx.log.warning("bridge stream problem", reason=exc.reason, error=exc.message)
 
     async def _from_streams(self) -> Reading:
         """sse mode polled by the daemon: the newest streamed state (the first poll waits for
@@ -288,7 +342,9 @@ class IOmeterBridge:
                 return self._snapshot
             await self._news.wait()
 
-    def _keep(self, reading: Reading) -> None:
+    def _keep(self, reading: Reading | PollError) -> None:
+        if isinstance(reading, PollError):
+            return  # `_failed` has recorded it; the next poll raises it
         self._snapshot = reading
         self._snapshot_seq = max(self._snapshot_seq, self._error_seq) + 1
         self._news.set()
@@ -308,6 +364,18 @@ class IOmeterBridge:
         if self._streams is not None:
             await self._streams.close()
             self._streams = None
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int, url: str) -> bytes:
+    """The whole body, refused past `limit` bytes (read() alone may return only a part)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise PollError("too_large", f"{url}: answer larger than {limit} bytes refused")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _kind_of(payload: Any, event: str, default: str) -> str:

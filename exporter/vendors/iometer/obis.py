@@ -70,6 +70,7 @@ from ...catalogue import (
     TARIFF_ENERGY_IMPORTED,
     Metric,
 )
+from ...jsontext import label_text
 from ...samples import ParseError, Reading, Sample, number_or_none
 
 # --- Normalization ---------------------------------------------------------------------------
@@ -346,8 +347,8 @@ def _plan(code: Obis, unit: str | None, metrics: MetricSet, as_total: bool) -> P
     quantity = Quantity("active_power", "power") if as_total else quantity_for(code)
     if quantity is None:  # the generic family: converted where the unit is known, else as sent
         entry = _unit_entry(unit) if unit else None
-        if entry is None:
-            return Plan(metrics.obis_value, 1.0, (("unit", unit or ""),), code.text)
+        if entry is None:  # the unit as sent becomes a label value: made fit for that
+            return Plan(metrics.obis_value, 1.0, (("unit", label_text(unit or "", 32)),), code.text)
         factor, dimension = entry[1]
         return Plan(metrics.obis_value, factor, (("unit", _BASE_UNIT[dimension]),), code.text)
     if unit is None and quantity.dimension != "ratio":

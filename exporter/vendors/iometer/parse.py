@@ -31,6 +31,7 @@ from ...catalogue import (
     WIFI_RSSI,
     Metric,
 )
+from ...jsontext import label_text
 from ...samples import DeviceInfo, ParseError, Reading, Sample, number_or_none
 from .obis import (
     ACCOUNT,
@@ -73,14 +74,19 @@ def _list(value: Any, what: str, required: bool = False) -> list[Any]:
 
 
 def _text(value: Any, what: str, required: bool = False) -> str | None:
-    """A string field; GraphQL IDs may also arrive as whole numbers."""
+    """A string field; GraphQL IDs may also arrive as whole numbers. Ids, numbers and versions
+    become label values: made fit for that (no control characters, bounded length)."""
     if value is None:
         if required:
             raise ParseError(f"{what}: missing")
         return None
+    if value.__class__ is str:
+        return label_text(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ParseError(f"{what}: expected a string, got {type(value).__name__}")
-    return str(value)
+    if isinstance(value, int) and not -10**64 < value < 10**64:
+        raise ParseError(f"{what}: number out of range")
+    return label_text(str(value))
 
 
 def _enum(value: Any, what: str) -> str | None:
@@ -88,7 +94,7 @@ def _enum(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ParseError(f"{what}: expected a state name, got {type(value).__name__}")
-    return value.strip().lower()[:40]
+    return label_text(value.strip().lower(), 40)  # an unknown state becomes a label value
 
 
 _HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})T24(:.*)$")
@@ -284,17 +290,22 @@ class GraphQLResult:
     errors: tuple[dict[str, Any], ...]
 
     def error_text(self) -> str:
-        messages = [str(e.get("message", "error"))[:120] for e in self.errors]
+        messages = [label_text(_message(e), 120) for e in self.errors]
         return "; ".join(messages)[:300]
 
     def unauthorized(self) -> bool:
         for error in self.errors:
             extensions = error.get("extensions")
-            code = str(extensions.get("code", "")) if isinstance(extensions, dict) else ""
-            text = f"{code} {error.get('message', '')}".lower()
+            code = extensions.get("code", "") if isinstance(extensions, dict) else ""
+            text = f"{code if isinstance(code, str) else ''} {_message(error)}".lower()
             if any(w in text for w in ("unauthorized", "unauthenticated", "forbidden", "access denied")):
                 return True
         return False
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = error.get("message", "error")
+    return message if isinstance(message, str) else type(message).__name__
 
 
 def graphql_result(body: Any) -> GraphQLResult:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 from gql import Client, GraphQLRequest, gql
 from graphql import print_ast
-from gql.transport.exceptions import TransportQueryError, TransportServerError
+from gql.transport.exceptions import TransportProtocolError, TransportQueryError, TransportServerError
 from gql.transport.websockets import WebsocketsTransport
 
 from ...catalogue import IOMETER
@@ -43,6 +43,7 @@ from ...config import Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
 from ...http import request, status_error
+from ...jsontext import header_problem
 from ...samples import ParseError, Reading
 from ..registry import TransportSpec, register
 from . import parse
@@ -349,7 +350,9 @@ class IOmeterPartner:
                 raise
             except Exception as exc:  # every way a WebSocket can fail; classified for the log
                 error = _classify(exc, self.ws_endpoint)
-                if self.store.received > before:
+                # A message that cannot be read breaks every connection the same way, even one
+                # that delivered replayed readings first: that is the target's failure.
+                if self.store.received > before and error.reason not in ("parse", "too_large"):
                     # it worked and then broke: reconnecting is routine, not a failed target
                     self.log.info("subscription lost; reconnecting", error=error.message)
                 else:
@@ -359,12 +362,18 @@ class IOmeterPartner:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, max(self.target.max_backoff, self.reconnect_delay))
 
-    def _transport(self) -> WebsocketsTransport:
+    def _transport(self) -> "_PartnerTransport":
+        # (two headers: WSSE wants a fresh nonce for each use)
+        authorization, init = self.credentials.header(), self.credentials.header()
+        problem = header_problem(authorization)
+        if problem is not None:  # the WebSocket library would fail on it in its own way
+            raise PollError("config", f"{self.ws_endpoint}: the Authorization header cannot be sent: {problem} "
+                                      "(check partner_id and secret)")
         context: ssl.SSLContext | bool = ssl.create_default_context() if self.ws_endpoint.startswith("wss://") else False
-        return WebsocketsTransport(
+        return _PartnerTransport(
             url=self.ws_endpoint,
-            headers={"Authorization": self.credentials.header()},
-            init_payload={"Authorization": self.credentials.header()},
+            headers={"Authorization": authorization},
+            init_payload={"Authorization": init},
             ssl=context,
             connect_timeout=self.target.timeout,
             ack_timeout=self.target.timeout,
@@ -442,6 +451,22 @@ class IOmeterPartner:
 
 
 
+class UnreadableMessage(TransportProtocolError):
+    """A subscription message the JSON decoder gave up on (nested too deeply)."""
+
+
+class _PartnerTransport(WebsocketsTransport):
+    """gql's WebSocket transport, with a message nested past the recursion limit turned into a
+    protocol error (the connection closes, the target fails with reason `parse`) instead of a
+    RecursionError that ends gql's receiving task without a word."""
+
+    def _parse_answer(self, answer: str) -> Any:
+        try:
+            return super()._parse_answer(answer)
+        except RecursionError:
+            raise UnreadableMessage("a subscription message nested too deeply to decode") from None
+
+
 def _offer(store: parse.MeterStore, item: parse.MeterReading) -> None:
     try:
         store.offer(item)
@@ -462,6 +487,8 @@ def _classify(exc: BaseException, url: str) -> PollError:
         return exc
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, UnreadableMessage):
+            return PollError("parse", f"{url}: {seen}")
         status = getattr(getattr(seen, "response", None), "status_code", None)
         close_code = getattr(getattr(seen, "rcvd", None), "code", None)
         if status in (401, 403) or getattr(seen, "code", None) in (401, 403) or close_code in (4401, 4403):
