@@ -49,7 +49,7 @@ REASONS: dict[str, str] = {
     "unauthorized": "The device or API refused the credentials (token missing, wrong or expired).",
     "api_disabled": "The device's local API is switched off in the vendor's app.",
     "http_error": "The device answered with an unexpected HTTP status.",
-    "parse": "The device answered, but the body could not be understood (garbage, wrong types).",
+    "parse": "The device answered, but the answer could not be understood (broken HTTP framing, garbage, wrong types).",
     "too_large": "The answer was larger than the exporter accepts.",
     "config": "The target's configuration does not fit the device (for example v2 without a token).",
     "quota": "A cloud quota would be exceeded; the call was deferred.",

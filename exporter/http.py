@@ -84,7 +84,7 @@ async def request(
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise PollError("connection", f"{url}: connection lost: {exc.__class__.__name__}") from None
     except aiohttp.ClientResponseError as exc:
-        raise PollError("http_error", f"{url}: malformed HTTP answer: {label_text(str(exc.message), 200)}") from None
+        raise PollError("parse", f"{url}: malformed HTTP answer: {label_text(str(exc.message), 200)}") from None
     except aiohttp.ClientError as exc:
         raise PollError("connection", f"{url}: {exc.__class__.__name__}: {label_text(str(exc), 200)}") from None
     except OSError as exc:

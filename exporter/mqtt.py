@@ -13,6 +13,12 @@ are ignored: they are readings of unknown age. A failed connection attempt is pa
 a reason at once instead of only going stale later; a broker that restarts and takes the
 connection back at the first attempt marks nobody down.
 
+What the broker sends is guarded where paho leaves it to the application: a PUBLISH whose topic
+is not valid UTF-8 (or not a topic at all) is dropped and counted `malformed`, the connection
+kept; a packet announcing more than `max_message_bytes` drops the connection as soon as its
+length is known, before its bytes are read (paho would buffer all of it, up to 256 MB), and
+the targets go down with reason `too_large` until a connection holds again.
+
 Passwords travel only to the broker: messages name the broker and the user, never the password.
 """
 
@@ -34,6 +40,7 @@ from . import catalogue as M
 from .config import Option, Secret
 from .errors import PollError
 from .jsontext import label_text
+from .serving import Throttle
 from .vendors.registry import SectionSpec, register_section
 
 DEFAULT_TOPIC = "device/+/realtime"
@@ -43,6 +50,10 @@ DEFAULT_TOPIC = "device/+/realtime"
 STABLE_AFTER = 10.0
 # Reasons a subscriber refuses a message for; shown from the start at 0.
 REJECT_REASONS = ("unknown_sn", "sn_mismatch", "malformed", "too_large")
+# Meters publish a few kB; a broker's own default limit is far larger. 256 KiB leaves room for
+# any reading while a hostile peer can make the client hold no more than that.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+MQTT_MAX_REMAINING_LENGTH = 268_435_455  # four length bytes (MQTT 3.1.1, 2.2.3)
 
 OPTIONS: dict[str, Option] = {
     "host": Option("str", required=True, help="address of the broker"),
@@ -57,6 +68,9 @@ OPTIONS: dict[str, Option] = {
     "keepalive": Option("duration", default=60.0, minimum=5.0, help="MQTT keepalive interval"),
     "reconnect_delay": Option("duration", default=1.0, minimum=0.01, help="first delay before a reconnection"),
     "max_reconnect_delay": Option("duration", default=60.0, minimum=0.01, help="ceiling of the reconnection delay"),
+    "max_message_bytes": Option("int", default=DEFAULT_MAX_MESSAGE_BYTES, minimum=1024,
+                                maximum=MQTT_MAX_REMAINING_LENGTH,
+                                help="a packet from the broker announcing more drops the connection before it is read"),
 }
 
 SECTION = register_section(SectionSpec(
@@ -80,6 +94,7 @@ class BrokerSettings:
     keepalive: float = 60.0
     reconnect_delay: float = 1.0
     max_reconnect_delay: float = 60.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     @classmethod
     def from_section(cls, item: Mapping[str, Any]) -> "BrokerSettings":
@@ -100,6 +115,7 @@ class BrokerSettings:
             topic=str(get("topic", DEFAULT_TOPIC)), keepalive=float(get("keepalive", 60.0)),
             reconnect_delay=float(get("reconnect_delay", 1.0)),
             max_reconnect_delay=float(get("max_reconnect_delay", 60.0)),
+            max_message_bytes=int(get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
         )
 
     @property
@@ -147,6 +163,105 @@ def wildcard_value(topic_filter: str, topic: str) -> str | None:
 
 Handler = Callable[[str, bytes], None]
 ErrorListener = Callable[[PollError], None]
+BadTopicListener = Callable[[str, Exception], None]
+
+
+class PacketSizeGuard:
+    """Follows the fixed headers (MQTT 3.1.1, 2.2) in the bytes a client reads, and notes the first
+    packet whose remaining length is over `limit` as soon as its length field is complete."""
+
+    __slots__ = ("limit", "refused", "_left", "_length", "_factor", "_lost")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        """A new connection: a packet's first byte comes next."""
+        self.refused: int | None = None  # the announced length of the refused packet
+        self._left = 0  # body bytes of the current packet still to come
+        self._length = -1  # the remaining length decoded so far; -1: a packet's type byte is next
+        self._factor = 1
+        self._lost = False
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and self.refused is None and not self._lost:
+            if self._left:  # a body: skipped whole, whatever the size of the read
+                step = min(self._left, end - pos)
+                self._left -= step
+                pos += step
+            elif self._length < 0:
+                self._length, self._factor = 0, 1
+                pos += 1
+            else:
+                byte = data[pos]
+                pos += 1
+                self._length += (byte & 0x7F) * self._factor
+                self._factor *= 128
+                if not byte & 0x80:
+                    if self._length > self.limit:
+                        self.refused = self._length
+                    self._left, self._length = self._length, -1
+                elif self._factor >= 128 ** 4:
+                    # A fifth length byte is a protocol error, which paho answers by dropping
+                    # the connection itself; nothing after it can be followed.
+                    self._lost = True
+
+
+class _GuardedClient(aiomqtt.Client):
+    """aiomqtt's client with two guards on what the broker sends.
+
+    Both sit on the paho client that aiomqtt wraps (`_client`; aiomqtt has no public way to it):
+    its public message callback, and `_sock_recv`, the one method through which paho reads the
+    connection. These two private names are why pyproject.toml keeps aiomqtt and paho-mqtt below
+    their next major version; the tests on real sockets catch a change within it.
+    """
+
+    def __init__(self, *args: Any, max_packet_bytes: int, on_bad_topic: BadTopicListener, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes = PacketSizeGuard(max_packet_bytes)
+        paho = self._client
+        deliver = paho.on_message
+
+        def on_message(client: Any, userdata: Any, message: Any) -> None:
+            # aiomqtt decodes and checks the topic here. An exception would escape paho's read
+            # loop, which hands the same packet over again on every read until the connection
+            # drops: one bad message would flood the log and cost the connection.
+            try:
+                deliver(client, userdata, message)
+            except Exception as exc:
+                on_bad_topic(_shown_topic(message), exc)
+
+        read = paho._sock_recv
+
+        def sock_recv(bufsize: int) -> bytes:
+            # paho reads a packet's whole announced length before it looks at it (up to 256 MB).
+            # The end of the connection is what paho sees instead of a packet over the limit:
+            # it closes the connection, and the caller learns why from `sizes.refused`.
+            if self.sizes.refused is not None:
+                return b""
+            data = read(bufsize)
+            self.sizes.feed(data)
+            return b"" if self.sizes.refused is not None else data
+
+        paho.on_message = on_message
+        paho._sock_recv = sock_recv  # type: ignore[method-assign]
+
+    async def __aenter__(self) -> "_GuardedClient":
+        self.sizes.reset()
+        await super().__aenter__()
+        return self
+
+
+def _shown_topic(message: Any) -> str:
+    """The topic of a refused message as far as it can be shown (invalid UTF-8 replaced)."""
+    try:
+        topic = message.topic
+    except UnicodeDecodeError as exc:
+        raw = exc.object
+        topic = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else ""
+    return label_text(topic if isinstance(topic, str) else str(topic), 200)
 
 
 class BrokerConnection:
@@ -170,6 +285,7 @@ class BrokerConnection:
         self._client_id = settings.client_id or f"energy-meter-exporter-{uuid.uuid4().hex[:12]}"
         self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self.handler_crashes = 0
+        self._bad_topic_log = Throttle()
 
     # --- users -----------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
@@ -251,8 +367,10 @@ class BrokerConnection:
         while True:
             started = time.monotonic()
             was_connected = False
+            client: _GuardedClient | None = None
             try:
-                async with self._new_client() as client:
+                client = self._new_client()
+                async with client:
                     was_connected = True
                     await self._on_connected(client)
                     async for message in client.messages:
@@ -272,18 +390,22 @@ class BrokerConnection:
                 self._subscribed = set()
                 self.connected.clear()
                 self._publish_state()
+            if client is not None and client.sizes.refused is not None:
+                self.count_rejected("too_large")
+                error = self._too_large(client.sizes.refused)
             if was_connected and time.monotonic() - started >= STABLE_AFTER:
                 self.failures = 0
             self.failures += 1
             self.last_error = error
             if was_connected:
                 self.log.warning("mqtt connection lost", reason=error.reason, error=error.message)
-            else:
-                if self.failures == 1 or self.failures % 10 == 0:
-                    self.log.warning("mqtt connection failed", reason=error.reason, error=error.message,
-                                     consecutive=self.failures)
-                # Only a failed attempt marks the targets down: a broker that comes straight
-                # back after a restart does not make every meter flap.
+            elif self.failures == 1 or self.failures % 10 == 0:
+                self.log.warning("mqtt connection failed", reason=error.reason, error=error.message,
+                                 consecutive=self.failures)
+            # Only a failed attempt marks the targets down: a broker that comes straight back
+            # after a restart does not make every meter flap. A packet over the limit comes
+            # again on the next connection (a retained message is replayed): say so at once.
+            if not was_connected or error.reason == "too_large":
                 for listener in list(self._error_listeners):
                     listener(error)
             await asyncio.sleep(self._delay())
@@ -294,15 +416,16 @@ class BrokerConnection:
         base = min(s.reconnect_delay * 2 ** max(self.failures - 1, 0), ceiling)
         return min(base * random.uniform(0.9, 1.1), ceiling)
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self) -> _GuardedClient:
         s = self.settings
-        return aiomqtt.Client(
+        return _GuardedClient(
             s.host, s.port, username=s.username,
             password=s.password.reveal() if s.password else None,
             identifier=self._client_id, keepalive=int(s.keepalive),
             tls_context=self._tls_context() if s.tls else None,
             timeout=max(5.0, min(s.keepalive, 30.0)),
             logger=_QUIET_LOGGER,
+            max_packet_bytes=s.max_message_bytes, on_bad_topic=self._bad_topic,
         )
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -364,6 +487,19 @@ class BrokerConnection:
                         handler(topic, bytes(payload))
                     except Exception as exc:  # one bad handler must not stop the others
                         self._handler_crashed(topic, exc)
+
+    def _bad_topic(self, topic: str, exc: Exception) -> None:
+        """A message whose topic is not valid UTF-8, or not a topic: dropped, the connection kept."""
+        self.count_rejected("malformed")
+        held = self._bad_topic_log.ready()
+        if held is not None:
+            self.log.warning("mqtt message with a malformed topic dropped", topic=topic,
+                             error=label_text(f"{exc.__class__.__name__}: {exc}", 200), more_since_last=held)
+
+    def _too_large(self, length: int) -> PollError:
+        s = self.settings
+        return PollError("too_large", f"MQTT broker {s.name!r} ({s.address}) sent a packet of {length} bytes "
+                                      f"(limit max_message_bytes {s.max_message_bytes}); connection dropped")
 
     def _handler_crashed(self, topic: str, exc: Exception) -> None:
         """A traceback the first time, then a line every 100th: a publisher repeating one bad

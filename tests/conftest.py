@@ -8,13 +8,19 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from exporter.simulators.ports import free_port  # noqa: F401  (tests import it from here)
+
+if TYPE_CHECKING:
+    from exporter.daemon import Daemon
+    from exporter.simulators.homewizard import HomeWizardSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = ROOT.parent / "shared" / "conformance"
@@ -170,3 +176,62 @@ def loop_thread():
     thread = LoopThread()
     yield thread
     thread.close()
+
+
+def daemon_beside_control(tmp_path: Path, targets: str, control: "HomeWizardSimulator", interval: float,
+                          defaults: str = "", head: str = "") -> "Daemon":
+    """A daemon (not started) polling `targets` (YAML lines, indented under `targets:`) and a healthy
+    HomeWizard `control` target, every `interval` seconds with a short timeout and no jitter;
+    `defaults` adds lines to the defaults, `head` top-level sections."""
+    from exporter.config import load_config
+    from exporter.daemon import Daemon
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"state_directory: {tmp_path / 'state'}\n"
+                    f"defaults:\n  interval: {interval}s\n  timeout: 0.4s\n  jitter: 0\n"
+                    + textwrap.indent(defaults, "  ") + head + "targets:\n" + targets
+                    + f"  - name: control\n    vendor: homewizard\n    host: {control.v1_host}\n")
+    return Daemon(load_config(path))
+
+
+# --- the HTTP push listener ---------------------------------------------------------------------
+
+
+def push_listener_config(port: int, sn: str, settings: str = "") -> str:
+    """Config sections for the HTTP push listener on 127.0.0.1:`port`, without a rate limit, and
+    one IAMMETER push target `pushed` for serial `sn`; `settings` adds `http_push` keys (one a
+    line, unindented). More targets may follow, indented as list items."""
+    return (f"http_push:\n  listen: 127.0.0.1:{port}\n  max_requests_per_minute: 0\n"
+            + textwrap.indent(textwrap.dedent(settings), "  ")
+            + f"targets:\n  - name: pushed\n    vendor: iammeter\n    transport: push\n    sn: {sn}\n"
+            "    interval: 2s\n")
+
+
+async def wait_listening(port: int) -> None:
+    """Wait until something accepts connections on 127.0.0.1:`port` (the push listener opens
+    once the first push target starts)."""
+    import asyncio
+
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+async def start_push_daemon(tmp_path: Path, sn: str, settings: str = "") -> tuple["Daemon", int]:
+    """A running daemon with the push listener of `push_listener_config` on a free port, once
+    that listens; the daemon and the listener's port."""
+    from exporter.config import load_config
+    from exporter.daemon import Daemon
+
+    port = free_port()
+    path = tmp_path / "c.yaml"
+    path.write_text(f"state_directory: {tmp_path / 'state'}\n" + push_listener_config(port, sn, settings))
+    daemon = Daemon(load_config(path))
+    await daemon.start("127.0.0.1", 0)
+    await wait_listening(port)
+    return daemon, port

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import ssl
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from exporter.simulators.iometer_partner import (LEGACY_WS, PartnerApiSimulator,
                                                  format_obis)
 from exporter.simulators.tls import new_authority
 
-from .conftest import async_wait_until, free_port, require_binary, sample_value
+from .conftest import async_wait_until, daemon_beside_control, free_port, require_binary, sample_value
 
 INTERVAL = 0.5
 TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -181,15 +180,7 @@ def failures(state) -> int:
 
 def daemon_config(tmp_path, faulty: str, control: HomeWizardSimulator, head: str = "") -> Daemon:
     """A daemon with the faulty target (YAML lines, indented under targets) and the control."""
-    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
-        state_directory: {tmp_path / 'state'}
-        defaults:
-          interval: {INTERVAL}s
-          timeout: 0.4s
-          jitter: 0
-        """) + head + "targets:\n" + faulty
-        + f"  - name: control\n    vendor: homewizard\n    host: {control.v1_host}\n")
-    return Daemon(load_config(tmp_path / "c.yaml"))
+    return daemon_beside_control(tmp_path, faulty, control, INTERVAL, head=head)
 
 
 def slow(target: str) -> str:
@@ -724,15 +715,14 @@ IOMETER_PARTNER_QUERY_FAULTS = [
 # --- Hostile peers ------------------------------------------------------------------------------
 #
 # A peer that breaks the protocol itself. HTTP framing errors are a malformed answer: `parse`
-# (the lean client) or `http_error` (the general client's malformed head), or `connection` (the
-# general client finding the body's framing broken);
+# (either client), or `connection` (the general client finding the body's framing broken);
 # an answer without end is `too_large` once past the limit; a body that is not JSON the exporter
 # accepts (invalid UTF-8, NaN, nesting 200,000 deep) is `parse`. Three poisons are absorbed, the
 # target stays up: a lone surrogate is replaced (U+FFFD) where the string is shown (a label), and
 # an absurd (1e300) or negative (-5) counter value is not exported (the counter holds its value,
 # or its series is absent) while the other series go on.
 
-FRAMING = ("parse", "http_error", "connection")
+FRAMING = ("parse", "connection")
 # A Modbus answer whose framing lies: a client detects it (`parse`), waits for bytes that never
 # come (`timeout`), or drops the connection (`connection`).
 MODBUS_FRAMING = ("parse", "timeout", "connection")

@@ -21,7 +21,8 @@ from exporter.simulators.homewizard import HomeWizardSimulator
 from exporter.simulators.iammeter_push import HttpPushMeter
 from exporter.webconfig import load_web_config
 
-from .conftest import ExporterProcess, async_wait_until, free_port, http_get, sample_value, wait_until
+from .conftest import (ExporterProcess, async_wait_until, free_port, http_get, sample_value, start_push_daemon,
+                       wait_until)
 
 SLOW_HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 4000
 LIVENESS = 5.0  # seconds an honest request may take while the attack runs
@@ -279,32 +280,8 @@ async def test_a_tls_handshake_that_never_ends_is_closed(tmp_path):
 SN = "3E0BAF87"
 
 
-async def start_push(tmp_path, extra: str = "") -> tuple[Daemon, int]:
-    port = free_port()
-    daemon = await start_daemon(tmp_path, Limits(), textwrap.dedent(f"""
-        http_push:
-          listen: 127.0.0.1:{port}
-          max_requests_per_minute: 0
-        """) + textwrap.indent(textwrap.dedent(extra), "  ") + textwrap.dedent(f"""
-        targets:
-          - name: pushed
-            vendor: iammeter
-            transport: push
-            sn: {SN}
-            interval: 2s
-        """))
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.05)
-    return daemon, port
-
-
 async def test_push_listener_cuts_off_slowloris_and_keeps_taking_uploads(tmp_path):
-    daemon, port = await start_push(tmp_path, "read_timeout: 2s\nmax_connections: 50\n")
+    daemon, port = await start_push_daemon(tmp_path, SN, "read_timeout: 2s\nmax_connections: 50\n")
     meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/", serial=SN)
     try:
         flood = Flood("127.0.0.1", port, count=300, seconds=6.0, reconnect=True,
@@ -329,7 +306,7 @@ async def test_push_listener_cuts_off_slowloris_and_keeps_taking_uploads(tmp_pat
 
 
 async def test_push_connections_over_the_limit_are_closed_at_once_and_slow_bodies_time_out(tmp_path):
-    daemon, port = await start_push(tmp_path, "read_timeout: 3s\nmax_connections: 3\n")
+    daemon, port = await start_push_daemon(tmp_path, SN, "read_timeout: 3s\nmax_connections: 3\n")
     held = []
     try:
         # Three uploads whose bodies stall: each is being served (its handler reads the body).

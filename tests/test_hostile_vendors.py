@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -23,7 +22,7 @@ import structlog
 from aiohttp import web
 
 from exporter import catalogue as c
-from exporter.config import Secret, TargetConfig, load_config
+from exporter.config import Secret, TargetConfig
 from exporter.context import AdapterContext
 from exporter.daemon import Daemon
 from exporter.errors import PollError
@@ -34,7 +33,7 @@ from exporter.vendors.homewizard.local import OPTIONS as HW_OPTIONS
 from exporter.vendors.homewizard.local import HomeWizardLocal
 from exporter.vendors.iometer.bridge import SseDecoder
 
-from .conftest import async_wait_until, sample_value
+from .conftest import async_wait_until, daemon_beside_control, sample_value
 
 INTERVAL = 0.5
 TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -96,26 +95,13 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(tmp_path: Path, targets: str, control: HomeWizardSimulator) -> Daemon:
-    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
-        state_directory: {tmp_path / 'state'}
-        defaults:
-          interval: {INTERVAL}s
-          timeout: 0.4s
-          jitter: 0
-          max_backoff: 0.5s
-        """) + "targets:\n" + targets
-        + f"  - name: control\n    vendor: homewizard\n    host: {control.v1_host}\n")
-    return Daemon(load_config(tmp_path / "c.yaml"))
-
-
 async def running(tmp_path: Path, targets: str, body: Callable[[Daemon, HomeWizardSimulator], Awaitable[None]],
                   monkeypatch: pytest.MonkeyPatch | None = None) -> None:
     """Run `body` against a daemon with `targets` and a healthy HomeWizard control target."""
     if monkeypatch is not None:
         _fast_intervals(monkeypatch)
     control = await HomeWizardSimulator("HWE-KWH3", v2=False).start()
-    daemon = write_config(tmp_path, targets, control)
+    daemon = daemon_beside_control(tmp_path, targets, control, INTERVAL, defaults="max_backoff: 0.5s\n")
     await daemon.start("127.0.0.1", 0)
     try:
         await body(daemon, control)
@@ -148,16 +134,28 @@ async def control_keeps_polling(daemon: Daemon) -> None:
     assert control.up
 
 
+async def running_beside_a_crafted_p1(tmp_path: Path, identity: str, data: str | bytes,
+                                      check: Callable[[Daemon, CraftedDevice], Awaitable[None]],
+                                      data_status: int = 200) -> None:
+    """Run `check` against a daemon polling `hostile`, a crafted P1 meter answering `identity` at
+    /api and `data` (with `data_status`) at /api/v1/data, beside the healthy control target."""
+    device = await CraftedDevice().start()
+    device.set("/api", identity)
+    device.set("/api/v1/data", data, status=data_status)
+    targets = f"  - name: hostile\n    vendor: homewizard\n    host: {device.host}\n"
+    try:
+        await running(tmp_path, targets, lambda daemon, _control: check(daemon, device))
+    finally:
+        await device.stop()
+
+
 # --- HomeWizard: lone surrogates (`\ud800`) in device JSON -------------------------------------
 
 
 async def test_a_lone_surrogate_in_an_external_meter_id_does_not_freeze_the_target(tmp_path):
-    device = await CraftedDevice().start()
-    device.set("/api", v1_identity())
-    device.set("/api/v1/data", V1_DATA.format(uid="\\ud800gas\\u0007id"))
-    targets = f"  - name: hostile\n    vendor: homewizard\n    host: {device.host}\n"
+    data = V1_DATA.format(uid="\\ud800gas\\u0007id")
 
-    async def check(daemon: Daemon, _control: HomeWizardSimulator) -> None:
+    async def check(daemon: Daemon, device: CraftedDevice) -> None:
         state = daemon.store.targets["hostile"]
         await async_wait_until(lambda: state.polls >= 3, timeout=15, what="polls of the hostile target")
         status, text = await get(daemon, "/metrics")
@@ -167,7 +165,7 @@ async def test_a_lone_surrogate_in_an_external_meter_id_does_not_freeze_the_targ
                             meter=f"{REPLACEMENT}gas{REPLACEMENT}id") == pytest.approx(2569.646)
         assert sample_value(text, "energy_meter_exporter_target_up", device="hostile") == 1
         # it goes on polling: the counter follows the device
-        device.set("/api/v1/data", V1_DATA.format(uid="\\ud800gas\\u0007id").replace("1000.5", "1001.5"))
+        device.set("/api/v1/data", data.replace("1000.5", "1001.5"))
         await async_wait_until(lambda: sample_value(daemon.store.cache.encoded(False, False).decode(),
                                                     "energy_meter_energy_imported_joules_total",
                                                     device="hostile") == pytest.approx(1001.5 * 3.6e6),
@@ -176,19 +174,11 @@ async def test_a_lone_surrogate_in_an_external_meter_id_does_not_freeze_the_targ
         assert status == 200
         await control_keeps_polling(daemon)
 
-    try:
-        await running(tmp_path, targets, check)
-    finally:
-        await device.stop()
+    await running_beside_a_crafted_p1(tmp_path, v1_identity(), data, check)
 
 
 async def test_a_lone_surrogate_in_the_identity_does_not_leave_the_target_pending(tmp_path):
-    device = await CraftedDevice().start()
-    device.set("/api", v1_identity(serial="\\udc00\\ud800abc"))
-    device.set("/api/v1/data", V1_DATA.format(uid="g1"))
-    targets = f"  - name: hostile\n    vendor: homewizard\n    host: {device.host}\n"
-
-    async def check(daemon: Daemon, _control: HomeWizardSimulator) -> None:
+    async def check(daemon: Daemon, _device: CraftedDevice) -> None:
         state = daemon.store.targets["hostile"]
         await async_wait_until(lambda: state.up and state.polls >= 2, timeout=15, what="the target up")
         status, text = await get(daemon, "/metrics")
@@ -198,19 +188,12 @@ async def test_a_lone_surrogate_in_the_identity_does_not_leave_the_target_pendin
         assert status == 200
         await control_keeps_polling(daemon)
 
-    try:
-        await running(tmp_path, targets, check)
-    finally:
-        await device.stop()
+    await running_beside_a_crafted_p1(tmp_path, v1_identity(serial="\\udc00\\ud800abc"), V1_DATA.format(uid="g1"),
+                                      check)
 
 
 async def test_a_lone_surrogate_in_an_error_body_keeps_the_status_page(tmp_path):
-    device = await CraftedDevice().start()
-    device.set("/api", v1_identity())
-    device.set("/api/v1/data", '{"error":"\\ud800 broken \\udfff"}', status=500)
-    targets = f"  - name: hostile\n    vendor: homewizard\n    host: {device.host}\n"
-
-    async def check(daemon: Daemon, _control: HomeWizardSimulator) -> None:
+    async def check(daemon: Daemon, _device: CraftedDevice) -> None:
         state = daemon.store.targets["hostile"]
         await async_wait_until(lambda: state.errors.get("http_error", 0) >= 2, timeout=15, what="failed polls")
         assert not state.up and state.last_reason == "http_error"
@@ -223,10 +206,8 @@ async def test_a_lone_surrogate_in_an_error_body_keeps_the_status_page(tmp_path)
         assert sample_value(text, "energy_meter_exporter_target_up", device="hostile") == 0
         await control_keeps_polling(daemon)
 
-    try:
-        await running(tmp_path, targets, check)
-    finally:
-        await device.stop()
+    await running_beside_a_crafted_p1(tmp_path, v1_identity(), '{"error":"\\ud800 broken \\udfff"}', check,
+                                      data_status=500)
 
 
 @pytest.mark.parametrize("body,what", [
@@ -236,12 +217,7 @@ async def test_a_lone_surrogate_in_an_error_body_keeps_the_status_page(tmp_path)
     (b'{"active_power_w": 1, "x": "\xff\xfe"}', "invalid UTF-8"),
 ])
 async def test_undecodable_json_is_a_parse_error_not_an_internal_one(tmp_path, body, what):
-    device = await CraftedDevice().start()
-    device.set("/api", v1_identity())
-    device.set("/api/v1/data", body)
-    targets = f"  - name: hostile\n    vendor: homewizard\n    host: {device.host}\n"
-
-    async def check(daemon: Daemon, _control: HomeWizardSimulator) -> None:
+    async def check(daemon: Daemon, _device: CraftedDevice) -> None:
         state = daemon.store.targets["hostile"]
         await async_wait_until(lambda: state.errors.get("parse", 0) >= 2, timeout=15, what=f"parse errors ({what})")
         assert set(state.errors) == {"parse"}, state.errors
@@ -251,10 +227,7 @@ async def test_undecodable_json_is_a_parse_error_not_an_internal_one(tmp_path, b
         assert sample_value(text, "energy_meter_exporter_poll_errors_total", device="hostile", reason="parse") >= 2
         await control_keeps_polling(daemon)
 
-    try:
-        await running(tmp_path, targets, check)
-    finally:
-        await device.stop()
+    await running_beside_a_crafted_p1(tmp_path, v1_identity(), body, check)
 
 
 # --- A token that cannot travel in a header ----------------------------------------------------
@@ -421,7 +394,7 @@ def bridge_target(host: str) -> str:
     (None, {"connection"}),  # a closed port
     (accept_and_close, {"connection"}),
     (answer_500, {"http_error"}),
-    (answer_garbage, {"http_error", "connection"}),
+    (answer_garbage, {"parse", "connection"}),
     (stream_endless_line, {"too_large"}),
     (stream_junk_events, {"parse"}),
 ], ids=["closed_port", "accept_and_close", "status_500", "not_http", "endless_line", "junk_events"])

@@ -9,13 +9,16 @@ import textwrap
 import aiohttp
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter import catalogue as c
 from exporter.config import ConfigError, Secret, TargetConfig, load_config
 from exporter.context import AdapterContext, SharedResources
 from exporter.daemon import Daemon
-from exporter.mqtt import BrokerSettings, topic_filter_problem, topic_matches, wildcard_value
+from exporter.mqtt import BrokerSettings, PacketSizeGuard, topic_filter_problem, topic_matches, wildcard_value
 from exporter.scheduler import TargetRunner
+from exporter.simulators import hostile
 from exporter.simulators.iammeter_push import MosquittoBroker, MqttMeter, mosquitto_passwd_binary
 from exporter.state import StateDirectory
 from exporter.store import SnapshotStore
@@ -131,6 +134,42 @@ def test_topic_filters_route_by_the_sn_level():
 def test_broker_settings_default_port_follows_tls():
     assert BrokerSettings.from_section({"name": "b", "host": "h"}).port == 1883
     assert BrokerSettings.from_section({"name": "b", "host": "h", "tls": True}).port == 8883
+
+
+LIMIT = 1000
+
+
+def fed(guard: PacketSizeGuard, data: bytes, cuts: list[int]) -> PacketSizeGuard:
+    start = 0
+    for edge in sorted({min(cut, len(data)) for cut in cuts} | {len(data)}):
+        guard.feed(data[start:edge])
+        start = edge
+    return guard
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=0, max_value=3 * LIMIT), max_size=8),
+       cuts=st.lists(st.integers(min_value=0, max_value=30_000), max_size=12))
+def test_the_packet_size_guard_finds_the_first_oversized_packet_however_the_reads_fall(sizes, cuts):
+    """Packets of any size, read in pieces cut anywhere: the guard names the first packet over the
+    limit once its length field is complete, before any of its body is read."""
+    packets = [hostile.mqtt_publish(b"t", b"\0" * size) for size in sizes]
+    lengths = [3 + size for size in sizes]  # topic length, topic, payload
+    stream = b"".join(packets)
+    over = next((index for index, length in enumerate(lengths) if length > LIMIT), None)
+    assert fed(PacketSizeGuard(LIMIT), stream, cuts).refused == (None if over is None else lengths[over])
+    if over is not None:
+        head_end = sum(map(len, packets[:over])) + 1 + len(hostile.mqtt_remaining_length(lengths[over]))
+        assert fed(PacketSizeGuard(LIMIT), stream[:head_end], cuts).refused == lengths[over]
+        assert fed(PacketSizeGuard(LIMIT), stream[:head_end - 1], cuts).refused is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_the_packet_size_guard_takes_any_bytes(data):
+    guard = PacketSizeGuard(LIMIT)
+    guard.feed(data)
+    assert guard.refused is None or guard.refused > LIMIT
 
 
 # --- a real broker ---------------------------------------------------------------------------
@@ -274,6 +313,168 @@ async def test_silence_marks_the_target_stale_then_its_series_expire(broker, ses
         assert e.value(c.MQTT_CONNECTED.name, broker="local") == 1
         assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") is None  # expired with the silence
         assert e.value(c.LAST_SUCCESS.name, device="meter") is not None
+
+
+# --- a hostile broker on a raw socket --------------------------------------------------------
+
+
+class RawBroker:
+    """Just enough MQTT 3.1.1 to let a client in (CONNACK, SUBACK, PINGRESP); once it has
+    subscribed, `after_subscribe(writer)` sends what the test wants on that connection."""
+
+    def __init__(self, after_subscribe) -> None:
+        self.after_subscribe = after_subscribe
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> "RawBroker":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+        if hasattr(self._server, "close_clients"):
+            self._server.close_clients()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                first = (await reader.readexactly(1))[0]
+                length, factor = 0, 1
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length, factor = length + (byte & 0x7F) * factor, factor * 128
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                kind = first & 0xF0
+                if kind == 0x10:  # CONNECT
+                    writer.write(b"\x20\x02\x00\x00")
+                elif kind == 0x80:  # SUBSCRIBE: granted QoS 0
+                    writer.write(b"\x90\x03" + body[:2] + b"\x00")
+                    await writer.drain()
+                    await self.after_subscribe(writer)
+                elif kind == 0xA0:  # UNSUBSCRIBE
+                    writer.write(b"\xb0\x02" + body[:2])
+                elif kind == 0xC0:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif kind == 0xE0:  # DISCONNECT
+                    return
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def reading() -> bytes:
+    return MqttMeter("WEM3080T").body()
+
+
+def publish(topic: bytes, payload: bytes) -> bytes:
+    return hostile.mqtt_publish(topic, payload)
+
+
+GOOD_TOPIC = f"device/{SN}/realtime".encode()
+
+
+@pytest.mark.parametrize("topic", [b"device/\xff\xfe" + SN.encode() + b"/realtime", b"device/+/realtime"],
+                         ids=["invalid_utf8", "wildcard"])
+async def test_a_message_whose_topic_is_not_a_topic_is_dropped_and_the_connection_kept(session, tmp_path, topic):
+    """Fifty messages under a topic that is not valid UTF-8 (or not a topic name at all), then a
+    good one on the same connection: the bad ones are counted and logged once, the good one is
+    read, and the client never reconnects."""
+    async def after_subscribe(writer: asyncio.StreamWriter) -> None:
+        writer.write(publish(topic, reading()) * 50 + publish(GOOD_TOPIC, reading()))
+
+    with structlog.testing.capture_logs() as logged:
+        async with RawBroker(after_subscribe) as raw, exporter(session, tmp_path, broker_item(raw)) as e:
+            runner = e.add(target())
+            await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0,
+                                   what="the good reading after the bad ones")
+            assert e.value(c.PUSH_REJECTED.name, listener="mqtt:local", reason="malformed") == 50
+            assert e.state().up and e.state().polls == 1
+            assert raw.connections == 1 and connection_of(runner).connections == 1
+            assert e.value(c.MQTT_CONNECTED.name, broker="local") == 1
+    dropped = [entry for entry in logged if entry["event"] == "mqtt message with a malformed topic dropped"]
+    assert len(dropped) == 1, dropped
+    assert dropped[0]["topic"] == topic.decode("utf-8", "replace")
+
+
+async def test_a_packet_announcing_256_mb_drops_the_connection_before_it_is_read(session, tmp_path):
+    """A PUBLISH whose length field announces 256 MB, then 32 MiB as fast as the client reads: the
+    client drops the connection once the length is known, instead of buffering what comes and
+    waiting for the rest; the target goes down with `too_large` (not only `stale` after the
+    keepalive), and after the fault the reconnection reads the meter again."""
+    streamed_whole = []
+    hostile_on = [True]
+
+    async def after_subscribe(writer: asyncio.StreamWriter) -> None:
+        if not hostile_on[0]:
+            writer.write(publish(GOOD_TOPIC, reading()))
+            return
+        writer.write(hostile.MQTT_ENDLESS_HEAD)
+        piece = b"\0" * 65536
+        for _ in range(512):
+            writer.write(piece)
+            await writer.drain()
+        streamed_whole.append(True)
+
+    async with RawBroker(after_subscribe) as raw:
+        async with exporter(session, tmp_path, broker_item(raw, keepalive=60.0)) as e:
+            e.add(target(stale_after=120.0))
+            # (long before the 60 s keepalive would end a wait for the rest)
+            await async_wait_until(lambda: e.state().last_reason == "too_large", timeout=10, what="too_large")
+            assert "268435455 bytes" in e.state().last_error and "max_message_bytes 262144" in e.state().last_error
+            assert e.value(c.TARGET_UP.name, device="meter") == 0
+            assert e.value(c.PUSH_REJECTED.name, listener="mqtt:local", reason="too_large") >= 1
+            await async_wait_until(lambda: raw.connections >= 2, timeout=10, what="a reconnection")
+            assert not streamed_whole, "the client read the whole stream"
+            hostile_on[0] = False
+            await async_wait_until(lambda: e.state().up, timeout=10, what="the reading after the fault")
+            assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0
+            assert not streamed_whole
+
+
+async def test_max_message_bytes_sets_the_limit(session, tmp_path):
+    """A 5 kB reading (valid JSON, padded) passes the default limit and is refused under
+    max_message_bytes 4096, before it is read."""
+    padded = reading().rstrip()[:-1] + b" " * 5000 + b"}"
+
+    async def after_subscribe(writer: asyncio.StreamWriter) -> None:
+        writer.write(publish(GOOD_TOPIC, padded))
+
+    async with RawBroker(after_subscribe) as raw:
+        async with exporter(session, tmp_path, broker_item(raw)) as e:
+            e.add(target())
+            await async_wait_until(lambda: e.state().up, what="the padded reading under the default limit")
+        async with exporter(session, tmp_path, broker_item(raw, max_message_bytes=4096)) as e:
+            e.add(target())
+            await async_wait_until(lambda: e.state().last_reason == "too_large", what="too_large")
+            assert "packet of 5" in e.state().last_error and "limit max_message_bytes 4096" in e.state().last_error
+            assert not e.state().up
+
+
+def test_max_message_bytes_is_a_checked_option(tmp_path):
+    config = write(tmp_path / "c.yaml", """
+        mqtt_brokers:
+          - name: home
+            host: 127.0.0.1
+            max_message_bytes: 512
+        targets:
+          - name: a
+            vendor: iammeter
+            transport: mqtt
+            broker: home
+            sn: 3E0BAF87
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert "mqtt_brokers[0].max_message_bytes" in str(info.value)
+    assert BrokerSettings.from_section({"name": "b", "host": "h"}).max_message_bytes == 256 * 1024
 
 
 # --- authentication and TLS ----------------------------------------------------------------------

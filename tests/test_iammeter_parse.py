@@ -269,7 +269,6 @@ MALFORMED = {
     "list in row": {**SINGLE, "Data": [226.85, [1], 152.0, 22920.38, 0.0, 49.97, 0.51]},
     "object in row": {**SINGLE, "Data": [{"v": 1}, 1.3, 152.0, 22920.38, 0.0, 49.97, 0.51]},
     "infinite": {**SINGLE, "Data": [226.85, 1.3, math.inf, 22920.38, 0.0, 49.97, 0.51]},
-    "negative counter": {**SINGLE, "Data": [226.85, 1.3, 152.0, -5.0, 0.0, 49.97, 0.51]},
     "integer too large for a float": json.loads('{"Data":[230,1,' + "9" * 400 + ',1,0,50,1]}'),
     "five rows": {**THREE, "method": "uploadsn", "Datas": THREE["Datas"] + NEM["Datas"][:2]},
     "two rows for a WEM3080T": {**THREE, "Datas": THREE["Datas"][:2]},
@@ -289,6 +288,22 @@ MALFORMED = {
 def test_malformed_payloads_raise_parse_error(payload):
     with pytest.raises(ParseError):
         parse_monitorjson(payload)
+
+
+def test_a_negative_counter_is_left_to_the_store_which_drops_it_and_keeps_the_rest():
+    """Like every vendor's, a negative running total is not exported (and is counted); it does
+    not cost the rest of the reading."""
+    from exporter.store import SnapshotStore
+
+    reading = parse_monitorjson({**SINGLE, "Data": [226.85, 1.3, 152.0, -5.0, 0.0, 49.97, 0.51]})
+    store = SnapshotStore()
+    store.add_target("m", "iammeter", 60.0)
+    store.record_success("m", reading)
+    text = b"".join(store.cache.chunks(False)).decode()
+    assert "energy_meter_active_power_watts{" in text
+    assert "energy_meter_energy_imported_joules_total{" not in text
+    assert "energy_meter_energy_exported_joules_total{" in text
+    assert 'reason="negative"' in text and 'energy_meter_exporter_samples_dropped_total{' in text
 
 
 def test_parse_error_names_the_offending_field():

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import textwrap
 import threading
+from typing import Any
 
 import pytest
 
@@ -59,15 +60,40 @@ def ok(body: bytes, extra: str = "") -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
-async def with_server(answers: list, run):
+async def with_server(answers: list, run, **options: Any):
+    """`run(conn, server)` with a connection (`options` for it) to a RawServer giving `answers`."""
     server = RawServer(answers)
     host = await server.start()
-    conn = PlainHttpConnection(host, user_agent="test-agent/1")
+    conn = PlainHttpConnection(host, user_agent="test-agent/1", **options)
     try:
         return await run(conn, server)
     finally:
         conn.close()
         await server.stop()
+
+
+async def failed_get(conn: PlainHttpConnection, path: str = "/", within: float | None = None) -> PollError:
+    """The PollError a GET of `path` ends with (no error fails the test); `within`: seconds it may take."""
+    with pytest.raises(PollError) as info:
+        async with asyncio.timeout(within):
+            await conn.get(path)
+    return info.value
+
+
+def streamed_answer(head: bytes, piece: bytes, times: int):
+    """An answer: `head`, then `piece` `times` over as fast as the client reads, then a hang-up
+    (sooner if the client hangs up first)."""
+    async def answer(writer: asyncio.StreamWriter) -> str:
+        writer.write(head)
+        try:
+            for _ in range(times):
+                writer.write(piece)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        return "close"
+
+    return answer
 
 
 async def test_keep_alive_reuses_one_connection_and_sends_host_and_agent():
@@ -146,10 +172,9 @@ async def test_cut_answer_is_a_connection_error_not_a_short_body():
         return "close"
 
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            await conn.get("/api/v1/data")
-        assert info.value.reason == "connection"
-        assert "ended early" in info.value.message and "/api/v1/data" in info.value.message
+        error = await failed_get(conn, "/api/v1/data")
+        assert error.reason == "connection"
+        assert "ended early" in error.message and "/api/v1/data" in error.message
 
     await with_server([cut], run)
 
@@ -159,9 +184,7 @@ async def test_closed_without_answer_on_a_fresh_connection():
         return "close"
 
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            await conn.get("/")
-        assert info.value.reason == "connection"
+        assert (await failed_get(conn)).reason == "connection"
 
     await with_server([hang_up], run)
 
@@ -175,29 +198,18 @@ async def test_closed_without_answer_on_a_fresh_connection():
 ])
 async def test_malformed_or_oversized_answers(answer, reason):
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            await conn.get("/")
-        assert info.value.reason == reason
+        assert (await failed_get(conn)).reason == reason
 
     await with_server([answer], run)
 
 
 async def test_endless_chunked_body_is_cut_at_the_limit():
-    async def flood(writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        piece = b"x" * 65536
-        try:
-            for _ in range(200):  # 13 MB, far beyond the limit
-                writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                await writer.drain()
-        except ConnectionError:
-            pass
-        return "close"
+    piece = b"x" * 65536
+    flood = streamed_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            f"{len(piece):x}\r\n".encode() + piece + b"\r\n", 200)  # 13 MB, far beyond the limit
 
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            await conn.get("/")
-        assert info.value.reason == "too_large"
+        assert (await failed_get(conn)).reason == "too_large"
 
     await with_server([flood], run)
 
@@ -220,10 +232,8 @@ async def test_refused_connection():
     server = RawServer([])
     host = await server.start()
     await server.stop()  # nothing listens there any more
-    conn = PlainHttpConnection(host)
-    with pytest.raises(PollError) as info:
-        await conn.get("/")
-    assert info.value.reason == "connection" and "cannot connect" in info.value.message
+    error = await failed_get(PlainHttpConnection(host))
+    assert error.reason == "connection" and "cannot connect" in error.message
 
 
 # --- hostile devices: framing attacks, floods, drips ---------------------------------------------
@@ -239,11 +249,9 @@ async def test_a_malformed_chunk_size_ends_the_poll_and_the_connection(size_line
     bad = CHUNKED_HEAD + size_line + b"\r\n{\"a\":1}\r\n0\r\n\r\n"
 
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            async with asyncio.timeout(5):
-                await conn.get("/api/v1/data")
-        assert info.value.reason == "parse"
-        assert "malformed HTTP answer" in info.value.message and "/api/v1/data" in info.value.message
+        error = await failed_get(conn, "/api/v1/data", within=5)
+        assert error.reason == "parse"
+        assert "malformed HTTP answer" in error.message and "/api/v1/data" in error.message
         assert (await conn.get("/")).json() == 2  # the broken connection is not reused
         assert server.connections == 2
 
@@ -256,9 +264,8 @@ async def test_too_many_chunks_are_refused():
         await writer.drain()
 
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            await conn.get("/")
-        assert info.value.reason == "too_large" and "chunks" in info.value.message
+        error = await failed_get(conn)
+        assert error.reason == "too_large" and "chunks" in error.message
         assert (await conn.get("/")).json() == 2
         assert server.connections == 2
 
@@ -279,26 +286,13 @@ async def test_a_few_chunks_with_extensions_and_trailers_are_fine():
 
 
 async def test_a_huge_declared_chunk_stops_at_the_body_limit():
-    async def huge(writer):
-        writer.write(CHUNKED_HEAD + b"fffffffffff\r\n")
-        try:
-            for _ in range(64):  # 4 MB, far beyond the connection's 64 kB limit
-                writer.write(b"x" * 65536)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        return "close"
+    # 4 MB, far beyond the connection's 64 kB limit
+    huge = streamed_answer(CHUNKED_HEAD + b"fffffffffff\r\n", b"x" * 65536, 64)
 
-    server = RawServer([huge])
-    conn = PlainHttpConnection(await server.start(), max_bytes=65536)
-    try:
-        with pytest.raises(PollError) as info:
-            async with asyncio.timeout(10):
-                await conn.get("/")
-        assert info.value.reason == "too_large"
-    finally:
-        conn.close()
-        await server.stop()
+    async def run(conn, server):
+        assert (await failed_get(conn, within=10)).reason == "too_large"
+
+    await with_server([huge], run, max_bytes=65536)
 
 
 @pytest.mark.parametrize("head, what", [
@@ -308,9 +302,8 @@ async def test_a_huge_declared_chunk_stops_at_the_body_limit():
 ])
 async def test_header_floods_are_refused(head, what):
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            await conn.get("/")
-        assert info.value.reason == "too_large" and what in info.value.message
+        error = await failed_get(conn)
+        assert error.reason == "too_large" and what in error.message
         assert (await conn.get("/")).json() == 2
         assert server.connections == 2
 
@@ -318,21 +311,11 @@ async def test_header_floods_are_refused(head, what):
 
 
 async def test_an_endless_header_is_cut_at_the_head_limit():
-    async def endless(writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
-        try:
-            for _ in range(1000):
-                writer.write(b"a" * 1024)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        return "close"
+    endless = streamed_answer(b"HTTP/1.1 200 OK\r\nX-Endless: ", b"a" * 1024, 1000)
 
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            async with asyncio.timeout(10):
-                await conn.get("/")
-        assert info.value.reason == "too_large" and "header section" in info.value.message
+        error = await failed_get(conn, within=10)
+        assert error.reason == "too_large" and "header section" in error.message
 
     await with_server([endless], run)
 
@@ -354,10 +337,8 @@ async def test_an_endless_header_is_cut_at_the_head_limit():
 ])
 async def test_an_invalid_status_line_or_header_is_a_parse_error(answer):
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            async with asyncio.timeout(5):
-                await conn.get("/")
-        assert info.value.reason == "parse" and "malformed HTTP answer" in info.value.message
+        error = await failed_get(conn, within=5)
+        assert error.reason == "parse" and "malformed HTTP answer" in error.message
 
     await with_server([answer], run)
 
@@ -379,21 +360,11 @@ async def test_bytes_after_the_answer_keep_it_but_not_the_connection():
 
 
 async def test_an_endless_body_without_length_is_cut_at_the_limit():
-    async def endless(writer):
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
-        try:
-            for _ in range(200):  # 13 MB, far beyond the limit
-                writer.write(b"x" * 65536)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        return "close"
+    endless = streamed_answer(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n",
+                              b"x" * 65536, 200)  # 13 MB, far beyond the limit
 
     async def run(conn, server):
-        with pytest.raises(PollError) as info:
-            async with asyncio.timeout(20):
-                await conn.get("/")
-        assert info.value.reason == "too_large"
+        assert (await failed_get(conn, within=20)).reason == "too_large"
 
     await with_server([endless], run)
 
@@ -436,8 +407,9 @@ class DripServer:
         self.thread.join(15)
 
 
-async def poll_while_watching_the_loop(conn: PlainHttpConnection) -> tuple[object, float]:
-    """The outcome of one GET, and the longest the event loop was kept from a 10 ms timer."""
+async def poll_while_watching_the_loop(answer: bytes, piece: int) -> tuple[object, float]:
+    """The outcome of one GET from a DripServer sending `answer` in `piece`-byte pieces, and the
+    longest the event loop was kept from a 10 ms timer."""
     longest = 0.0
     done = False
 
@@ -449,15 +421,21 @@ async def poll_while_watching_the_loop(conn: PlainHttpConnection) -> tuple[objec
             await asyncio.sleep(0.01)
             longest = max(longest, loop.time() - before)
 
-    watcher = asyncio.create_task(watch())
+    server = DripServer(answer, piece)
+    conn = PlainHttpConnection(server.host)
     try:
-        async with asyncio.timeout(60):
-            outcome: object = await conn.get("/api/v1/data")
-    except PollError as exc:
-        outcome = exc
-    done = True
-    await watcher
-    return outcome, longest
+        watcher = asyncio.create_task(watch())
+        try:
+            async with asyncio.timeout(60):
+                outcome: object = await conn.get("/api/v1/data")
+        except PollError as exc:
+            outcome = exc
+        done = True
+        await watcher
+        return outcome, longest
+    finally:
+        conn.close()
+        server.close()
 
 
 def chunked(body: bytes, size: int) -> bytes:
@@ -467,61 +445,41 @@ def chunked(body: bytes, size: int) -> bytes:
 
 async def test_a_600_kB_body_dripped_in_small_pieces_keeps_the_loop_responsive():
     body = b'{"pad": "' + b"x" * 600_000 + b'"}'
-    server = DripServer(chunked(body, 1000), piece=16)
-    conn = PlainHttpConnection(server.host)
-    try:
-        outcome, longest = await poll_while_watching_the_loop(conn)
-    finally:
-        conn.close()
-        server.close()
+    outcome, longest = await poll_while_watching_the_loop(chunked(body, 1000), piece=16)
     assert isinstance(outcome, Response) and outcome.body == body
     assert longest < 1.0, f"the event loop was blocked for {longest:.2f} s"
 
 
 @pytest.mark.timeout(120)
 async def test_a_600_kB_body_in_one_byte_chunks_is_refused_without_blocking_the_loop():
-    server = DripServer(CHUNKED_HEAD + b"1\r\nx\r\n" * 600_000 + b"0\r\n\r\n", piece=4096)
-    conn = PlainHttpConnection(server.host)
-    try:
-        outcome, longest = await poll_while_watching_the_loop(conn)
-    finally:
-        conn.close()
-        server.close()
+    outcome, longest = await poll_while_watching_the_loop(CHUNKED_HEAD + b"1\r\nx\r\n" * 600_000 + b"0\r\n\r\n",
+                                                          piece=4096)
     assert isinstance(outcome, PollError) and outcome.reason == "too_large"
     assert longest < 1.0, f"the event loop was blocked for {longest:.2f} s"
 
 
 # --- the daemon beside a hostile device ----------------------------------------------------------
 
-class HostileDevice:
+class HostileDevice(RawServer):
     """A HomeWizard v1 address whose every answer has a negative chunk size, once armed; before
     that it hangs up (a device not there yet)."""
 
     def __init__(self) -> None:
+        super().__init__([])
         self.armed = False
-        self.answers = 0
-        self.server: asyncio.base_events.Server | None = None
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.answered = 0
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while self.armed:
                 await reader.readuntil(b"\r\n\r\n")
                 writer.write(CHUNKED_HEAD + b"-6\r\n{\"a\":1}\r\n0\r\n\r\n")
-                self.answers += 1
+                self.answered += 1
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
             writer.close()
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
 
 
 def test_a_hostile_device_leaves_the_daemon_serving_and_stoppable(tmp_path, loop_thread):
@@ -548,7 +506,7 @@ def test_a_hostile_device_leaves_the_daemon_serving_and_stoppable(tmp_path, loop
         loop_thread.call(setattr, hostile, "armed", True)
         wait_until(lambda: (metric("energy_meter_exporter_poll_errors_total", device="hostile", reason="parse") or 0) >= 3,
                    what="hostile polls failing as parse errors")
-        assert hostile.answers >= 3
+        assert hostile.answered >= 3
         # The daemon keeps answering and keeps polling the healthy device.
         assert http_get(proc.url("/-/healthy"), timeout=5)[0] == 200
         text = http_get(proc.url("/metrics"), timeout=5)[2].decode()

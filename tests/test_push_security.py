@@ -25,22 +25,11 @@ from exporter.daemon import Daemon
 from exporter.simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
 from exporter.simulators.tls import new_authority
 
-from .conftest import async_wait_until, free_port, sample_value
+from .conftest import (async_wait_until, free_port, push_listener_config, sample_value, start_push_daemon,
+                       wait_listening)
 
 SN = "3E0BAF87"
 TRAP_HOST = "127.0.0.77"
-
-
-async def listening(port: int) -> None:
-    """Wait for the push listener (it opens once the first push target starts)."""
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 class Trap:
@@ -96,26 +85,16 @@ async def test_no_push_request_makes_the_exporter_connect_anywhere(tmp_path):
                 port: {broker.port}
                 reconnect_delay: 0.1
             """)
-    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
-        state_directory: {tmp_path / 'state'}
-        http_push:
-          listen: 127.0.0.1:{port}
-          max_requests_per_minute: 0
-        """) + mqtt_lines + textwrap.dedent(f"""
-        targets:
-          - name: pushed
-            vendor: iammeter
-            transport: push
-            sn: {SN}
-            interval: 2s
-        """) + (f"  - name: mqtt\n    vendor: iammeter\n    transport: mqtt\n    broker: home\n    sn: {SN}\n"
-                "    interval: 2s\n" if broker else ""))
+    (tmp_path / "c.yaml").write_text(
+        f"state_directory: {tmp_path / 'state'}\n" + mqtt_lines + push_listener_config(port, SN)
+        + (f"  - name: mqtt\n    vendor: iammeter\n    transport: mqtt\n    broker: home\n    sn: {SN}\n"
+           "    interval: 2s\n" if broker else ""))
     trap = await Trap().start()
     daemon = Daemon(load_config(tmp_path / "c.yaml"))
     await daemon.start("127.0.0.1", 0)
     meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/", serial=SN)
     try:
-        await listening(port)
+        await wait_listening(port)
         async with aiohttp.ClientSession() as session:
             # a genuine upload first: the listener works
             async with session.post(f"http://127.0.0.1:{port}/", data=meter.body()) as resp:
@@ -157,22 +136,8 @@ async def test_no_push_request_makes_the_exporter_connect_anywhere(tmp_path):
 
 @pytest.mark.parametrize("size", [10_000_000])
 async def test_a_huge_push_is_refused_without_reading_it_all(tmp_path, size):
-    port = free_port()
-    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
-        http_push:
-          listen: 127.0.0.1:{port}
-          max_body_bytes: 4096
-        targets:
-          - name: pushed
-            vendor: iammeter
-            transport: push
-            sn: {SN}
-            interval: 2s
-        """))
-    daemon = Daemon(load_config(tmp_path / "c.yaml"))
-    await daemon.start("127.0.0.1", 0)
+    daemon, port = await start_push_daemon(tmp_path, SN, "max_body_bytes: 4096\n")
     try:
-        await listening(port)
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://127.0.0.1:{port}/", data=b"{" + b" " * size + b"}") as resp:
                 assert resp.status == 413
@@ -187,30 +152,9 @@ async def test_a_huge_push_is_refused_without_reading_it_all(tmp_path, size):
 TOKEN = "k3J9-rQ2x_Vb7.Lm4~Tz8pW"
 
 
-async def start_push(tmp_path, protection: str, environ_token: bool = False) -> tuple[Daemon, int]:
-    port = free_port()
-    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
-        state_directory: {tmp_path / 'state'}
-        http_push:
-          listen: 127.0.0.1:{port}
-          max_requests_per_minute: 0
-        """) + textwrap.indent(textwrap.dedent(protection), "  ") + textwrap.dedent(f"""
-        targets:
-          - name: pushed
-            vendor: iammeter
-            transport: push
-            sn: {SN}
-            interval: 2s
-        """))
-    daemon = Daemon(load_config(tmp_path / "c.yaml"))
-    await daemon.start("127.0.0.1", 0)
-    await listening(port)
-    return daemon, port
-
-
 async def test_a_path_token_keeps_out_uploads_without_it_and_never_shows(tmp_path, capsys):
     (tmp_path / "push.token").write_text(TOKEN + "\n")
-    daemon, port = await start_push(tmp_path, f"path_token_file: {tmp_path / 'push.token'}\n")
+    daemon, port = await start_push_daemon(tmp_path, SN, f"path_token_file: {tmp_path / 'push.token'}\n")
     meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/{TOKEN}", serial=SN)
     try:
         status, reply = await meter.post_once()
@@ -252,7 +196,7 @@ async def test_push_over_tls_and_with_client_certificates(tmp_path):
     authority.issue("meter", name="client")
     stranger = new_authority("Other CA", "someone else", tmp_path / "other")
     stranger.issue("intruder", name="client")
-    daemon, port = await start_push(tmp_path, f"""
+    daemon, port = await start_push_daemon(tmp_path, SN, f"""
         tls_cert_file: {authority.directory / 'server.pem'}
         tls_key_file: {authority.directory / 'server.key'}
         tls_client_ca_file: {authority.ca_file}
@@ -290,18 +234,32 @@ async def test_push_over_tls_and_with_client_certificates(tmp_path):
     ("tls_client_ca_file: /nonexistent/ca.pem\n", "needs tls_cert_file"),
 ])
 def test_check_config_names_bad_push_protection(tmp_path, protection, expected):
-    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
-        http_push:
-          listen: 127.0.0.1:8088
-        """) + textwrap.indent(protection, "  ") + textwrap.dedent(f"""
-        targets:
-          - name: pushed
-            vendor: iammeter
-            transport: push
-            sn: {SN}
-        """))
+    (tmp_path / "c.yaml").write_text(push_listener_config(8088, SN, protection))
     proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", f"--config.file={tmp_path / 'c.yaml'}"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr
     assert "short" not in proc.stderr.replace("too short", "") and "has/a slash" not in proc.stderr
+
+
+async def test_a_forged_upload_cannot_poison_a_counter(tmp_path):
+    """An upload claiming 1e12 kWh (no meter gets there) is refused sample by sample, and the
+    meter's real readings right after it are exported: nothing is held back as "decreasing"."""
+    daemon, port = await start_push_daemon(tmp_path, SN)
+    meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/", serial=SN)
+    forged = json.loads(meter.body())
+    forged["Datas"][0][3] = 1e12
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/", data=json.dumps(forged)) as resp:
+                assert resp.status == 200
+            real = json.loads(meter.body())
+            async with session.post(f"http://127.0.0.1:{port}/", data=json.dumps(real)) as resp:
+                assert resp.status == 200
+        text = daemon.store.cache.encoded(False, False).decode()
+        assert sample_value(text, "energy_meter_phase_energy_imported_joules_total", phase="l1",
+                            device="pushed") == pytest.approx(real["Datas"][0][3] * 3.6e6)
+        assert sample_value(text, c.SAMPLES_DROPPED.name, device="pushed", reason="out_of_range") == 1
+        assert sample_value(text, "energy_meter_exporter_decreasing_readings_total", device="pushed") == 0
+    finally:
+        await daemon.stop()

@@ -14,7 +14,7 @@ Every answer is an envelope `{"data": ..., "successful": true|false, "message": 
 Meter values reuse the local parser (`parse.parse_monitorjson`), because the cloud's rows are the
 meter's own upload rows: `[voltage V, current A, active power W, import kWh, export kWh,
 frequency Hz, power factor]`, 5 or 7 long, nulls where the meter measured nothing, one row per
-phase and a 4th net-metering row. So the same validation applies (row lengths, negative counters,
+phase and a 4th net-metering row. So the same validation applies (row lengths, number types,
 phase counts) and a row means the same in both. The differences handled here:
 
 - `metersdata` sends a single-phase meter's row unwrapped (a flat list), a multi-phase meter as

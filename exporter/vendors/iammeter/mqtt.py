@@ -9,7 +9,9 @@ counted in `energy_meter_exporter_push_rejected_total{listener="mqtt:<broker>"}`
 target claims (`unknown_sn`), a body that is not a valid measurement (`malformed`, and the
 target of its SN fails with reason `parse`), an SN in the body that differs from the topic's
 (`sn_mismatch`, also a `parse` failure of the topic's target), a payload over 64 KiB
-(`too_large`).
+(`too_large`). The broker connection itself refuses a topic that is not valid UTF-8
+(`malformed`, the connection kept) and a packet over the broker's `max_message_bytes`
+(`too_large`, the connection dropped before the packet is read, every target of the broker down).
 """
 
 from __future__ import annotations

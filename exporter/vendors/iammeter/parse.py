@@ -35,7 +35,8 @@ What is accepted and what is an error (ParseError, the whole payload is refused)
 
 - Numbers may arrive as JSON numbers or as numeric strings (some firmware quotes them); any
   other string, a boolean, a list or an object where a number belongs is an error, as is a
-  non-finite number or a negative energy counter.
+  non-finite number. A negative energy counter is passed on: the store drops it (and counts it)
+  as it does every vendor's, and the rest of the reading is kept.
 - A row must have 5 or 7 elements. A `null` element means the meter did not measure that
   field: it gives no series. A row of nulls is a phase the meter has no values for (firmware
   sends such rows before its first measurement): that phase is skipped. If no row holds any
@@ -260,8 +261,6 @@ def _row(item: Any, where: str) -> Row | None:
     values = [_number(v, f"{where}[{i}]") for i, v in enumerate(item)]
     if all(v is None for v in values):
         return None
-    for index in (3, 4):
-        _check_counter(values[index], f"{where}[{index}]")
     return Row(*values)
 
 
@@ -273,14 +272,9 @@ def _reactive_row(item: Any, where: str) -> ReactiveRow | None:
     values = [_number(v, f"{where}[{i}]") for i, v in enumerate(item)]
     if all(v is None for v in values):
         return None
-    _check_counter(values[1], f"{where}[1]")
-    _check_counter(values[2], f"{where}[2]")
     return ReactiveRow(*values)
 
 
-def _check_counter(value: float | None, where: str) -> None:
-    if value is not None and value < 0:
-        raise ParseError(f"{where}: negative energy counter {value:g}")
 
 
 def _phase_count(model: str, key: str, rows: int) -> int:

@@ -273,7 +273,7 @@ class IOmeterBridge:
         except aiohttp.ClientConnectorError as exc:
             raise PollError("connection", f"{url}: cannot connect: {exc.os_error.strerror or exc.os_error}") from None
         except aiohttp.ClientResponseError as exc:
-            raise PollError("http_error", f"{url}: malformed HTTP answer: {label_text(str(exc.message), 120)}") from None
+            raise PollError("parse", f"{url}: malformed HTTP answer: {label_text(str(exc.message), 120)}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise PollError("connection", f"{url}: event stream broken: {exc.__class__.__name__}") from None
         except ValueError as exc:  # the client refused to send the request (a malformed host)
