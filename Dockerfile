@@ -2,7 +2,9 @@
 #   docker build -t energy-meter-exporter .
 #   docker run -p 9896:9896 -v $PWD/config.yaml:/etc/energy-meter-exporter/config.yaml:ro \
 #              -v emx-state:/var/lib/energy-meter-exporter energy-meter-exporter
-FROM python:3.11-slim
+# The image carries the exporter alone; `--target demo` adds the device simulators and `python -m demo`
+# (docker-compose.yml's demo profile).
+FROM python:3.11-slim AS exporter
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
@@ -26,3 +28,14 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 
 ENTRYPOINT ["energy-meter-exporter", "--config.file=/etc/energy-meter-exporter/config.yaml"]
 CMD ["--web.listen-address=:9896"]
+
+# The simulators and the demo run from their source folders (they are not part of the installed package).
+FROM exporter AS demo
+COPY simulators /opt/energy-meter-exporter-demo/simulators
+COPY demo /opt/energy-meter-exporter-demo/demo
+ENV PYTHONPATH=/opt/energy-meter-exporter-demo
+ENTRYPOINT ["python", "-m", "demo"]
+CMD ["--host", "0.0.0.0", "--port", "9896"]
+
+# Last, so that a plain `docker build .` yields the exporter-only image.
+FROM exporter

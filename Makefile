@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 
 demo: venv
 	@sh scripts/install-system-deps.sh demo
-	$(VENV)/bin/python -m exporter.demo --port $(PORT)
+	$(VENV)/bin/python -m demo --port $(PORT)
 
 system-deps:
 	@sh scripts/install-system-deps.sh

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from exporter.simulators.ports import free_port  # noqa: F401  (the bench's modules import it from here)
+from simulators.ports import free_port  # noqa: F401  (the bench's modules import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 

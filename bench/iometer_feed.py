@@ -1,5 +1,5 @@
 """A load source for the push benchmark: the IOmeter Partner API simulator
-(`exporter.simulators.iometer_partner`) answering discovery as it always does, with its
+(`simulators.iometer_partner`) answering discovery as it always does, with its
 `meterReadings` subscription replaced by a loop that sends readings as fast as the WebSocket
 takes them.
 
@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import graphql
-from exporter.simulators.iometer_partner import (
+from simulators.iometer_partner import (
     LEGACY_WS,
     PartnerApiSimulator,
     _Connection,

@@ -14,7 +14,7 @@ import json
 import random
 import time
 
-from exporter.simulators.homewizard import DATA
+from simulators.homewizard import DATA
 
 TEMPLATE = json.loads((DATA / "v1" / "HWE-P1" / "data.json").read_text(encoding="utf-8"))
 DEVICE = json.loads((DATA / "v1" / "HWE-P1" / "device.json").read_text(encoding="utf-8"))

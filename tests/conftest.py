@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter.simulators.ports import free_port  # noqa: F401  (tests import it from here)
+from simulators.ports import free_port  # noqa: F401  (tests import it from here)
 
 if TYPE_CHECKING:
     from exporter.daemon import Daemon
-    from exporter.simulators.homewizard import HomeWizardSimulator
+    from simulators.homewizard import HomeWizardSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = ROOT.parent / "shared" / "conformance"

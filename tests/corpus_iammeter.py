@@ -47,7 +47,7 @@ def cloud_documented() -> Iterator[tuple[str, Reading]]:
     the cloud simulator): there is no capture of that API."""
     from datetime import date
 
-    from exporter.simulators import iammeter_cloud as seed
+    from simulators import iammeter_cloud as seed
     from exporter.vendors.iammeter import cloud_parse as cp
 
     labels = cp.MeterLabels("", "meter")

@@ -16,8 +16,8 @@ from typing import Iterator
 from graphql import print_ast
 
 from exporter.samples import Reading
-from exporter.simulators.iometer import THREE_PHASE_READING
-from exporter.simulators.iometer_partner import PartnerApiSimulator, demo_installations, demo_values
+from simulators.iometer import THREE_PHASE_READING
+from simulators.iometer_partner import PartnerApiSimulator, demo_installations, demo_values
 from exporter.vendors.iometer import parse
 from exporter.vendors.iometer.partner import INSTALLATIONS, READINGS
 

@@ -151,7 +151,7 @@ def rules_with_short_for(source: Path, target: Path, duration: str = "1s") -> Pa
 
 
 class DemoStack:
-    """The simulated devices of every vendor (`exporter.demo.PARTICIPANTS`, what `make demo`
+    """The simulated devices of every vendor (`demo.PARTICIPANTS`, what `make demo`
     runs) and the exporter daemon polling them, on a background event loop so that synchronous
     tests can drive Prometheus meanwhile."""
 
@@ -167,7 +167,7 @@ class DemoStack:
     def start(self) -> "DemoStack":
         from exporter.config import load_config
         from exporter.daemon import Daemon
-        from exporter.demo import PARTICIPANTS, config_document
+        from demo import PARTICIPANTS, config_document
         from exporter.state import write_private_file
 
         async def up() -> None:

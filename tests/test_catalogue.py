@@ -77,7 +77,7 @@ def test_vendor_claims_match_what_the_parsers_emit(conformance):
 
 
 def test_simulator_bodies_are_the_corpus(conformance):
-    data = ROOT / "exporter" / "simulators" / "data" / "homewizard"
+    data = ROOT / "simulators" / "data" / "homewizard"
     for path in data.rglob("*.json"):
         original = conformance / "homewizard" / path.relative_to(data)
         assert original.read_bytes() == path.read_bytes(), path

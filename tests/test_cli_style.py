@@ -17,7 +17,7 @@ import pytest
 from exporter.cli import build_parser
 from exporter.console import NEXT_STEPS, PLAIN_EVERY, Console
 from exporter.errors import REASONS
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 from exporter.vendors.homewizard.pairing import pair_command
 
 from .conftest import free_port

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import ExporterProcess, free_port, http_get, sample_value, wait_until
 

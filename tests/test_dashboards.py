@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter import demo
+import demo
 from exporter.catalogue import METRICS_BY_NAME
 
 from .conftest import ROOT, LoopThread, free_port, require_binary, wait_until
@@ -253,7 +253,7 @@ def test_docker_compose_config_accepts_the_stack():
 def test_demo_tells_how_to_open_the_same_stack_with_compose():
     assert "docker compose --profile demo up" in demo.COMPOSE_HINT
     assert "localhost:3000" in demo.COMPOSE_HINT
-    assert compose()["services"]["exporter-demo"]["entrypoint"][:3] == ["python", "-m", "exporter.demo"]
+    assert compose()["services"]["exporter-demo"]["entrypoint"][:3] == ["python", "-m", "demo"]
 
 
 # --- end to end -----------------------------------------------------------------------------------

@@ -8,14 +8,15 @@ import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import free_port, http_get, wait_until
+from .conftest import ROOT, free_port, http_get, wait_until
 
 
 def test_demo_runs_every_simulated_device_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
     log = open(tmp_path / "demo.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "exporter.demo", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    # cwd: the demo runs from the source checkout, as `make demo` runs it.
+    proc = subprocess.Popen([sys.executable, "-m", "demo", "--port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         def targets_up():
             status, _, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)

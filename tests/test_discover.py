@@ -16,10 +16,10 @@ import yaml
 
 from exporter.console import Console
 from exporter.discover import Endpoint, Options, discover, parse_ports, parse_scan, render_yaml
-from exporter.simulators.enphase import CORPUS, GatewaySimulator, firmware_folder
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.iammeter import IammeterHttpSimulator
-from exporter.simulators.iometer import BridgeSimulator
+from simulators.enphase import CORPUS, GatewaySimulator, firmware_folder
+from simulators.homewizard import HomeWizardSimulator
+from simulators.iammeter import IammeterHttpSimulator
+from simulators.iometer import BridgeSimulator
 
 from .conftest import free_port
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import ExporterProcess, free_port, require_binary, wait_until
 from .prometheus import PrometheusServer

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import build_parser
-from exporter.simulators.enphase import EMBEDDED, EnlightenSimulator, GatewaySimulator, TokenIssuer
+from simulators.enphase import EMBEDDED, EnlightenSimulator, GatewaySimulator, TokenIssuer
 from exporter.vendors.enphase import command
 from exporter.vendors.enphase.token import token_info
 

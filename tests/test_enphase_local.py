@@ -15,7 +15,7 @@ from exporter.config import Secret, TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import PollError
 from exporter.logs import get as get_log
-from exporter.simulators.enphase import (DEFAULT_FIRMWARE, PACKAGED, EnlightenSimulator, GatewaySimulator, TokenIssuer,
+from simulators.enphase import (DEFAULT_FIRMWARE, PACKAGED, EnlightenSimulator, GatewaySimulator, TokenIssuer,
                                          firmware_folder, start_demo)
 from exporter.state import StateDirectory
 from exporter.vendors.enphase.local import SPEC, EnphaseLocal, check_target, parse_window

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from exporter.errors import PollError
-from exporter.simulators.enphase import EnlightenSimulator, TokenIssuer
+from simulators.enphase import EnlightenSimulator, TokenIssuer
 from exporter.state import StateDirectory
 from exporter.vendors.enphase.token import TokenError, TokenStore, decode_claims, fetch_token, token_info
 

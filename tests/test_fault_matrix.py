@@ -12,7 +12,7 @@ clears, a pushing one at the first message or reconnection after it clears. A fa
 exporter absorbs (an expired Enphase token it renews) must fail no poll at all. README.md's
 fault table lists the same rows (transport, fault).
 
-Hostile peers (`hostile=True`, see `exporter/simulators/hostile.py`) break the protocol itself:
+Hostile peers (`hostile=True`, see `simulators/hostile.py`) break the protocol itself:
 framing errors, invalid UTF-8, lone surrogates, absurd numbers, deep nesting, endless data. For
 every case the whole /metrics body must also parse with prometheus_client's OpenMetrics parser
 (no faulty counter negative, absurd or not finite), the status page must answer, and an endless
@@ -41,12 +41,12 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from exporter.scheduler import RETRIES_BEFORE_BACKOFF
-from exporter.simulators import hostile
-from exporter.simulators.faultproxy import FaultProxy
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.iometer_partner import (LEGACY_WS, PartnerApiSimulator, demo_installations, demo_values,
+from simulators import hostile
+from simulators.faultproxy import FaultProxy
+from simulators.homewizard import HomeWizardSimulator
+from simulators.iometer_partner import (LEGACY_WS, PartnerApiSimulator, demo_installations, demo_values,
                                                  format_obis)
-from exporter.simulators.tls import new_authority
+from simulators.tls import new_authority
 
 from .conftest import async_wait_until, daemon_beside_control, free_port, require_binary, sample_value
 
@@ -227,7 +227,7 @@ IAMMETER_HTTP_FAULTS = [
 
 
 async def iammeter_http_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter.simulators.iammeter import IammeterHttpSimulator
+    from simulators.iammeter import IammeterHttpSimulator
 
     device = IammeterHttpSimulator("WEM3080T")
     await device.start()
@@ -250,7 +250,7 @@ IAMMETER_MODBUS_FAULTS = [
 
 
 async def iammeter_modbus_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter.simulators.iammeter import IammeterModbusSimulator, meter_state
+    from simulators.iammeter import IammeterModbusSimulator, meter_state
 
     state, _ = meter_state("WEM3080T")
     device = IammeterModbusSimulator(state)
@@ -297,7 +297,7 @@ ENPHASE_FAULTS = [
 
 
 async def enphase_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter.simulators.enphase import GatewaySimulator
+    from simulators.enphase import GatewaySimulator
 
 
     device = await GatewaySimulator().start()
@@ -320,7 +320,7 @@ ENLIGHTEN_USER, ENLIGHTEN_PASSWORD = "owner@example.com", "enlighten-pass-5e1"
 async def enphase_enlighten_rig(tmp_path, monkeypatch) -> Rig:
     """The gateway with Enlighten credentials instead of a pasted token: the exporter fetches
     its tokens itself; Enlighten sits behind a fault proxy of its own."""
-    from exporter.simulators.enphase import EnlightenSimulator, GatewaySimulator, TokenIssuer
+    from simulators.enphase import EnlightenSimulator, GatewaySimulator, TokenIssuer
 
     issuer = TokenIssuer()
     device = await GatewaySimulator(issuer=issuer).start()
@@ -402,7 +402,7 @@ IOMETER_BRIDGE_FAULTS = [
 
 
 async def iometer_bridge_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter.simulators.iometer import BridgeSimulator
+    from simulators.iometer import BridgeSimulator
 
     device = BridgeSimulator()
     await device.start()
@@ -416,7 +416,7 @@ async def iometer_bridge_rig(tmp_path, monkeypatch) -> Rig:
 
 
 async def iammeter_mqtt_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter.simulators.iammeter_push import MosquittoBroker, MqttMeter
+    from simulators.iammeter_push import MosquittoBroker, MqttMeter
 
     require_binary("mosquitto")
     broker = await MosquittoBroker(directory=tmp_path / "broker").start()
@@ -489,7 +489,7 @@ IAMMETER_MQTT_FAULTS = [
 
 
 async def iammeter_push_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter.simulators.iammeter_push import HttpPushMeter
+    from simulators.iammeter_push import HttpPushMeter
 
     port = free_port()
     meter = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/", interval=PUSH_EVERY)
@@ -522,7 +522,7 @@ CLOUD_PASSWORD = "cloud-pass-94c2"
 async def iammeter_cloud_rig(tmp_path, monkeypatch) -> Rig:
     from exporter import quota
     from exporter.quota import Limit
-    from exporter.simulators.iammeter_cloud import CloudLimits, IammeterCloudSimulator, parse_utc
+    from simulators.iammeter_cloud import CloudLimits, IammeterCloudSimulator, parse_utc
     from exporter.vendors.iammeter import cloud
 
     # metersdata at the matrix's pace; a "nothing" answer holds the call back for this window,
@@ -856,7 +856,7 @@ IOMETER_BRIDGE_HOSTILE = [
 
 async def iometer_bridge_sse_rig(tmp_path, monkeypatch) -> Rig:
     """The bridge in `mode: sse`: both event streams kept open, through a fault proxy."""
-    from exporter.simulators.iometer import BridgeSimulator
+    from simulators.iometer import BridgeSimulator
 
     device = BridgeSimulator()
     await device.start()

@@ -32,7 +32,7 @@ from exporter.vendors.iammeter import parse as iammeter
 from exporter.vendors.iammeter import registers
 from exporter.vendors.iometer import obis
 from exporter.vendors.iometer import parse as iometer
-from exporter.simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
+from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 from exporter.vendors.iometer.bridge import SseDecoder, SseEvent
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"

@@ -11,7 +11,7 @@ import textwrap
 from exporter import daemon as daemon_module
 from exporter.config import load_config
 from exporter.daemon import Daemon
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import async_wait_until
 

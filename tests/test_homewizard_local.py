@@ -10,8 +10,8 @@ from exporter.config import Secret, TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import PollError
 from exporter.logs import get as get_log
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.tls import new_authority
+from simulators.homewizard import HomeWizardSimulator
+from simulators.tls import new_authority
 from exporter.state import StateDirectory
 from exporter.vendors.homewizard.local import HomeWizardLocal
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 from exporter.vendors.homewizard.pairing import PairingError, pair
 
 

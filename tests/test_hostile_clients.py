@@ -17,8 +17,8 @@ import aiohttp
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from exporter.serving import Limits
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.iammeter_push import HttpPushMeter
+from simulators.homewizard import HomeWizardSimulator
+from simulators.iammeter_push import HttpPushMeter
 from exporter.webconfig import load_web_config
 
 from .conftest import (ExporterProcess, async_wait_until, free_port, http_get, sample_value, start_push_daemon,
@@ -258,7 +258,7 @@ async def test_a_client_that_stops_reading_the_metrics_is_dropped(tmp_path, monk
 
 
 async def test_a_tls_handshake_that_never_ends_is_closed(tmp_path):
-    from exporter.simulators.tls import new_authority
+    from simulators.tls import new_authority
 
     authority = new_authority("Test CA", "tests", tmp_path / "pki")
     authority.issue("localhost", dns_names=("localhost",), ip_addresses=("127.0.0.1",), name="server")

@@ -17,7 +17,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from exporter import catalogue as M
 from exporter.config import load_config
 from exporter.daemon import Daemon
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 from exporter.store import RETIRED_MIN
 
 from .conftest import async_wait_until, free_port

@@ -10,9 +10,9 @@ import ssl
 
 import pytest
 
-from exporter.simulators import hostile
-from exporter.simulators.faultproxy import FaultProxy, _with_bad_topic
-from exporter.simulators.homewizard import POISON_SPOTS, HomeWizardSimulator
+from simulators import hostile
+from simulators.faultproxy import FaultProxy, _with_bad_topic
+from simulators.homewizard import POISON_SPOTS, HomeWizardSimulator
 
 GET = b"GET /api/v1/data HTTP/1.1\r\nHost: device\r\n\r\n"
 

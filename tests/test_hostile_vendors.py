@@ -26,8 +26,8 @@ from exporter.config import Secret, TargetConfig
 from exporter.context import AdapterContext
 from exporter.daemon import Daemon
 from exporter.errors import PollError
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
+from simulators.homewizard import HomeWizardSimulator
+from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 from exporter.state import StateDirectory
 from exporter.vendors.homewizard.local import OPTIONS as HW_OPTIONS
 from exporter.vendors.homewizard.local import HomeWizardLocal
@@ -291,7 +291,7 @@ async def test_an_enphase_token_with_a_line_break_fails_each_poll_as_config(tmp_
 
 
 async def test_partner_credentials_that_cannot_travel_in_a_header_are_a_config_error(tmp_path):
-    from exporter.simulators.iometer_partner import PartnerApiSimulator, demo_installations
+    from simulators.iometer_partner import PartnerApiSimulator, demo_installations
     from exporter.vendors.iometer.partner import IOmeterPartner
 
     from .test_iometer_partner import make_target
@@ -484,7 +484,7 @@ def test_the_sse_decoder_refuses_an_oversized_event_split_over_many_lines():
 
 
 async def test_a_deeply_nested_mqtt_payload_is_a_parse_error(tmp_path):
-    from exporter.simulators.iammeter_push import MosquittoBroker
+    from simulators.iammeter_push import MosquittoBroker
 
     from .conftest import require_binary
     from .test_iammeter_mqtt import SN, broker_item, exporter, target

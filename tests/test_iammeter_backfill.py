@@ -14,7 +14,7 @@ import structlog
 
 from exporter import quota
 from exporter.cli import main
-from exporter.simulators.iammeter_cloud import IammeterCloudSimulator
+from simulators.iammeter_cloud import IammeterCloudSimulator
 from exporter.state import StateDirectory
 from exporter.vendors.iammeter import backfill, cloud
 

@@ -18,8 +18,8 @@ from exporter import quota
 from exporter.config import ConfigError, TargetConfig, load_config
 from exporter.context import AdapterContext
 from exporter.errors import PollError
-from exporter.simulators import iammeter_cloud as seed
-from exporter.simulators.iammeter_cloud import IammeterCloudSimulator
+from simulators import iammeter_cloud as seed
+from simulators.iammeter_cloud import IammeterCloudSimulator
 from exporter.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import cloud

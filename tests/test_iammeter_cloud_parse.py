@@ -11,7 +11,7 @@ import pytest
 
 from exporter import catalogue as c
 from exporter.samples import ParseError
-from exporter.simulators import iammeter_cloud as seed
+from simulators import iammeter_cloud as seed
 from exporter.vendors.iammeter import cloud_parse as cp
 
 KWH = 3.6e6

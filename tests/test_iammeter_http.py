@@ -15,7 +15,7 @@ from exporter import catalogue as c
 from exporter.config import TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import PollError
-from exporter.simulators.iammeter import IammeterHttpSimulator
+from simulators.iammeter import IammeterHttpSimulator
 from exporter.state import StateDirectory
 from exporter.vendors.iammeter import http as iam_http
 

@@ -14,7 +14,7 @@ from exporter.config import TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import REASONS, PollError
 from exporter.samples import Reading
-from exporter.simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
+from simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
 from exporter.state import StateDirectory
 from exporter.vendors.iammeter import http as iam_http
 from exporter.vendors.iammeter import modbus as iam_modbus

@@ -18,8 +18,8 @@ from exporter.context import AdapterContext, SharedResources
 from exporter.daemon import Daemon
 from exporter.mqtt import BrokerSettings, PacketSizeGuard, topic_filter_problem, topic_matches, wildcard_value
 from exporter.scheduler import TargetRunner
-from exporter.simulators import hostile
-from exporter.simulators.iammeter_push import MosquittoBroker, MqttMeter, mosquitto_passwd_binary
+from simulators import hostile
+from simulators.iammeter_push import MosquittoBroker, MqttMeter, mosquitto_passwd_binary
 from exporter.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import mqtt as iam_mqtt

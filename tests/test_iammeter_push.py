@@ -16,7 +16,7 @@ from exporter.config import ConfigError, TargetConfig, load_config
 from exporter.context import AdapterContext, SharedResources
 from exporter.daemon import Daemon
 from exporter.scheduler import TargetRunner
-from exporter.simulators.iammeter_push import HttpPushMeter
+from simulators.iammeter_push import HttpPushMeter
 from exporter.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import push as iam_push

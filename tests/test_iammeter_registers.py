@@ -8,7 +8,7 @@ import pytest
 
 from exporter import catalogue as c
 from exporter.samples import ParseError
-from exporter.simulators.iammeter import encode_single_phase, encode_three_phase, meter_state
+from simulators.iammeter import encode_single_phase, encode_three_phase, meter_state
 from exporter.vendors.iammeter.parse import (
     decode_single_phase,
     decode_three_phase,

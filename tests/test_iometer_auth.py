@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exporter.config import Secret
-from exporter.simulators.iometer_partner import PartnerApiSimulator
+from simulators.iometer_partner import PartnerApiSimulator
 from exporter.vendors.iometer.auth import (
     Credentials,
     basic_header,

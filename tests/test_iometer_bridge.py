@@ -17,7 +17,7 @@ from exporter.config import TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import PollError
 from exporter.samples import ParseError, Reading
-from exporter.simulators.iometer import EMBEDDED_READING, BridgeSimulator
+from simulators.iometer import EMBEDDED_READING, BridgeSimulator
 from exporter.state import StateDirectory
 from exporter.vendors import registry
 from exporter.vendors.iometer.bridge import OPTIONS, IOmeterBridge, SseDecoder, SseEvent

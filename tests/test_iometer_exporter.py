@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from exporter.simulators.iometer import THREE_PHASE_READING, BridgeSimulator
-from exporter.simulators.iometer_partner import PartnerApiSimulator, demo_installations, demo_values
+from simulators.iometer import THREE_PHASE_READING, BridgeSimulator
+from simulators.iometer_partner import PartnerApiSimulator, demo_installations, demo_values
 
 from .conftest import ExporterProcess, free_port, sample_value, wait_until
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import ROOT, ExporterProcess, free_port, http_get, wait_until
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from exporter import catalogue as c
 from exporter.samples import DeviceInfo, ParseError, Reading
-from exporter.simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS, THREE_PHASE_READING
+from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS, THREE_PHASE_READING
 from exporter.vendors.iometer import parse
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"

@@ -20,7 +20,7 @@ from exporter.config import TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import PollError
 from exporter.samples import Reading
-from exporter.simulators.iometer_partner import (
+from simulators.iometer_partner import (
     LEGACY_WS,
     TRANSPORT_WS,
     PartnerApiSimulator,

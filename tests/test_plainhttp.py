@@ -14,7 +14,7 @@ import pytest
 from exporter.errors import PollError
 from exporter.http import Response
 from exporter.plainhttp import PlainHttpConnection
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import ExporterProcess, free_port, http_get, sample_value, wait_until
 

@@ -22,8 +22,8 @@ from exporter import catalogue as c
 from exporter import statuspage
 from exporter.config import load_config
 from exporter.daemon import Daemon
-from exporter.simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
-from exporter.simulators.tls import new_authority
+from simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
+from simulators.tls import new_authority
 
 from .conftest import (async_wait_until, free_port, push_listener_config, sample_value, start_push_daemon,
                        wait_listening)

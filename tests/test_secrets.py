@@ -16,11 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from exporter.simulators.enphase import EnlightenSimulator, GatewaySimulator, TokenIssuer
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.iammeter import IammeterHttpSimulator
-from exporter.simulators.iammeter_cloud import IammeterCloudSimulator
-from exporter.simulators.iometer_partner import PartnerApiSimulator
+from simulators.enphase import EnlightenSimulator, GatewaySimulator, TokenIssuer
+from simulators.homewizard import HomeWizardSimulator
+from simulators.iammeter import IammeterHttpSimulator
+from simulators.iammeter_cloud import IammeterCloudSimulator
+from simulators.iometer_partner import PartnerApiSimulator
 
 from .conftest import ExporterProcess, free_port, http_get, require_binary
 
@@ -53,7 +53,7 @@ def run_cli(config: Path, *args: str) -> str:
 
 def test_no_secret_leaks_anywhere(tmp_path, loop_thread):
     require_binary("mosquitto")
-    from exporter.simulators.iammeter_push import MosquittoBroker
+    from simulators.iammeter_push import MosquittoBroker
 
     async def start():
         hw = await HomeWizardSimulator("HWE-P1", v1=False).start()

@@ -12,7 +12,7 @@ import pytest
 from exporter import cli
 from exporter.config import TargetConfig, load_config
 from exporter.daemon import Daemon, Shard, parse_shard, shard_of
-from exporter.simulators.homewizard import HomeWizardSimulator
+from simulators.homewizard import HomeWizardSimulator
 from exporter.vendors import load_all, registry
 
 load_all()

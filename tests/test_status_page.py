@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from exporter.quota import Limit, ledger_for
-from exporter.simulators.enphase import GatewaySimulator
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.iammeter import IammeterHttpSimulator
+from simulators.enphase import GatewaySimulator
+from simulators.homewizard import HomeWizardSimulator
+from simulators.iammeter import IammeterHttpSimulator
 from exporter.state import StateDirectory
 from exporter.vendors.enphase.token import token_info
 

@@ -24,8 +24,8 @@ import pytest
 from exporter import webconfig
 from exporter.config import load_config
 from exporter.daemon import Daemon
-from exporter.simulators.homewizard import HomeWizardSimulator
-from exporter.simulators.tls import new_authority
+from simulators.homewizard import HomeWizardSimulator
+from simulators.tls import new_authority
 from exporter.webconfig import load_web_config
 
 from .conftest import ExporterProcess, free_port, sample_value

@@ -13,7 +13,7 @@ same `MeterState` (three-phase map, or the WEM3080's 8 registers), so a test can
 both ways. Both classes have `async start(port=0) -> port`, `async stop()`, a mutable `state`
 and a `fault` attribute for failure injection.
 
-Demo: `python -m exporter.simulators.iammeter --model WEM3080T --http-port 8080 --modbus-port 5020`.
+Demo: `python -m simulators.iammeter --model WEM3080T --http-port 8080 --modbus-port 5020`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from ..vendors.iammeter import registers as reg
-from . import hostile
+from exporter.vendors.iammeter import registers as reg
 
-DEFAULT_CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "conformance"
+from . import hostile
+from .paths import CONFORMANCE
+
+DEFAULT_CONFORMANCE = CONFORMANCE
 
 # model -> (model code in `method`, phases)
 MODELS: dict[str, tuple[int, int]] = {

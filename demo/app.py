@@ -18,10 +18,10 @@ from typing import Awaitable, Callable
 
 import yaml
 
-from . import logs
-from .config import ConfigError, load_config
-from .daemon import Daemon
-from .state import write_private_file
+from exporter import logs
+from exporter.config import ConfigError, load_config
+from exporter.daemon import Daemon
+from exporter.state import write_private_file
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Participant:
 
 
 async def homewizard(workdir: Path) -> Participant:
-    from .simulators.homewizard import HomeWizardSimulator
+    from simulators.homewizard import HomeWizardSimulator
 
     p1 = await HomeWizardSimulator("HWE-P1", live=True, auto_button_after=5).start()
     token_file = workdir / "homewizard-p1.token"
@@ -64,8 +64,8 @@ async def homewizard(workdir: Path) -> Participant:
 
 
 async def iammeter(workdir: Path) -> Participant:
-    from .simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
-    from .simulators.iammeter_push import HttpPushMeter, MosquittoBroker, MqttMeter, free_port, mosquitto_binary
+    from simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
+    from simulators.iammeter_push import HttpPushMeter, MosquittoBroker, MqttMeter, free_port, mosquitto_binary
 
     http = IammeterHttpSimulator("WEM3080T", nem=True, reactive=True)
     modbus = IammeterModbusSimulator(http.state)
@@ -107,7 +107,7 @@ async def iammeter(workdir: Path) -> Participant:
 
     # A cloud account with two meters and a place. Real clock and the seed's quotas: one
     # metersdata call per 5 minutes, so the values change every 5 minutes.
-    from .simulators.iammeter_cloud import IammeterCloudSimulator, seed_meters
+    from simulators.iammeter_cloud import IammeterCloudSimulator, seed_meters
 
     cloud = IammeterCloudSimulator(meters=[m for m in seed_meters() if m.sn in ("DA2BED94", "3FE34ABE")])
     await cloud.start()
@@ -136,7 +136,7 @@ async def iammeter(workdir: Path) -> Participant:
 
 
 async def enphase(workdir: Path) -> Participant:
-    from .simulators.enphase import start_demo
+    from simulators.enphase import start_demo
 
     # Firmware 8.2 with production, net-consumption and storage CTs, 35 microinverters and 5
     # IQ Batteries; its bodies ship with the package, so this works from a plain clone.
@@ -156,7 +156,7 @@ async def enphase(workdir: Path) -> Participant:
 
 
 async def iometer(workdir: Path) -> Participant:
-    from .simulators.iometer import start_demo
+    from simulators.iometer import start_demo
 
     demo = await start_demo()
     return Participant(targets=demo.targets, stop=[demo.stop], notes=demo.notes)
@@ -236,7 +236,7 @@ async def run(host: str, port: int, workdir: Path, ready: asyncio.Event | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exporter.demo")
+    parser = argparse.ArgumentParser(prog="python -m demo")
     parser.add_argument("--port", type=int, default=9896)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=logs.LEVELS)
@@ -247,6 +247,3 @@ def main(argv: list[str] | None = None) -> int:
     print("demo stopped.")
     return status
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,9 +29,9 @@ from typing import Any, AsyncIterator, Callable
 import graphql
 from aiohttp import WSMsgType, web
 
-from ..vendors.iometer.auth import basic_header, parse_wsse, password_digest
-from ..vendors.iometer.obis import parse_obis
-from ..vendors.iometer.parse import format_time, parse_time
+from exporter.vendors.iometer.auth import basic_header, parse_wsse, password_digest
+from exporter.vendors.iometer.obis import parse_obis
+from exporter.vendors.iometer.parse import format_time, parse_time
 
 PATH = "/api/v1/query"
 TRANSPORT_WS = "graphql-transport-ws"

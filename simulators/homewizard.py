@@ -22,7 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..vendors.homewizard.parse import CERT_KINDS
+from exporter.vendors.homewizard.parse import CERT_KINDS
+
 from . import hostile
 from .tls import Authority, new_authority
 

@@ -10,7 +10,7 @@ data line never ends, sent as fast as the client reads), or a poison of `hostile
 in the reading event (see `POISON_SPOTS`); `poisoned_reading(poison)` is the same body for
 `set_reading` in poll mode.
 
-Run `python -m exporter.simulators.iometer` for a demo: a bridge whose meter counts up, and a
+Run `python -m simulators.iometer` for a demo: a bridge whose meter counts up, and a
 Partner API simulator with a few installations receiving readings.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import hostile
+from . import hostile, paths
 
-CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "iometer-local"
+CONFORMANCE = paths.CONFORMANCE / "iometer-local"
 
 # Copies of the conformance bodies (home-assistant/core tests, Apache-2.0), for when the corpus
 # folder is not there.

@@ -32,7 +32,7 @@ Meter values move with the clock: each row's power swings +-10 % around the seed
 day and the energy counters integrate it, so history and latest values agree and counters only
 grow. `CloudMeter.offline` lists periods without uploads (for offlineAnalysis and history gaps).
 
-Demo: `python -m exporter.simulators.iammeter_cloud --port 8081` (user `test`, password `123456`).
+Demo: `python -m simulators.iammeter_cloud --port 8081` (user `test`, password `123456`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ them), `.hang()` / `.wake()` (the nightly unresponsive period: requests get no a
 `.bodies` (file name -> body, to add or replace an endpoint), `EnlightenSimulator.mfa`,
 `.token_lifetime`, and the request logs `requests`, `login_calls`.
 
-Demo: `python -m exporter.simulators.enphase [--firmware NAME]` prints the URLs, the
+Demo: `python -m simulators.enphase [--firmware NAME]` prints the URLs, the
 certificate fingerprint and a token.
 """
 
@@ -51,9 +51,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .paths import CONFORMANCE
 from .tls import server_context
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "enphase"
+CORPUS = CONFORMANCE / "enphase"
 PACKAGED = Path(__file__).with_name("data") / "enphase"
 # CTs (production, net consumption, storage), 35 microinverters and 5 IQ Batteries.
 DEFAULT_FIRMWARE = "8.2.4286_with_3cts_and_battery_split"
@@ -599,7 +600,7 @@ async def _serve(firmware: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m exporter.simulators.enphase")
+    parser = argparse.ArgumentParser(prog="python -m simulators.enphase")
     parser.add_argument("--firmware", default=DEFAULT_FIRMWARE, choices=firmwares() + ([EMBEDDED] if EMBEDDED not in firmwares() else []))
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,69 @@
+"""The installed exporter is the exporter alone: the simulators and the demo stay in the checkout."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from simulators import enphase, iammeter, iometer, paths
+
+from .conftest import CONFORMANCE, ROOT
+
+OUTSIDE = ("simulators", "demo")
+
+
+def _imported(path: Path) -> set[str]:
+    """Absolute names a file imports, relative imports resolved (`from .simulators import x` in
+    `exporter/` is `exporter.simulators`), each `from m import n` also as `m.n`."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _reaches_outside(name: str) -> bool:
+    parts = name.split(".")
+    return parts[0] in OUTSIDE or (parts[0] == "exporter" and len(parts) > 1 and parts[1] in OUTSIDE)
+
+
+def test_exporter_imports_neither_simulators_nor_demo():
+    offenders = []
+    for path in sorted((ROOT / "exporter").rglob("*.py")):
+        offenders += [f"{path.relative_to(ROOT)}: {name}" for name in sorted(_imported(path)) if _reaches_outside(name)]
+    assert offenders == []
+
+
+def test_simulators_and_demo_are_not_inside_the_package():
+    assert not (ROOT / "exporter" / "simulators").exists()
+    assert not (ROOT / "exporter" / "demo.py").exists()
+    assert (ROOT / "simulators" / "__init__.py").is_file() and (ROOT / "demo" / "__main__.py").is_file()
+
+
+def test_package_discovery_leaves_simulators_and_demo_out():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    include = setuptools["packages"]["find"]["include"]
+    assert include == ["exporter*"]
+    # setuptools matches these patterns against dotted package names, case-sensitively.
+    for name in ("simulators", "simulators.data", "demo"):
+        assert not any(fnmatchcase(name, pattern) for pattern in include), name
+    # No glob meant for the simulators' captured bodies ships with the exporter.
+    globs = [g for patterns in setuptools.get("package-data", {}).values() for g in patterns]
+    assert not [g for g in globs if "data/" in g]
+
+
+def test_simulators_find_the_conformance_corpus_from_their_new_place():
+    # A wrong path fails nothing by itself: the simulators fall back to their embedded bodies.
+    assert paths.CONFORMANCE == CONFORMANCE and CONFORMANCE.is_dir()
+    assert enphase.CORPUS == CONFORMANCE / "enphase" and enphase.CORPUS.is_dir()
+    assert iammeter.DEFAULT_CONFORMANCE == CONFORMANCE and (CONFORMANCE / "iammeter").is_dir()
+    assert iometer.CONFORMANCE == CONFORMANCE / "iometer-local" and iometer.CONFORMANCE.is_dir()
+    assert (enphase.PACKAGED / enphase.DEFAULT_FIRMWARE).is_dir()
