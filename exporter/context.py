@@ -1,5 +1,5 @@
 """What an adapter gets from the daemon: the shared HTTP client, shared connections, the state
-directory, the configuration's shared sections, a logger."""
+directory and its quota ledger, the configuration's shared sections, a logger."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import aiohttp
 
+from .quota import QuotaLedger
 from .state import StateDirectory
 
 T = TypeVar("T")
@@ -62,3 +63,6 @@ class AdapterContext:
     # Where shared objects (listeners, broker connections) publish their own series, through
     # `store.set_global(owner, metric, [(labels, value), ...])`. None in unit tests.
     store: Any = None
+    # The daemon's one ledger of rate-limited calls (targets sharing an account share it). None
+    # for an adapter built on its own, which then keeps a ledger of its own.
+    ledger: QuotaLedger | None = None

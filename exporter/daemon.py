@@ -18,7 +18,7 @@ from aiohttp import web
 from . import logs
 from .config import Config, ConfigError, TargetConfig, load_config
 from .context import AdapterContext, SharedResources
-from .quota import ledger_for
+from .quota import QuotaLedger
 from .scheduler import TargetRunner
 from .serving import ConnectionGuard, GuardedSite, Limits, runner_options, warn_if_over_file_limit
 from .state import StateDirectory
@@ -112,7 +112,10 @@ class Daemon:
         self._gc_task: asyncio.Task | None = None
         self._gc_watch: asyncio.Task | None = None
         self._gc_threshold = gc.get_threshold()
-        self._state: StateDirectory | None = None
+        self._state = StateDirectory(config.state_directory)  # one for all targets
+        # One ledger of rate-limited calls, handed to every target (targets sharing an account
+        # share its quota); built before start so that a quota can be registered early.
+        self.ledger = self._new_ledger()
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self, host: str = "0.0.0.0", port: int = 9896, limits: Limits | None = None,
@@ -120,9 +123,7 @@ class Daemon:
         """Start polling and serving; `limits` bound the web server's connections, `lifecycle`
         allows `POST /-/reload` (`--web.enable-lifecycle`)."""
         self.session = make_session()
-        ledger = ledger_for(StateDirectory(self.config.state_directory))
-        ledger.listeners.append(lambda: self.store.set_quota(ledger.windows()))
-        self.store.set_quota(ledger.windows())
+        self._publish_quota()
         await self._apply(self.config)
         self._freeze()
         limits = limits or Limits()
@@ -197,14 +198,24 @@ class Daemon:
         return all(r.polled_once.is_set() for r in self.runners.values())
 
     # --- targets ---------------------------------------------------------------------------
+    def _new_ledger(self) -> QuotaLedger:
+        ledger = QuotaLedger(self._state)
+        ledger.listeners.append(self._publish_quota)
+        return ledger
+
+    def _publish_quota(self) -> None:
+        self.store.set_quota(self.ledger.windows())
+
     def _runner_for(self, target: TargetConfig) -> TargetRunner:
         spec = registry.get(target.vendor, target.transport)
         assert spec is not None  # the config was validated against the registry
         log = _TargetLog(self.log, target.name, target.vendor)
-        if self._state is None or self._state.path != Path(self.config.state_directory):
-            self._state = StateDirectory(self.config.state_directory)  # one for all targets
-        ctx = AdapterContext(session=self.session, state=self._state, log=log,
-                             shared=self.shared, sections=self.config.sections, store=self.store)
+        if self._state.path != Path(self.config.state_directory):  # a reload moved it
+            self._state = StateDirectory(self.config.state_directory)
+            self.ledger = self._new_ledger()
+            self._publish_quota()
+        ctx = AdapterContext(session=self.session, state=self._state, log=log, shared=self.shared,
+                             sections=self.config.sections, store=self.store, ledger=self.ledger)
         adapter = spec.create(target, ctx)
         # A transport may poll or stream depending on the target's options (`mode: sse`).
         return TargetRunner(target, adapter, self.store, log, kind=getattr(adapter, "kind", spec.kind))

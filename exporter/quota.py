@@ -4,8 +4,8 @@ Vendors' clouds limit calls per hour, per day or per few minutes, and ban or ret
 when a client goes over. The ledger records a call *before* it is made (a crash in the middle
 still counts), keeps the record in the state directory (written atomically) so that a restart
 or a crash loop cannot spend a quota twice, and defers a call instead of making it over the
-limit. One ledger serves every target of a state directory, so targets sharing an account share
-its quota.
+limit. The daemon holds one ledger for its state directory and hands it to every target, so
+targets sharing an account share its quota.
 """
 
 from __future__ import annotations
@@ -128,14 +128,3 @@ class QuotaLedger:
         for listener in self.listeners:
             listener()
 
-
-_LEDGERS: dict[str, QuotaLedger] = {}
-
-
-def ledger_for(state: StateDirectory, clock: Callable[[], float] = time.time) -> QuotaLedger:
-    """The process's one ledger for a state directory (targets sharing an account share it)."""
-    key = str(state.path.resolve())
-    ledger = _LEDGERS.get(key)
-    if ledger is None:
-        ledger = _LEDGERS[key] = QuotaLedger(state, clock)
-    return ledger

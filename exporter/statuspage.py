@@ -22,8 +22,6 @@ from . import __version__
 from . import catalogue as M
 from .config import Secret
 from .console import next_step
-from .quota import ledger_for
-from .state import StateDirectory
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -32,17 +30,10 @@ DEFAULT_REFRESH = 5.0  # seconds between the script's refreshes
 TOKEN_WARN = 14 * 86400.0  # token expiry shown as a warning below this
 
 
-def _quota_windows(daemon: "Daemon") -> list[Any]:
-    try:
-        return ledger_for(StateDirectory(daemon.config.state_directory)).windows()
-    except OSError:  # an unreadable state directory must not take the page down
-        return []
-
-
 def status(daemon: "Daemon", now: float | None = None) -> dict[str, Any]:
     """The JSON document of `/api/v1/targets` (documented in the README)."""
     now = time.time() if now is None else now
-    windows = _quota_windows(daemon)
+    windows = daemon.ledger.windows()
     targets = []
     for target in daemon.config.targets:
         state = daemon.store.targets.get(target.name)

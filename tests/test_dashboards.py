@@ -305,8 +305,7 @@ def run_query(prom: PrometheusServer, t: dict, expr: str) -> tuple[bool, str]:
 
 @pytest.fixture(scope="module")
 def demo_prometheus(tmp_path_factory):
-    from exporter.quota import Limit, ledger_for
-    from exporter.state import StateDirectory
+    from exporter.quota import Limit
 
     prometheus_bin = require_binary("prometheus")
     tmp_path = tmp_path_factory.mktemp("dashboards")
@@ -319,7 +318,7 @@ def demo_prometheus(tmp_path_factory):
     def use_a_quota() -> None:
         # No simulated device uses a rate-limited cloud API (yet): feed the ledger the way a
         # cloud adapter does, so that the quota panel is checked against the real series.
-        ledger = ledger_for(StateDirectory(stack.config.state_directory))
+        ledger = stack.daemon.ledger
         limits = (Limit(30, 86400, "day"), Limit(5, 3600, "hour"))
         ledger.register("example-cloud", "demo-account", limits)
         ledger.acquire("example-cloud", "demo-account", limits)

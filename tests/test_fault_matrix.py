@@ -520,7 +520,6 @@ CLOUD_PASSWORD = "cloud-pass-94c2"
 
 
 async def iammeter_cloud_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter import quota
     from exporter.quota import Limit
     from simulators.iammeter_cloud import CloudLimits, IammeterCloudSimulator, parse_utc
     from exporter.vendors.iammeter import cloud
@@ -537,11 +536,7 @@ async def iammeter_cloud_rig(tmp_path, monkeypatch) -> Rig:
     daemon = daemon_config(tmp_path, f"  - name: faulty\n    vendor: iammeter\n    transport: cloud\n"
                            f"    username: test\n    password: {CLOUD_PASSWORD}\n    base_url: http://{proxy.address}\n"
                            "    analysis: false\n    timezone: Asia/Shanghai\n", control)
-
-    async def forget_ledger() -> None:
-        quota._LEDGERS.pop(str((tmp_path / "state").resolve()), None)
-
-    return Rig(device, proxy, control, daemon, secrets=(CLOUD_PASSWORD,), stops=[device.stop, forget_ledger])
+    return Rig(device, proxy, control, daemon, secrets=(CLOUD_PASSWORD,), stops=[device.stop])
 
 
 IAMMETER_CLOUD_FAULTS = [

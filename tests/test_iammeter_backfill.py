@@ -82,7 +82,7 @@ async def test_history_goes_through_promtool_and_reads_back(tmp_path):
     output = tmp_path / "history.om"
     try:
         async with aiohttp.ClientSession() as session:
-            client = cloud.CloudClient(session, state, quota.ledger_for(state, clock), clock, structlog.get_logger(),
+            client = cloud.CloudClient(session, state, quota.QuotaLedger(state, clock), clock, structlog.get_logger(),
                                        sim.base_url, "test", "123456")
             plan = backfill.Plan(sns=("3FE34ABE", "DA2BED94"), start=date(2024, 2, 20), end=date(2024, 2, 28),
                                  interval=300, names={"DA2BED94": "garage"}, device="home-cloud",
@@ -90,7 +90,6 @@ async def test_history_goes_through_promtool_and_reads_back(tmp_path):
             result = await backfill.run_backfill(client, plan, output)
     finally:
         await sim.stop()
-        quota._LEDGERS.pop(str(state.path.resolve()), None)
     assert sim.violations == []
     assert [c.api for c in sim.calls] == ["login"] + ["meterdatalist"] * 4  # 9 days = 6 + 3 days per meter
     assert result.points == 2 * 9 * 288 - 12  # the hour offline has no points
@@ -134,14 +133,13 @@ async def test_one_minute_points_come_one_day_per_call(tmp_path):
     state = StateDirectory(tmp_path / "state")
     try:
         async with aiohttp.ClientSession() as session:
-            client = cloud.CloudClient(session, state, quota.ledger_for(state, clock), clock, structlog.get_logger(),
+            client = cloud.CloudClient(session, state, quota.QuotaLedger(state, clock), clock, structlog.get_logger(),
                                        sim.base_url, "test", "123456")
             plan = backfill.Plan(sns=("B384789C",), start=date(2024, 2, 26), end=date(2024, 2, 28), interval=60,
                                  api="meterdatalist2", zone=ZONE, pause=0)
             result = await backfill.run_backfill(client, plan, tmp_path / "out.om")
     finally:
         await sim.stop()
-        quota._LEDGERS.pop(str(state.path.resolve()), None)
     assert sim.violations == [] and result.calls == 3 and result.points == 3 * 1440
     text = (tmp_path / "out.om").read_text()
     assert "energy_meter_account_phase_active_power_watts{" in text
@@ -204,7 +202,6 @@ def test_cli_exit_statuses(tmp_path, loop_thread, capsys):
         assert not (tmp_path / "x.om").exists()
     finally:
         loop_thread.run(sim.stop())
-        quota._LEDGERS.pop(str((tmp_path / "state").resolve()), None)
 
 
 def test_cli_takes_the_account_from_a_configured_target(tmp_path, loop_thread, capsys):
@@ -224,4 +221,3 @@ def test_cli_takes_the_account_from_a_configured_target(tmp_path, loop_thread, c
         assert (tmp_path / "state").is_dir()  # the configuration's state directory keeps the token
     finally:
         loop_thread.run(sim.stop())
-        quota._LEDGERS.pop(str((tmp_path / "state").resolve()), None)

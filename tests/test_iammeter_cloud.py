@@ -60,6 +60,7 @@ class Exporter:
         self.directory = directory
         self.clock = clock
         self.base_url = base_url
+        self._ledger: quota.QuotaLedger | None = None
 
     @property
     def state(self) -> StateDirectory:
@@ -67,7 +68,8 @@ class Exporter:
 
     def adapter(self, **raw) -> cloud.IammeterCloudAdapter:
         raw.setdefault("base_url", self.base_url)
-        context = AdapterContext(session=self.session, state=self.state, log=structlog.get_logger(), clock=self.clock)
+        context = AdapterContext(session=self.session, state=self.state, log=structlog.get_logger(), clock=self.clock,
+                                 ledger=self.ledger())
         adapter = cloud.create(target(**raw), context)
 
         async def sleep(seconds: float) -> None:  # waiting for a quota window moves the fake clock
@@ -77,11 +79,14 @@ class Exporter:
         return adapter
 
     def ledger(self) -> quota.QuotaLedger:
-        return quota.ledger_for(self.state, self.clock)
+        """The process's one ledger, as the daemon hands it to each of its targets."""
+        if self._ledger is None:
+            self._ledger = quota.QuotaLedger(self.state, self.clock)
+        return self._ledger
 
     def restart(self) -> None:
         """A new process: the in-memory ledger is gone, the state directory stays."""
-        quota._LEDGERS.pop(str(self.directory.resolve()), None)
+        self._ledger = None
 
 
 @pytest.fixture
@@ -547,4 +552,3 @@ async def test_the_daemon_exports_the_account_and_its_quota(tmp_path):
     finally:
         await daemon.stop()
         await sim.stop()
-        quota._LEDGERS.pop(str((tmp_path / "state").resolve()), None)

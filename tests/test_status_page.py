@@ -18,11 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_config
 from exporter.daemon import Daemon
-from exporter.quota import Limit, ledger_for
+from exporter.quota import Limit
 from simulators.enphase import GatewaySimulator
 from simulators.homewizard import HomeWizardSimulator
 from simulators.iammeter import IammeterHttpSimulator
-from exporter.state import StateDirectory
 from exporter.vendors.enphase.token import token_info
 
 from .conftest import async_wait_until
@@ -73,8 +72,8 @@ async def setup(tmp_path):
             interval: 1s
     """))
     # A quota scoped to a target's name shows on that target (and in the global list).
-    ledger_for(StateDirectory(state)).register("iammeter_cloud", "grid", [Limit(12, 3600, "hour")])
     daemon = Daemon(load_config(config))
+    daemon.ledger.register("iammeter_cloud", "grid", [Limit(12, 3600, "hour")])
     port = await daemon.start("127.0.0.1", 0)
     s = Setup(daemon, f"http://127.0.0.1:{port}", kwh, gateway, iammeter, token, state)
     try:

@@ -314,14 +314,15 @@ async def _run(plan: Plan, settings: Mapping[str, Any], state_path: str, output:
     import aiohttp
 
     from ... import logs
-    from ...quota import ledger_for
+    from ...quota import QuotaLedger
     from ...state import StateDirectory
     from .cloud import DEFAULT_BASE_URL, METERSDATA, METERSDATA_LIMITS, CloudClient, Quota
 
     state = StateDirectory(state_path)
     log = logs.get()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        client = CloudClient(session, state, ledger_for(state), time.time, log,
+        # A process of its own: its ledger starts from the calls the state directory records.
+        client = CloudClient(session, state, QuotaLedger(state), time.time, log,
                              settings.get("base_url") or DEFAULT_BASE_URL, str(settings["username"]),
                              settings["password"])
         try:

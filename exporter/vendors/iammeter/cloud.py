@@ -64,7 +64,7 @@ from ...context import AdapterContext
 from ...errors import PollError
 from ...http import request, status_error
 from ...jsontext import header_problem
-from ...quota import Limit, QuotaLedger, ledger_for
+from ...quota import Limit, QuotaLedger
 from ...samples import ParseError, Reading
 from ...state import StateDirectory
 from ..registry import TransportSpec, register
@@ -346,7 +346,7 @@ class CloudClient:
 
 
 def make_client(target: TargetConfig, context: AdapterContext) -> CloudClient:
-    ledger = ledger_for(context.state, context.clock)
+    ledger = context.ledger or QuotaLedger(context.state, context.clock)
     return CloudClient(context.session, context.state, ledger, context.clock, context.log,
                        str(target.option("base_url", DEFAULT_BASE_URL)), str(target.option("username")),
                        target.option("password"))
