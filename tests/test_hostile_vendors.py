@@ -21,7 +21,6 @@ import pytest
 import structlog
 from aiohttp import web
 
-from exporter import catalogue as c
 from exporter.config import Secret, TargetConfig
 from exporter.context import AdapterContext
 from exporter.daemon import Daemon
