@@ -31,6 +31,9 @@ CMD ["--web.listen-address=:9896"]
 
 # The simulators and the demo run from their source folders (they are not part of the installed package).
 FROM exporter AS demo
+USER root
+RUN pip install 'cryptography>=42'
+USER exporter
 COPY simulators /opt/energy-meter-exporter-demo/simulators
 COPY demo /opt/energy-meter-exporter-demo/demo
 ENV PYTHONPATH=/opt/energy-meter-exporter-demo

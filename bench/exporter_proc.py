@@ -18,6 +18,7 @@ from aiohttp import web
 
 from exporter.config import load_config
 from exporter.daemon import Daemon
+from exporter.vendors import registry
 
 from .common import serve_control
 
@@ -81,7 +82,7 @@ class Stats:
 
 
 async def run(config_path: str) -> None:
-    config = load_config(config_path)
+    config = load_config(config_path, vendors=registry)
     daemon = Daemon(config)
     port = await daemon.start("127.0.0.1", 0)
     stats = Stats(daemon)

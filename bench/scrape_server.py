@@ -26,7 +26,7 @@ from exporter.config import Config
 from exporter.daemon import Daemon
 from exporter.samples import DeviceInfo
 from exporter.vendors.homewizard.parse import parse_v1_data
-from exporter.web import target_body
+from exporter.readout import target_body
 
 from .meters import P1Meter
 
@@ -56,12 +56,12 @@ def build_daemon(count: int) -> tuple[Daemon, list[list]]:
 
 
 async def serve_exporter(count: int) -> None:
-    from exporter import exposition
+    from exporter.exposition import cache as exposition_cache
     from exporter.web import make_app
 
     # Every scrape here renders what changed since the last one: scrapes are not let to share a
     # render (as concurrent scrapers of a big fleet do; part 5 of the benchmark measures that).
-    exposition.SHARE_FOR = 0.0
+    exposition_cache.SHARE_FOR = 0.0
     daemon, readings = build_daemon(count)
     round_no = [0]
 
@@ -75,7 +75,7 @@ async def serve_exporter(count: int) -> None:
             daemon.store.record_success(target_name(index), readings[index][round_no[0] % ROUNDS], duration)
         return web.json_response({"updated": n, "seconds": time.perf_counter() - started})
 
-    app = make_app(daemon)
+    app = make_app(daemon.view())
     app.router.add_post("/bench/update", update)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -93,7 +93,7 @@ def families_of(count: int) -> tuple[list[tuple[str, str, str, list]], dict[str,
     from prometheus_client.parser import text_string_to_metric_families
 
     daemon, _ = build_daemon(count)
-    per_target = {target_name(i): target_body(daemon, target_name(i), False) for i in range(count)}
+    per_target = {target_name(i): target_body(daemon.store, target_name(i), False) for i in range(count)}
     text = daemon.store.cache.encoded(False, False).decode()
     families = [
         (f.name, f.type, f.documentation, [(s.name, dict(s.labels), s.value) for s in f.samples])
@@ -134,7 +134,7 @@ def dump_pushgateway_bodies(count: int, path: str) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for index in range(count):
             name = target_name(index)
-            out.write(json.dumps({"name": name, "body": target_body(daemon, name, False).decode()}) + "\n")
+            out.write(json.dumps({"name": name, "body": target_body(daemon.store, name, False).decode()}) + "\n")
     print("READY 0 0", flush=True)
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import inspect
 import os
 import stat
 import sys
+from typing import Any, Callable
 
 from . import __version__, logs
 from .config import ConfigError, load_config
+from .vendors import registry
 
 DEFAULT_CONFIG = "config.yaml"
 DEFAULT_LISTEN = ":9896"
@@ -32,7 +36,7 @@ def _common(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
 
 
 def _shard(value: str):
-    from .daemon import parse_shard
+    from .shard import parse_shard
 
     try:
         return parse_shard(value)
@@ -62,18 +66,67 @@ def _positive(value: str) -> int:
     return number
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; given `argv`, the command line it is about to parse, the arguments of
-    `discover`, `token` and `backfill` are added only if the line names that command: they come
-    from modules that import much code (a vendor's, the discovery's) the daemon would carry for
-    nothing."""
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand's parser whose arguments are added (by `extend`) only when the subcommand is
+    used or its help shown: they come from modules that import much code (a vendor's, the
+    discovery's) the daemon would carry for nothing."""
 
-    def wanted(command: str) -> bool:
-        return argv is None or command in argv
+    def __init__(self, *args: Any, extend: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._extend = extend
 
+    def _complete(self) -> None:
+        extend, self._extend = self._extend, None
+        if extend is not None:
+            extend(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+
+def _titles(titles: list[str]) -> str:
+    return ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else "".join(titles)
+
+
+def _discover_arguments(p: argparse.ArgumentParser) -> None:
+    from .discover import DEFAULT_CONCURRENCY, DEFAULT_MDNS_SECONDS, DEFAULT_TIMEOUT
+
+    probes = registry.discovery_probes()
+    announcing = ", ".join(pr.title for pr in probes if pr.services)
+    silent = [pr.title for pr in probes if not pr.services]
+    p.description = (f"Listen for meters that announce themselves ({announcing}) and probe addresses given with "
+                     f"--scan ({_titles(silent + ['the others'])}); print YAML targets.")
+    p.add_argument("--scan", action="append", metavar="ADDRESSES",
+                   help="network (192.168.1.0/24), address, name or host:port to probe; "
+                        "comma-separated or repeated")
+    p.add_argument("--ports", metavar="PORTS", help="ports to probe where --scan gives none (default 80,443)")
+    p.add_argument("--no-mdns", action="store_true", help="do not listen for mDNS announcements")
+    p.add_argument("--mdns-timeout", type=float, default=DEFAULT_MDNS_SECONDS, metavar="SECONDS",
+                   help=f"how long to listen for announcements (default {DEFAULT_MDNS_SECONDS:g})")
+    p.add_argument("--interface", action="append", metavar="ADDRESS",
+                   help="local address to listen for mDNS on (repeatable; default all)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"per connection and request (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"devices probed at once (default {DEFAULT_CONCURRENCY})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: the daemon's flags, its commands, and the vendors' helper commands
+    (`COMMAND VENDOR ...`, from the vendor registry)."""
     parser = argparse.ArgumentParser(
         prog="energy-meter-exporter",
-        description="Prometheus exporter for HomeWizard, IAMMETER, IOmeter and Enphase energy meters.",
+        description=f"Prometheus exporter for {_titles([v.title for v in registry.vendor_specs()])} energy meters.",
     )
     _common(parser, with_defaults=True)
     parser.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="[HOST]:PORT",
@@ -92,7 +145,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         help="poll only this replica's share of the targets: INDEX from 0 to COUNT-1 "
                              "(targets of one cloud account stay together; see README, Running at scale)")
     parser.add_argument("--version", action="version", version=f"energy-meter-exporter {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_LazyParser)
 
     p = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
     _common(p, with_defaults=False)
@@ -101,61 +154,29 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _common(p, with_defaults=False)
     p.add_argument("name", help="the target's name in the configuration")
 
-    p = sub.add_parser("pair", help="pair with a device and store the token it issues")
-    _common(p, with_defaults=False)
-    p.add_argument("vendor", choices=["homewizard"])
-    p.add_argument("host", help="address of the device (IP or host name)")
-    p.add_argument("--output", "-o", help="token file to write (default homewizard-<serial>.token)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the button (default 60)")
-    p.add_argument("--name", default="energy-meter-exporter", help="user name shown in the HomeWizard app")
-    p.add_argument("--ca-file", help="CA to verify the device with (default: HomeWizard's CA, bundled)")
-    p.add_argument("--insecure", action="store_true", help="do not verify the device's certificate")
-
-    p = sub.add_parser("token", help="fetch an access token from the vendor's cloud into a 0600 file "
-                                     "(0 written, 1 failed, 2 bad input)")
-    _common(p, with_defaults=False)
-    p.add_argument("vendor", choices=["enphase"])
-    if wanted("token"):
-        from .vendors.enphase.command import add_arguments as enphase_token_arguments
-
-        enphase_token_arguments(p)
-
     p = sub.add_parser("discover", help="find meters (mDNS, --scan) and print ready-to-paste targets (0 found, 1 none)",
-                       description="Listen for meters that announce themselves (HomeWizard, Enphase, IOmeter) and "
-                                   "probe addresses given with --scan (IAMMETER and the others); print YAML targets.")
+                       extend=_discover_arguments)
     _common(p, with_defaults=False)
-    if wanted("discover"):
-        from .discover import DEFAULT_CONCURRENCY, DEFAULT_MDNS_SECONDS, DEFAULT_TIMEOUT
 
-        p.add_argument("--scan", action="append", metavar="ADDRESSES",
-                       help="network (192.168.1.0/24), address, name or host:port to probe; "
-                            "comma-separated or repeated")
-        p.add_argument("--ports", metavar="PORTS", help="ports to probe where --scan gives none (default 80,443)")
-        p.add_argument("--no-mdns", action="store_true", help="do not listen for mDNS announcements")
-        p.add_argument("--mdns-timeout", type=float, default=DEFAULT_MDNS_SECONDS, metavar="SECONDS",
-                       help=f"how long to listen for announcements (default {DEFAULT_MDNS_SECONDS:g})")
-        p.add_argument("--interface", action="append", metavar="ADDRESS",
-                       help="local address to listen for mDNS on (repeatable; default all)")
-        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                       help=f"per connection and request (default {DEFAULT_TIMEOUT:g})")
-        p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                       help=f"devices probed at once (default {DEFAULT_CONCURRENCY})")
-
-    p = sub.add_parser("backfill", help="write a meter's cloud history as OpenMetrics for "
-                                        "promtool tsdb create-blocks-from openmetrics (0 written, 1 failed, 2 bad input)")
-    _common(p, with_defaults=False)
-    p.add_argument("vendor", choices=["iammeter"])
-    if wanted("backfill"):
-        from .vendors.iammeter.backfill import add_arguments as backfill_arguments
-
-        backfill_arguments(p)
+    for name, offered in registry.commands().items():
+        p = sub.add_parser(name, help=offered[0][1].help)
+        _common(p, with_defaults=False)
+        by_vendor = p.add_subparsers(dest="vendor", required=True, parser_class=_LazyParser)
+        for vendor, _ in offered:
+            v = by_vendor.add_parser(vendor.name, help=vendor.title,
+                                     extend=functools.partial(_command_arguments, vendor.name, name))
+            _common(v, with_defaults=False)
     return parser
+
+
+def _command_arguments(vendor: str, command: str, parser: argparse.ArgumentParser) -> None:
+    registry.load_command(vendor, command).add_arguments(parser)
 
 
 def load_or_exit(path: str, next_step: str | None = None):
     """The configuration, or its problems on stderr and exit status 2, never a traceback."""
     try:
-        return load_config(path)
+        return load_config(path, vendors=registry)
     except Exception as exc:  # whatever reading the file raises, it is bad input, not a crash
         problems = exc.problems if isinstance(exc, ConfigError) else [
             f"{path}: cannot read the configuration ({type(exc).__name__})"]
@@ -206,7 +227,7 @@ def warn_if_world_readable(path: str, config, log) -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    args = build_parser(argv).parse_args(argv)
+    args = build_parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     log = logs.get()
 
@@ -220,26 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "discover":
         from .discover import discover_command
 
-        return asyncio.run(discover_command(args))
-    if args.command == "pair":
-        from .vendors.homewizard.pairing import pair_command
+        return asyncio.run(discover_command(args, registry.discovery_probes()))
+    if args.command in registry.commands():  # a vendor's helper command: COMMAND VENDOR ...
+        status = registry.load_command(args.vendor, args.command).run(args)
+        return asyncio.run(status) if inspect.iscoroutine(status) else status
 
-        return asyncio.run(pair_command(args))
-    if args.command == "token":
-        from .vendors.enphase.command import token_command
-
-        return asyncio.run(token_command(args))
-    if args.command == "backfill":
-        from .vendors.iammeter.backfill import backfill_command
-
-        return backfill_command(args)
-
-    from .daemon import parse_listen_address, serve
+    from .daemon import serve
+    from .serving import parse_listen_address
 
     try:
         host, port = parse_listen_address(args.listen)
     except ValueError as exc:
-        print(f"energy-meter-exporter: {exc}", file=sys.stderr)
+        print(f"energy-meter-exporter: --web.listen-address {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = load_or_exit(args.config_file)
     from .webconfig import load_web_config

@@ -13,7 +13,7 @@ import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, runtime_checkable
 
 import yaml
 
@@ -134,7 +134,7 @@ class Option:
         kind = self.kind
         if kind in ("str", "path", "secret"):
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ValueError(f"expected a string, got {_type_name(value)}")
+                raise ValueError(f"expected a string, got {type_name(value)}")
             text = value if isinstance(value, str) else str(value)
             bad = _control_character(text)
             if bad is not None:  # the value is not shown: it may be a secret
@@ -144,13 +144,13 @@ class Option:
             return Secret(text) if kind == "secret" else text
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected a whole number, got {_type_name(value)}")
+                raise ValueError(f"expected a whole number, got {type_name(value)}")
             number: float = value
         elif kind == "float":
             if isinstance(value, str) and _EXPONENT_ONLY.fullmatch(value):
                 value = float(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {_type_name(value)}")
+                raise ValueError(f"expected a number, got {type_name(value)}")
             number = _as_float(value)
             if not math.isfinite(number):
                 raise ValueError(f"expected a finite number, got {_show(value)}")
@@ -158,7 +158,7 @@ class Option:
             number = parse_duration(value)
         elif kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {_type_name(value)}")
+                raise ValueError(f"expected true or false, got {type_name(value)}")
             return value
         elif kind == "list":
             if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
@@ -178,7 +178,7 @@ class Option:
         return number
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing (null)"}.get(
         type(value), type(value).__name__
     )
@@ -229,6 +229,70 @@ class Config:
     def section_item(self, section: str, name: str) -> Mapping[str, Any] | None:
         """One named entry of a list section (e.g. an MQTT broker), or None."""
         return next((item for item in self.sections.get(section, ()) if item.get("name") == name), None)
+
+
+# --- What the vendors declare --------------------------------------------------------------------
+# The loader knows no vendor: it is handed a catalogue (exporter/vendors/registry.py) that names
+# the vendors, their transports and the shared sections, and checks the file against it.
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """A top-level configuration section shared by targets (MQTT brokers, push listeners...).
+
+    `many`: a list of mappings, each with a unique `name` that targets refer to; otherwise one
+    mapping."""
+
+    name: str
+    options: Mapping[str, Option]
+    many: bool = False
+    description: str = ""
+
+
+class TransportSchema(Protocol):
+    """What the loader reads of one transport's spec (registry.TransportSpec)."""
+
+    @property
+    def vendor(self) -> str: ...
+    @property
+    def transport(self) -> str: ...
+    @property
+    def options(self) -> Mapping[str, Option]: ...
+    @property
+    def kind(self) -> Literal["poll", "push"]: ...
+    @property
+    def default_interval(self) -> float: ...
+    @property
+    def min_interval(self) -> float: ...
+    @property
+    def default_overrides(self) -> Mapping[str, Any]: ...
+    # (key or "", message) pairs for one target's converted options
+    @property
+    def check_target(self) -> Callable[[Mapping[str, Any]], Iterable[tuple[str, str]]] | None: ...
+    # (key path, message) pairs across targets; run only when every target is valid
+    @property
+    def check_config(self) -> Callable[[Config], Iterable[tuple[tuple, str]]] | None: ...
+
+
+@runtime_checkable
+class VendorCatalogue(Protocol):
+    """The vendors a configuration may name, as `load_config` asks for them."""
+
+    def section_names(self) -> list[str]:
+        """The shared sections a file may have."""
+
+    def section(self, name: str) -> SectionSpec | None: ...
+
+    def vendor_names(self) -> list[str]: ...
+
+    def transports(self, vendor: str) -> list[str]:
+        """The vendor's transports, its default first."""
+
+    def get(self, vendor: str, transport: str) -> TransportSchema | None: ...
+
+    def in_use(self, targets: Iterable[TargetConfig], section_keys: Iterable[str]) -> Iterable[TransportSchema]:
+        """The transports whose cross-target checks apply: those the targets use, and those
+        reading one of these sections."""
 
 
 # --- YAML with line numbers ---------------------------------------------------------------------
@@ -350,7 +414,7 @@ def _check_scalar(value: Any) -> Any:
     return value
 
 
-def _load_yaml(text: str, filename: str) -> _Located:
+def load_yaml(text: str, filename: str) -> _Located:
     try:
         located = _load_yaml_events(text, filename)
         if located is not None:
@@ -576,7 +640,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")  # fullmatch: `$` would allow a final newline
 
 
-class _Checker:
+class Checker:
     def __init__(self, located: _Located, filename: str, environ: Mapping[str, str]) -> None:
         self.located = located
         self.filename = filename
@@ -614,7 +678,7 @@ class _Checker:
 
     def read_secret_file(self, path_value: Any, path: tuple) -> str | None:
         if not isinstance(path_value, str):
-            self.problem(path, f"expected a file path, got {_type_name(path_value)}")
+            self.problem(path, f"expected a file path, got {type_name(path_value)}")
             return None
         file_path = Path(self.expand(path_value, path))
         if not file_path.is_absolute():
@@ -679,10 +743,13 @@ def load_config(
     path: str | os.PathLike,
     environ: Mapping[str, str] | None = None,
     extra_check: Callable[[Config], list[str]] | None = None,
+    *,
+    vendors: VendorCatalogue,
 ) -> Config:
-    """Read and validate a configuration file; raise ConfigError listing every problem."""
+    """Read and validate a configuration file against the `vendors` catalogue; raise
+    ConfigError listing every problem."""
     try:
-        return _load_config(path, environ, extra_check)
+        return _load_config(path, environ, extra_check, vendors)
     except RecursionError:  # nesting is bounded while reading; this guards what checks it later
         raise ConfigError([f"{path}: nested too deeply to check"]) from None
 
@@ -691,29 +758,28 @@ def _load_config(
     path: str | os.PathLike,
     environ: Mapping[str, str] | None,
     extra_check: Callable[[Config], list[str]] | None,
+    vendors: VendorCatalogue,
 ) -> Config:
-    from .vendors import registry  # late import: vendors import this module
-
     filename = str(path)
-    located = _load_yaml(read_config_text(path), filename)
-    check = _Checker(located, filename, os.environ if environ is None else environ)
+    located = load_yaml(read_config_text(path), filename)
+    check = Checker(located, filename, os.environ if environ is None else environ)
     data = located.data
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the configuration must be a mapping with a 'targets' list"])
 
-    known_top = TOP_LEVEL_KEYS | set(registry.section_names())
+    known_top = TOP_LEVEL_KEYS | set(vendors.section_names())
     for key in data:
         if key not in known_top:
             check.problem((key,), f"unknown key (known keys here: {', '.join(sorted(known_top))})")
     # Only the sections the file has: a section's module is imported when it is used.
-    sections = {name: _section(check, data[name], registry.section(name))
-                for name in registry.section_names() if name in data}
+    sections = {name: _section(check, data[name], spec)
+                for name in vendors.section_names() if name in data and (spec := vendors.section(name)) is not None}
 
     raw_defaults = data.get("defaults") or {}
     if not isinstance(raw_defaults, dict):
-        check.problem(("defaults",), f"expected a mapping, got {_type_name(raw_defaults)}")
+        check.problem(("defaults",), f"expected a mapping, got {type_name(raw_defaults)}")
         raw_defaults = {}
     defaults = check.options(raw_defaults, {k: v for k, v in COMMON_OPTIONS.items()}, ("defaults",))
     # Schema defaults are applied per target below, after the vendor's own defaults.
@@ -735,7 +801,7 @@ def _load_config(
         check.problem(("targets",), "missing: list the devices to poll under 'targets'")
         raw_targets = []
     elif not isinstance(raw_targets, list):
-        check.problem(("targets",), f"expected a list of targets, got {_type_name(raw_targets)}")
+        check.problem(("targets",), f"expected a list of targets, got {type_name(raw_targets)}")
         raw_targets = []
 
     targets: list[TargetConfig] = []
@@ -743,7 +809,7 @@ def _load_config(
     for index, raw in enumerate(raw_targets):
         path = ("targets", index)
         if not isinstance(raw, dict):
-            check.problem(path, f"expected a mapping with name and vendor, got {_type_name(raw)}")
+            check.problem(path, f"expected a mapping with name and vendor, got {type_name(raw)}")
             continue
         name = raw.get("name")
         if isinstance(name, str) and name in seen:
@@ -751,13 +817,13 @@ def _load_config(
             continue
         if isinstance(name, str):
             seen[name] = path + ("name",)
-        target = _target(check, raw, path, defaults, registry)
+        target = _target(check, raw, path, defaults, vendors)
         if target is not None:
             targets.append(target)
 
     config = Config(path=filename, targets=tuple(targets), state_directory=state_directory, sections=sections)
     if not check.problems:
-        for spec in registry.in_use(config.targets, config.sections):
+        for spec in vendors.in_use(config.targets, config.sections):
             if spec.check_config:
                 for path, message in spec.check_config(config):
                     check.problem(path, message)
@@ -768,24 +834,24 @@ def _load_config(
     return config
 
 
-def _section(check: _Checker, raw: Any, spec) -> Any:
+def _section(check: Checker, raw: Any, spec: SectionSpec) -> Any:
     """A shared section: one mapping, or (spec.many) a list of mappings with unique names."""
     path = (spec.name,)
     if raw is None:
         return () if spec.many else {}
     if not spec.many:
         if not isinstance(raw, dict):
-            check.problem(path, f"expected a mapping, got {_type_name(raw)}")
+            check.problem(path, f"expected a mapping, got {type_name(raw)}")
             return {}
         return check.options(raw, spec.options, path)
     if not isinstance(raw, list):
-        check.problem(path, f"expected a list, got {_type_name(raw)}")
+        check.problem(path, f"expected a list, got {type_name(raw)}")
         return ()
     out, names = [], set()
     for index, item in enumerate(raw):
         item_path = path + (index,)
         if not isinstance(item, dict):
-            check.problem(item_path, f"expected a mapping, got {_type_name(item)}")
+            check.problem(item_path, f"expected a mapping, got {type_name(item)}")
             continue
         name = item.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -798,7 +864,7 @@ def _section(check: _Checker, raw: Any, spec) -> Any:
     return tuple(out)
 
 
-def _target(check: _Checker, raw: dict, path: tuple, defaults: dict, registry) -> TargetConfig | None:
+def _target(check: Checker, raw: dict, path: tuple, defaults: dict, catalogue: VendorCatalogue) -> TargetConfig | None:
     problems_before = len(check.problems)
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -808,16 +874,16 @@ def _target(check: _Checker, raw: dict, path: tuple, defaults: dict, registry) -
             f"{name!r} is not a valid name (letters, digits, '_', '.', ':', '-'; at most 63)",
         )
     vendor = raw.get("vendor")
-    vendors = registry.vendor_names()
+    vendors = catalogue.vendor_names()
     if vendor not in vendors:
         check.problem(
             path + ("vendor",),
             ("missing" if vendor is None else f"unknown vendor {vendor!r}") + f" (one of: {', '.join(vendors)})",
         )
         return None
-    transports = registry.transports(vendor)
+    transports = catalogue.transports(vendor)
     transport = raw.get("transport", transports[0])
-    spec = registry.get(vendor, transport)
+    spec = catalogue.get(vendor, transport)
     if spec is None:
         check.problem(path + ("transport",), f"unknown transport {transport!r} for {vendor} (one of: {', '.join(transports)})")
         return None

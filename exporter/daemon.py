@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import hashlib
-import re
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,78 +15,19 @@ from . import logs
 from .config import Config, ConfigError, TargetConfig, load_config
 from .context import AdapterContext, SharedResources
 from .quota import QuotaLedger
+from .readout import status, target_body
 from .scheduler import TargetRunner
+from .gcpolicy import ManagedCollector
 from .serving import ConnectionGuard, GuardedSite, Limits, runner_options, warn_if_over_file_limit
+from .shard import Shard
 from .state import StateDirectory
 from .store import SnapshotStore
 from .vendors import registry
+from .view import WebView
 from .web import make_app
 from .webconfig import WebConfig
 
 SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5
-# With this many targets, or series lines of this many bytes (about 500 P1 meters: one IOmeter
-# Partner account may hold thousands of meters), the garbage collector is managed: the objects
-# built so far (configuration, adapters, runners, store) are moved out of its way (gc.freeze),
-# and its full passes, which Python starts by a rule of thumb every few seconds under a
-# fleet's steady churn of connections and readings (each a pause of all polls and scrapes,
-# ~0.4 s at 10,000 targets; a third of the CPU time a flood of readings leaves for parsing),
-# run on a timer instead. Young objects are collected as usual. The size is checked every
-# GC_CHECK_EVERY seconds, since an account's meters arrive after start.
-FREEZE_AT_TARGETS = 500
-FREEZE_AT_BYTES = 2_500_000
-GC_CHECK_EVERY = 5.0  # seconds (a sum over a few hundred segments)
-FULL_COLLECTION_EVERY = 600.0  # seconds
-
-
-def parse_listen_address(value: str) -> tuple[str, int]:
-    """`:9896`, `0.0.0.0:9896`, `[::1]:9896` -> (host, port). ValueError when malformed."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"--web.listen-address {value!r}: expected [host]:port, e.g. :9896")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_text)
-
-
-def shard_of(key: str, count: int) -> int:
-    """The replica (0..count-1) of a shard key, by rendezvous hashing: each replica scores the
-    key and the highest score wins. When a replica is added, only the keys it wins move (about
-    1/count of them, all to it); the others stay where they were."""
-    return max(range(count), key=lambda index: _score(key, index))
-
-
-def _score(key: str, index: int) -> int:
-    # A hash that is the same on every machine and Python version (hash() is salted per process).
-    return int.from_bytes(hashlib.blake2b(f"{index}\0{key}".encode(), digest_size=8).digest(), "big")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """`--shard INDEX/COUNT`: this replica polls the targets whose shard key it wins."""
-
-    index: int = 0
-    count: int = 1
-
-    def owns(self, target: TargetConfig) -> bool:
-        return self.count <= 1 or shard_of(registry.shard_key(target), self.count) == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-
-
-def parse_shard(value: str) -> Shard:
-    """`0/3` -> Shard(0, 3); ValueError with what is wrong."""
-    match = _SHARD.match(value)
-    if not match:
-        raise ValueError(f"--shard {value!r}: expected INDEX/COUNT, e.g. 0/3 (replicas are numbered from 0)")
-    index, count = int(match.group(1)), int(match.group(2))
-    if count < 1:
-        raise ValueError(f"--shard {value!r}: COUNT must be at least 1")
-    if index >= count:
-        raise ValueError(f"--shard {value!r}: INDEX must be 0 to {count - 1} (replicas are numbered from 0)")
-    return Shard(index, count)
 
 
 class Daemon:
@@ -109,9 +46,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task] = set()  # SIGHUP's reloads, held until done
         self.started = time.monotonic()
-        self._gc_task: asyncio.Task | None = None
-        self._gc_watch: asyncio.Task | None = None
-        self._gc_threshold = gc.get_threshold()
+        self.collector = ManagedCollector(lambda: len(self.runners), lambda: self.store.cache.text_size())
         self._state = StateDirectory(config.state_directory)  # one for all targets
         # One ledger of rate-limited calls, handed to every target (targets sharing an account
         # share its quota); built before start so that a quota can be registered early.
@@ -125,12 +60,12 @@ class Daemon:
         self.session = make_session()
         self._publish_quota()
         await self._apply(self.config)
-        self._freeze()
+        self.collector.update()
         limits = limits or Limits()
         warn_if_over_file_limit(limits.max_connections, self.log, "--web.max-connections")
         guard = ConnectionGuard(limits, "web")
-        middlewares = [guard.middleware()] + ([self.web_config.middleware()] if self.web_config.users else [])
-        app = make_app(self, middlewares, lifecycle=lifecycle)
+        app = make_app(self.view(lifecycle), [guard.middleware()])
+        self.web_config.install(app)
         self.runner = web.AppRunner(app, **runner_options(limits, "web"))
         await self.runner.setup()
         site = GuardedSite(self.runner, host, port, guard, ssl_context=self.web_config.ssl_context)
@@ -141,49 +76,8 @@ class Daemon:
                       tls=self.web_config.ssl_context is not None, basic_auth=bool(self.web_config.users))
         return self.port
 
-    def _big(self) -> bool:
-        return len(self.runners) >= FREEZE_AT_TARGETS or self.store.cache.text_size() >= FREEZE_AT_BYTES
-
-    def _freeze(self) -> None:
-        gc.unfreeze()
-        if not self._big():
-            self._unmanage_gc()
-            if self._gc_watch is None:
-                self._gc_watch = asyncio.create_task(self._watch_size(), name="gc-watch")
-            return
-        gc.collect()
-        gc.freeze()
-        if self._gc_task is None:
-            self._gc_threshold = gc.get_threshold()
-            gc.set_threshold(self._gc_threshold[0], self._gc_threshold[1], 2**30)  # no automatic full passes
-            self._gc_task = asyncio.create_task(self._full_collections(), name="gc")
-
-    async def _watch_size(self) -> None:
-        """Manage the collector once the series grow past FREEZE_AT_BYTES."""
-        try:
-            while self._gc_task is None:
-                await asyncio.sleep(GC_CHECK_EVERY)
-                if self._gc_task is None and self._big():
-                    self._freeze()
-        finally:
-            self._gc_watch = None
-
-    async def _full_collections(self) -> None:
-        while True:
-            await asyncio.sleep(FULL_COLLECTION_EVERY)
-            gc.collect()
-
-    def _unmanage_gc(self) -> None:
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-            self._gc_task = None
-            gc.set_threshold(*self._gc_threshold)
-
     async def stop(self) -> None:
-        gc.unfreeze()
-        self._unmanage_gc()
-        if self._gc_watch is not None:
-            self._gc_watch.cancel()
+        self.collector.stop()
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
         self.runners.clear()
         if self.runner is not None:
@@ -197,6 +91,34 @@ class Daemon:
             return True
         return all(r.polled_once.is_set() for r in self.runners.values())
 
+    def view(self, lifecycle: bool = False) -> WebView:
+        """What the web layer may see: scrapes, each target's status (no secrets), readiness; and
+        reload, when `lifecycle` (`--web.enable-lifecycle`) allows it over HTTP."""
+        store = self.store
+
+        def fresh() -> SnapshotStore:
+            store.expire()
+            store.refresh_process()
+            return store
+
+        def one_target(name: str, openmetrics: bool) -> bytes | None:
+            fresh()
+            return target_body(store, name, openmetrics) if name in store.targets else None
+
+        def kind(name: str) -> str:
+            runner = self.runners.get(name)
+            return runner.kind if runner is not None else "poll"
+
+        # self.config and self.ledger are read at each call: a reload replaces them.
+        return WebView(
+            metrics=lambda openmetrics: fresh().cache.chunks(openmetrics),
+            metrics_gzip=lambda openmetrics: fresh().cache.gzip_chunks(openmetrics),
+            target_metrics=one_target,
+            ready=self.ready,
+            status=lambda: status(self.config.targets, store, self.ledger.windows(), kind),
+            reload=self.reload if lifecycle else None,
+        )
+
     # --- targets ---------------------------------------------------------------------------
     def _new_ledger(self) -> QuotaLedger:
         ledger = QuotaLedger(self._state)
@@ -207,23 +129,19 @@ class Daemon:
         self.store.set_quota(self.ledger.windows())
 
     def _runner_for(self, target: TargetConfig) -> TargetRunner:
-        spec = registry.get(target.vendor, target.transport)
-        assert spec is not None  # the config was validated against the registry
-        log = _TargetLog(self.log, target.name, target.vendor)
         if self._state.path != Path(self.config.state_directory):  # a reload moved it
             self._state = StateDirectory(self.config.state_directory)
             self.ledger = self._new_ledger()
             self._publish_quota()
-        ctx = AdapterContext(session=self.session, state=self._state, log=log, shared=self.shared,
+        ctx = AdapterContext(session=self.session, state=self._state,
+                             log=_TargetLog(self.log, target.name, target.vendor), shared=self.shared,
                              sections=self.config.sections, store=self.store, ledger=self.ledger)
-        adapter = spec.create(target, ctx)
-        # A transport may poll or stream depending on the target's options (`mode: sse`).
-        return TargetRunner(target, adapter, self.store, log, kind=getattr(adapter, "kind", spec.kind))
+        return new_runner(target, ctx)
 
     async def _apply(self, config: Config) -> None:
         """Make the running targets match `config` (this replica's share of it, under
         `--shard`): unchanged targets keep running."""
-        owned = [t for t in config.targets if self.shard.owns(t)]
+        owned = [t for t in config.targets if self.shard.owns(registry.shard_key(t))]
         wanted = {t.name: t for t in owned}
         changed_sections = {k for k in set(config.sections) | set(self.config.sections)
                             if config.sections.get(k) != self.config.sections.get(k)}
@@ -252,7 +170,7 @@ class Daemon:
         which /metrics and the polls must not wait for. Reloads run one at a time."""
         async with self._reload_lock:
             try:
-                config = await asyncio.to_thread(load_config, self.config.path)
+                config = await asyncio.to_thread(load_config, self.config.path, vendors=registry)
             except ConfigError as exc:
                 return self._reload_failed(exc.problems)
             except Exception as exc:  # whatever reading a file can raise, it is a failed reload
@@ -262,7 +180,7 @@ class Daemon:
                 await self._apply(config)
             except Exception as exc:  # a target's set-up failed: say so, as the file was valid
                 return self._reload_failed([f"{self.config.path}: applying it failed ({type(exc).__name__})"])
-            self._freeze()
+            self.collector.update()
             self.store.set_reload_result(True)
             self.log.info("configuration reloaded", targets=len(config.targets))
             if self.shard.count > 1:
@@ -280,6 +198,17 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
+
+
+def new_runner(target: TargetConfig, ctx: AdapterContext) -> TargetRunner:
+    """A runner of `target` (not started) with its vendor's adapter, built in `ctx`: the daemon's,
+    or `probe`'s own. `ctx.store` receives its readings and `ctx.log` is the target's logger."""
+    spec = registry.get(target.vendor, target.transport)
+    if spec is None:  # load_config checks targets against the registry; a Config built in code may not be
+        raise LookupError(f"{target.name}: no adapter for vendor {target.vendor!r}, transport {target.transport!r}")
+    adapter = spec.create(target, ctx)
+    # A transport may poll or stream depending on the target's options (`mode: sse`).
+    return TargetRunner(target, adapter, ctx.store, ctx.log, kind=getattr(adapter, "kind", spec.kind))
 
 
 # An idle connection to a device is kept this long: longer than the usual poll intervals (10 s,

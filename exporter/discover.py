@@ -1,20 +1,18 @@
 """`energy-meter-exporter discover`: find meters on the network and print targets to paste.
 
 Two ways to find a device:
-- mDNS: HomeWizard (`_hwenergy._tcp` for API v1, `_homewizard._tcp` for API v2), the Enphase
-  IQ Gateway (`_enphase-envoy._tcp`) and the IOmeter bridge (`_iometer._tcp`) announce
-  themselves; `discover` listens for a few seconds.
+- mDNS: the services the vendors' devices announce; `discover` listens for a few seconds.
 - `--scan`: addresses the user names (a network such as 192.168.1.0/24, addresses, names,
   `host:port`), on the devices' real ports (80 and 443, or `--ports`), with a bounded number of
-  connections at once. IAMMETER meters do not announce themselves, so this is how they are found.
+  connections at once. Devices that do not announce themselves are found this way.
 
 Every candidate is then asked who it is, with the requests the exporter itself uses and
-without credentials: HomeWizard `GET /api`, IOmeter `GET /v1/status`, IAMMETER
-`GET /api/monitorjson` (and `/api/wifidata`; legacy firmware is recognised by the Basic-auth
-challenge of `/monitorjson`), Enphase `GET /info`. HTTPS is used without certificate checks here:
-only identity is read and nothing secret is sent. The result is YAML: a `targets:` list with
-what was learnt (model, serial, firmware, API version) as comments and the keys a device needs
-next (a token, a certificate fingerprint) as commented lines.
+without credentials. Each vendor says how (its `DeviceProbe`, in
+exporter/vendors/<vendor>/discover.py, handed in by the command line): this module knows no
+vendor. HTTPS is used without certificate checks here: only identity is read and nothing secret
+is sent. The result is YAML: a `targets:` list with what was learnt (model, serial, firmware,
+API version) as comments and the keys a device needs next (a token, a certificate
+fingerprint) as commented lines.
 
 Exit status: 0 at least one device found, 1 none found, 2 bad input.
 """
@@ -22,12 +20,11 @@ Exit status: 0 at least one device found, 1 none found, 2 bad input.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 import yaml
@@ -36,7 +33,7 @@ from .console import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Console
 from .errors import PollError
 from .http import Response, request
 from .jsontext import label_text
-from .samples import ParseError
+from .peercert import peer_fingerprint, unverified_context
 
 DEFAULT_PORTS = (80, 443)
 MAX_ENDPOINTS = 8192  # a /20 on two ports; more is most likely a typo
@@ -45,21 +42,6 @@ DEFAULT_CONCURRENCY = 32
 DEFAULT_MDNS_SECONDS = 5.0
 MAX_BODY = 256 * 1024  # identity answers are small; a big one is some other device
 
-# mDNS service type -> (vendor, scheme the announced port speaks; None: find out)
-SERVICE_TYPES: dict[str, tuple[str, str | None]] = {
-    "_hwenergy._tcp.local.": ("homewizard", "http"),
-    "_homewizard._tcp.local.": ("homewizard", "https"),
-    "_enphase-envoy._tcp.local.": ("enphase", None),
-    "_iometer._tcp.local.": ("iometer", "http"),
-}
-
-# HomeWizard product types -> a target name a person would pick.
-HOMEWIZARD_NAMES = {
-    "HWE-P1": "p1-meter", "HWE-KWH1": "kwh-meter", "HWE-KWH3": "kwh-meter-3phase",
-    "SDM230-wifi": "kwh-meter", "SDM630-wifi": "kwh-meter-3phase", "HWE-SKT": "energy-socket",
-    "HWE-WTR": "water-meter", "HWE-BAT": "battery", "HWE-DSP": "display",
-}
-VENDOR_TITLES = {"homewizard": "HomeWizard", "enphase": "Enphase", "iometer": "IOmeter", "iammeter": "IAMMETER"}
 
 
 # --- what is scanned -------------------------------------------------------------------------------
@@ -163,6 +145,7 @@ class Device:
     found_by: list[str] = field(default_factory=list)  # "mDNS", "scan"
     name: str = ""
     action_needed: bool = False  # it will not work before the person does what the notes say
+    title: str = ""  # the vendor's name as people write it
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -171,7 +154,7 @@ class Device:
         return (self.vendor, "@" + self.host)
 
     def describe(self) -> str:
-        parts = [f"{VENDOR_TITLES.get(self.vendor, self.vendor)} {self.model or 'device'}".strip()]
+        parts = [f"{self.title or self.vendor} {self.model or 'device'}".strip()]
         if self.serial:
             parts.append(f"serial {self.serial}")
         if self.firmware:
@@ -192,15 +175,37 @@ class Announcement:
     properties: dict[str, str]
 
 
-class _Prober:
+@dataclass(frozen=True)
+class DeviceProbe:
+    """How one vendor's devices are found and told apart (exporter/vendors/<vendor>/discover.py)."""
+
+    vendor: str
+    # Asks one endpoint whether it is one of the vendor's devices: (prober, endpoint, scheme,
+    # base URL) -> the device, or None when the answer is not the vendor's.
+    identify: Callable[["Prober", Endpoint, str, str], Awaitable[Device | None]]
+    title: str = ""  # the vendor's name as people write it (filled in from its declaration)
+    schemes: tuple[str, ...] = ("http", "https")  # what its devices speak
+    # mDNS service types its devices announce -> the scheme the announced port speaks (None: find out)
+    services: Mapping[str, str | None] = field(default_factory=dict)
+    # What an announcement alone says of a device that does not answer: (device, the
+    # announcement's properties, scheme) -> fills the device in.
+    announced: Callable[[Device, Mapping[str, str], str | None], None] | None = None
+    # The target name a person would pick (the serial's end is added where two would share one);
+    # default: the vendor's name.
+    name: Callable[[Device], str] | None = None
+    # A device of this vendor seen twice: merges the second into the first (found_by, model,
+    # serial and firmware are merged for every vendor).
+    merge: Callable[[Device, Device], None] | None = None
+
+
+class Prober:
     """Asks one endpoint who it is; one request at a time per device (weak Wi-Fi chips)."""
 
-    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, timeout: float, probes: Sequence[DeviceProbe]) -> None:
         self.session = session
         self.timeout = timeout
-        self.insecure = ssl.create_default_context()
-        self.insecure.check_hostname = False
-        self.insecure.verify_mode = ssl.CERT_NONE
+        self.probes = tuple(probes)
+        self.insecure = unverified_context()
 
     async def get(self, url: str, headers: dict[str, str] | None = None) -> Response | None:
         try:
@@ -222,18 +227,7 @@ class _Prober:
 
     async def tls_fingerprint(self, endpoint: Endpoint) -> str | None:
         """SHA-256 of the certificate the endpoint presents, or None if it speaks no TLS."""
-        writer = None
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(endpoint.host, endpoint.port, ssl=self.insecure), self.timeout)
-            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            return hashlib.sha256(der).hexdigest() if der else None
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, AttributeError):
-            return None
-        finally:
-            if writer is not None:
-                writer.close()
-                await _closed(writer)
+        return await peer_fingerprint(endpoint.host, endpoint.port, self.timeout, self.insecure)
 
     async def scheme(self, endpoint: Endpoint) -> str:
         if endpoint.port == 80:
@@ -245,165 +239,19 @@ class _Prober:
     async def identify(self, endpoint: Endpoint, scheme: str | None = None, vendor: str | None = None) -> Device | None:
         scheme = scheme or await self.scheme(endpoint)
         base = f"{scheme}://{endpoint.netloc}"
-        steps: list[tuple[str, Callable]] = [
-            ("homewizard", self._homewizard), ("iometer", self._iometer), ("iammeter", self._iammeter),
-            ("enphase", self._enphase),
-        ]
-        if scheme == "https":  # IOmeter bridges and IAMMETER meters speak plain HTTP only
-            steps = [s for s in steps if s[0] in ("homewizard", "enphase")]
+        probes = [p for p in self.probes if scheme in p.schemes]
         if vendor is not None:  # an mDNS announcement says which vendor to ask first
-            steps.sort(key=lambda s: s[0] != vendor)
-        for _, step in steps:
-            device = await step(endpoint, scheme, base)
+            probes.sort(key=lambda p: p.vendor != vendor)
+        for probe in probes:
+            device = await probe.identify(self, endpoint, scheme, base)
             if device is not None:
+                device.title = probe.title
                 return device
         return None
 
-    # --- one function per vendor: None when the answer is not that vendor's ---------------
-    async def _homewizard(self, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
-        from .vendors.homewizard import parse as hw
 
-        resp = await self.get(f"{base}/api", {"X-Api-Version": "2"} if scheme == "https" else None)
-        if resp is None:
-            return None
-        payload = _json(resp)
-        host = endpoint.target_host(scheme)
-        if resp.status == 403 and isinstance(payload, dict) and hw.api_error(payload) == "202":
-            return Device("homewizard", host, api="API v1 (switched off)", action_needed=True, notes=[
-                "its local API is switched off: enable it in the HomeWizard Energy app "
-                "(Settings > Meters > your meter > Local API), then run discover again"])
-        if resp.status != 200 or not isinstance(payload, dict):
-            return None
-        try:
-            info = hw.parse_device(payload)
-            version = hw.api_version(payload)
-        except ParseError:
-            return None
-        device = Device("homewizard", host, model=info.model, serial=info.serial, firmware=info.firmware)
-        device.options["serial"] = info.serial
-        if scheme == "http" and version == 1:
-            device.api = "API v1"
-        else:
-            device.api = "API v2"
-            _needs_pairing(device)
-        return device
-
-    async def _iometer(self, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
-        from .vendors.iometer import parse as io
-
-        resp = await self.get(f"{base}/v1/status")
-        payload = _json(resp) if resp is not None and resp.status == 200 else None
-        if not isinstance(payload, dict) or not str(payload.get("__typename", "")).startswith("iometer.status."):
-            return None
-        try:
-            reading = io.parse_bridge_status(payload)
-        except ParseError:
-            return None
-        meter = next((d for d in reading.devices if d.model == io.METER_MODEL), None)
-        bridge = next((d for d in reading.devices if d.model == io.BRIDGE_MODEL), None)
-        device = Device("iometer", endpoint.target_host(scheme), model="bridge",
-                        serial=bridge.serial if bridge else "", firmware=bridge.firmware if bridge else "",
-                        api="local API /v1")
-        if meter is not None and meter.serial:
-            device.notes.append(f"reads electricity meter {meter.serial}")
-        core = payload.get("device", {}).get("core") if isinstance(payload.get("device"), dict) else None
-        if isinstance(core, dict) and core.get("pinStatus") not in (None, "entered"):
-            device.notes.append("the meter's PIN is not entered in the IOmeter app: only totals will be read")
-        return device
-
-    async def _iammeter(self, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
-        from .vendors.iammeter import parse as iam
-
-        resp = await self.get(f"{base}/api/monitorjson")
-        if resp is not None and resp.status == 200:
-            payload = _json(resp)
-            if not isinstance(payload, dict) or not any(k in payload for k in ("Data", "Datas", "data")):
-                return None
-            try:
-                reading = iam.parse_monitorjson(payload)
-            except ParseError:
-                return None
-            own = reading.devices[0] if reading.devices else None
-            device = Device("iammeter", endpoint.target_host(scheme), model=own.model if own else "",
-                            serial=own.serial if own else "", firmware=own.firmware if own else "",
-                            api="local HTTP API")
-            if not device.serial or not device.firmware:
-                wifi = await self.get(f"{base}/api/wifidata")
-                try:
-                    data = iam.parse_wifidata(_json(wifi)) if wifi is not None and wifi.status == 200 else None
-                except ParseError:
-                    data = None
-                if data is not None:
-                    device.serial = device.serial or data.serial
-                    device.firmware = device.firmware or data.firmware
-            return device
-        if resp is not None and resp.status != 404:
-            return None
-        # Legacy firmware has only /monitorjson behind Basic auth: its challenge names the maker.
-        legacy = await self.get(f"{base}/monitorjson")
-        challenge = _header(legacy.headers, "WWW-Authenticate") if legacy is not None else None
-        if legacy is None or legacy.status != 401 or not challenge or "iammeter" not in challenge.lower():
-            return None
-        device = Device("iammeter", endpoint.target_host(scheme), model="WEM3162 or similar",
-                        api="legacy /monitorjson with Basic auth")
-        device.options["legacy"] = True
-        device.hints.append("# username: admin        # only if you changed the meter's login (default admin/admin)")
-        device.hints.append("# password_file: /etc/energy-meter-exporter/iammeter.password")
-        return device
-
-    async def _enphase(self, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
-        from .vendors.enphase import parse as en
-
-        resp = await self.get(f"{base}/info")
-        target_endpoint, target_scheme = endpoint, scheme
-        if resp is not None and resp.status in (301, 302, 303, 307, 308) and scheme == "http":
-            # Firmware 7 and later answer on HTTPS; plain HTTP only redirects there.
-            target_endpoint = Endpoint(endpoint.host, 443) if endpoint.port == 80 else endpoint
-            target_scheme = "https"
-            resp = await self.get(f"https://{target_endpoint.netloc}/info")
-        if resp is None or resp.status != 200 or b"envoy_info" not in resp.body[:4096]:
-            return None
-        try:
-            info = en.parse_info(resp.body)
-        except ParseError:
-            return None
-        device = Device("enphase", target_endpoint.target_host(target_scheme), model=info.part_number,
-                        serial=info.serial, firmware=info.firmware)
-        device.options["serial"] = info.serial
-        if info.needs_token:
-            device.api = "HTTPS with a token (firmware 7+)"
-            # A gateway that answered on plain HTTP still serves its API on HTTPS (443).
-            tls_endpoint = Endpoint(endpoint.host, 443) if target_scheme == "http" and endpoint.port == 80 \
-                else target_endpoint
-            fingerprint = await self.tls_fingerprint(tls_endpoint)
-            if fingerprint:
-                device.options["tls_fingerprint"] = ":".join(
-                    fingerprint[i:i + 2] for i in range(0, len(fingerprint), 2)).upper()
-                device.notes.append("tls_fingerprint pins the self-signed certificate it presented now; "
-                                    "compare it with the one your browser shows for https://" + device.host)
-            device.hints += [
-                "# username: you@example.com        # your Enlighten login: the exporter fetches and renews tokens",
-                "# password_file: /etc/energy-meter-exporter/enlighten.password",
-                f"# token_file: enphase-{info.serial}.token   # from `energy-meter-exporter token enphase "
-                f"--host {device.host} --username EMAIL`, or entrez.enphaseenergy.com",
-            ]
-            device.action_needed = True
-            device.notes.append("it needs a token: set username and password_file (Enlighten login), "
-                                "or token_file; see the README's Enphase quick start")
-        else:
-            device.api = "HTTP with Digest auth (firmware below 7)"
-        return device
-
-
-def _needs_pairing(device: Device) -> None:
-    device.action_needed = True
-    device.hints.append(f"# token_file: /etc/energy-meter-exporter/homewizard-{device.serial or 'SERIAL'}.token"
-                        "   # from `energy-meter-exporter pair homewizard HOST`")
-    device.notes.append(f"API v2 needs a token: run `energy-meter-exporter pair homewizard {device.host}`, "
-                        "press the button on the device, and set token_file to the file it writes")
-
-
-def _json(resp: Response | None) -> Any:
+def json_body(resp: Response | None) -> Any:
+    """The answer's JSON, or None when there is no answer or it is not JSON."""
     if resp is None:
         return None
     try:
@@ -412,7 +260,7 @@ def _json(resp: Response | None) -> Any:
         return None
 
 
-def _header(headers: Any, name: str) -> str | None:
+def header(headers: Any, name: str) -> str | None:
     for key, value in headers.items():
         if key.lower() == name.lower():
             return value
@@ -426,13 +274,19 @@ async def _closed(writer: asyncio.StreamWriter) -> None:
         pass
 
 
+def _titles(probes: Iterable[DeviceProbe]) -> str:
+    """"A, B and C"."""
+    titles = [p.title or p.vendor for p in probes]
+    return ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else "".join(titles)
+
+
 # --- mDNS ------------------------------------------------------------------------------------------
 
 
 async def browse(seconds: float, interfaces: list[str] | None = None,
-                 on_tick: Callable[[float, int], None] | None = None,
-                 service_types: Iterable[str] = SERVICE_TYPES) -> list[Announcement]:
-    """Listen for the meters' mDNS services for `seconds` and resolve what was announced.
+                 on_tick: Callable[[float, int], None] | None = None, *,
+                 service_types: Iterable[str]) -> list[Announcement]:
+    """Listen for these mDNS services for `seconds` and resolve what was announced.
     `interfaces`: addresses to browse on (default: all). OSError when mDNS cannot start."""
     from zeroconf import InterfaceChoice, IPVersion
     from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
@@ -471,27 +325,20 @@ async def browse(seconds: float, interfaces: list[str] | None = None,
     return [r for r in results if isinstance(r, Announcement) and r.addresses]
 
 
-def from_announcement(a: Announcement) -> Device:
+def _services(probes: Iterable[DeviceProbe]) -> dict[str, tuple[DeviceProbe, str | None]]:
+    """mDNS service type -> (its vendor's probe, the scheme the announced port speaks)."""
+    return {service: (probe, scheme) for probe in probes for service, scheme in probe.services.items()}
+
+
+def from_announcement(a: Announcement, probes: Iterable[DeviceProbe]) -> Device:
     """What the announcement alone says, for a device that does not answer the identity request."""
-    vendor, scheme = SERVICE_TYPES.get(a.service_type, ("unknown", "http"))
+    probe, scheme = _services(probes).get(a.service_type, (None, "http"))
     endpoint = Endpoint(a.addresses[0], a.port)
-    p = a.properties
-    device = Device(vendor, endpoint.target_host(scheme or "http"))
-    if vendor == "homewizard":
-        device.model = p.get("product_type", "")
-        device.serial = p.get("serial", "")
-        device.api = "API v2" if scheme == "https" else "API v1"
-        if device.serial:
-            device.options["serial"] = device.serial
-        if scheme == "http" and p.get("api_enabled") == "0":
-            device.action_needed = True
-            device.notes.append("its local API is switched off: enable it in the HomeWizard Energy app "
-                                "(Settings > Meters > your meter > Local API)")
-        if scheme == "https":
-            _needs_pairing(device)
-    elif vendor == "enphase":
-        device.serial = p.get("serialnum", "")
-        device.firmware = p.get("protovers", "")
+    device = Device(probe.vendor if probe else "unknown", endpoint.target_host(scheme or "http"))
+    if probe is not None:
+        device.title = probe.title
+        if probe.announced is not None:
+            probe.announced(device, a.properties, scheme)
     device.notes.append("announced itself but did not answer: is it busy or updating? run `probe` once it is configured")
     return device
 
@@ -509,50 +356,55 @@ class Options:
     concurrency: int = DEFAULT_CONCURRENCY
 
 
-async def discover(options: Options, console: Console | None = None) -> list[Device]:
+async def discover(options: Options, probes: Sequence[DeviceProbe], console: Console | None = None) -> list[Device]:
+    """The devices found, each recognised by one of `probes` (one per vendor)."""
     console = console or Console(interactive=False)
     devices: dict[tuple[str, str], Device] = {}
     connector = aiohttp.TCPConnector(limit=options.concurrency, force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        prober = _Prober(session, options.timeout)
+        prober = Prober(session, options.timeout, probes)
         if options.mdns:
             await _from_mdns(options, prober, console, devices)
         if options.scan:
             await _from_scan(options, prober, console, devices)
-    return _named(list(devices.values()))
+    return _named(list(devices.values()), probes)
 
 
-async def _from_mdns(options: Options, prober: _Prober, console: Console, devices: dict) -> None:
-    console.say(f"Listening for HomeWizard, Enphase and IOmeter mDNS announcements for {options.mdns_seconds:g}s ...")
+async def _from_mdns(options: Options, prober: Prober, console: Console, devices: dict) -> None:
+    services = _services(prober.probes)
+    announcing = [p for p in prober.probes if p.services]
+    if not announcing:
+        return
+    console.say(f"Listening for {_titles(announcing)} mDNS announcements for {options.mdns_seconds:g}s ...")
     try:
         announcements = await browse(
             options.mdns_seconds, options.interfaces,
-            lambda left, n: console.countdown("listening", left, f"{n} announced"))
+            lambda left, n: console.countdown("listening", left, f"{n} announced"), service_types=services)
     except (OSError, ValueError, RuntimeError) as exc:
         console.say(f"mDNS is not available here ({exc}); continuing without it. Use --scan to give addresses.")
         return
     if announcements:
         console.say(f"{len(announcements)} announced; asking each who it is ...")
     for a in announcements:
-        vendor, scheme = SERVICE_TYPES.get(a.service_type, ("", None))
+        probe, scheme = services.get(a.service_type, (None, None))
         device = None
         for address in a.addresses:
-            device = await prober.identify(Endpoint(address, a.port), scheme, vendor)
+            device = await prober.identify(Endpoint(address, a.port), scheme, probe.vendor if probe else None)
             if device is not None:
                 break
-        announced = from_announcement(a)
+        announced = from_announcement(a, prober.probes)
         if device is None:
             device = announced
         else:  # what the device would not tell (its local API is off), its announcement may
             for key in ("model", "serial", "firmware"):
                 if not getattr(device, key) and getattr(announced, key):
                     setattr(device, key, getattr(announced, key))
-            if device.vendor == "homewizard" and device.serial:
-                device.options.setdefault("serial", device.serial)
-        _add(devices, device, "mDNS")
+            for key, value in announced.options.items():
+                device.options.setdefault(key, value)
+        _add(devices, device, "mDNS", prober.probes)
 
 
-async def _from_scan(options: Options, prober: _Prober, console: Console, devices: dict) -> None:
+async def _from_scan(options: Options, prober: Prober, console: Console, devices: dict) -> None:
     endpoints = options.scan
     hosts = len({e.host for e in endpoints})
     console.say(f"Scanning {hosts} address{'es' if hosts != 1 else ''} ({len(endpoints)} address:port pairs, "
@@ -568,7 +420,7 @@ async def _from_scan(options: Options, prober: _Prober, console: Console, device
                 if await prober.reachable(endpoint):
                     device = await prober.identify(endpoint)
                     if device is not None:
-                        _add(devices, device, "scan")
+                        _add(devices, device, "scan", prober.probes)
                         found += 1
         finally:
             done += 1
@@ -578,8 +430,12 @@ async def _from_scan(options: Options, prober: _Prober, console: Console, device
     await asyncio.gather(*(one(e) for e in endpoints))
 
 
-def _add(devices: dict[tuple[str, str], Device], device: Device, how: str) -> None:
-    """Merge a device seen twice (mDNS and scan; a HomeWizard on API v1 and v2)."""
+def _probe(probes: Iterable[DeviceProbe], vendor: str) -> DeviceProbe | None:
+    return next((p for p in probes if p.vendor == vendor), None)
+
+
+def _add(devices: dict[tuple[str, str], Device], device: Device, how: str, probes: Iterable[DeviceProbe]) -> None:
+    """Merge a device seen twice (mDNS and scan; a device answering on two ports)."""
     known = devices.get(device.key) or next(
         (d for d in devices.values() if d.vendor == device.vendor and d.host == device.host), None)
     if known is None:
@@ -588,36 +444,23 @@ def _add(devices: dict[tuple[str, str], Device], device: Device, how: str) -> No
         return
     if how not in known.found_by:
         known.found_by.append(how)
-    if known.vendor == "homewizard" and known.api != device.api and "v1" in known.api + device.api:
-        v1, v2 = (known, device) if "v1" in known.api else (device, known)
-        # API v1 works without pairing: keep it as the target, and say that v2 is there too.
-        if known is not v1:
-            known.host, known.api, known.hints = v1.host, v1.api, list(v1.hints)
-            known.notes = [n for n in known.notes if "API v2 needs a token" not in n]
-            known.action_needed = v1.action_needed
-        known.api = "API v1 (and v2)"
-        known.notes.append(f"it also speaks API v2 ({v2.host}): for it, run `energy-meter-exporter pair "
-                           f"homewizard {v2.host}` and set token_file and api_version: v2")
+    probe = _probe(probes, known.vendor)
+    if probe is not None and probe.merge is not None:
+        probe.merge(known, device)
     for key in ("model", "serial", "firmware"):
         if not getattr(known, key) and getattr(device, key):
             setattr(known, key, getattr(device, key))
 
 
-def _base_name(device: Device) -> str:
-    if device.vendor == "homewizard":
-        return HOMEWIZARD_NAMES.get(device.model, "homewizard")
-    if device.vendor == "enphase":
-        return "enphase-gateway"
-    if device.vendor == "iometer":
-        return "iometer"
-    model = re.sub(r"[^a-z0-9]+", "-", device.model.lower()).strip("-")
-    return f"iammeter-{model}" if model and " " not in device.model else "iammeter"
+def _base_name(device: Device, probes: Iterable[DeviceProbe]) -> str:
+    probe = _probe(probes, device.vendor)
+    return probe.name(device) if probe is not None and probe.name is not None else device.vendor
 
 
-def _named(devices: list[Device]) -> list[Device]:
+def _named(devices: list[Device], probes: Iterable[DeviceProbe]) -> list[Device]:
     """Short names; the serial's end is added only where two devices would share one."""
     devices.sort(key=lambda d: (d.vendor, d.model, d.serial, d.host))
-    bases = [_base_name(d) for d in devices]
+    bases = [_base_name(d, probes) for d in devices]
     used: set[str] = set()
     for device, base in zip(devices, bases):
         name = base
@@ -660,7 +503,7 @@ def render_yaml(devices: list[Device]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def discover_command(args: Any, console: Console | None = None) -> int:
+async def discover_command(args: Any, probes: Sequence[DeviceProbe], console: Console | None = None) -> int:
     console = console or Console()
     try:
         ports = parse_ports(args.ports) if args.ports else DEFAULT_PORTS
@@ -677,15 +520,17 @@ async def discover_command(args: Any, console: Console | None = None) -> int:
         return EXIT_USAGE
     options = Options(scan=endpoints, mdns=not args.no_mdns, mdns_seconds=args.mdns_timeout,
                       interfaces=args.interface or None, timeout=args.timeout, concurrency=args.concurrency)
-    devices = await discover(options, console)
+    devices = await discover(options, probes, console)
     if not devices:
+        silent = [p for p in probes if not p.services]
         console.failed("no meters found" + ("" if endpoints else " by mDNS"))
-        console.next("check that the device is powered and on this network; IAMMETER meters do not announce "
-                     "themselves: give addresses with `--scan 192.168.1.0/24` (your network) or `--scan ADDRESS`")
+        console.next("check that the device is powered and on this network; "
+                     + (f"{_titles(silent)} meters do not announce themselves: " if silent else "")
+                     + "give addresses with `--scan 192.168.1.0/24` (your network) or `--scan ADDRESS`")
         return EXIT_FAILURE
     console.product(render_yaml(devices))
     console.ok(f"found {len(devices)} device{'s' if len(devices) != 1 else ''}: "
-               + ", ".join(f"{d.name} ({VENDOR_TITLES.get(d.vendor, d.vendor)} {d.model})".replace(" )", ")")
+               + ", ".join(f"{d.name} ({d.title or d.vendor} {d.model})".replace(" )", ")")
                            for d in devices))
     pending = [d.name for d in devices if d.action_needed]
     advice = "copy the targets above into your configuration (or save them: `discover ... > targets.yaml`), " \

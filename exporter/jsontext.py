@@ -21,6 +21,7 @@ import json
 import re
 from typing import Any
 
+from .errors import safe_text
 from .samples import ParseError
 
 MAX_DEPTH = 64  # meters nest 4 to 6 deep; more is a fault (or an attack on the decoder's recursion)
@@ -107,32 +108,28 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def _fix(text: str) -> str:
-    return text if text.isascii() else _SURROGATE.sub(REPLACEMENT, text)
-
-
 def _without_surrogates(value: Any) -> Any:
     """`value` with every lone surrogate in its strings and keys replaced (lists and dicts are
     changed in place; walked without recursion)."""
     if isinstance(value, str):
-        return _fix(value)
+        return safe_text(value)
     stack = [value] if isinstance(value, (dict, list)) else []
     while stack:
         container = stack.pop()
         if isinstance(container, list):
             for index, item in enumerate(container):
                 if isinstance(item, str):
-                    container[index] = _fix(item)
+                    container[index] = safe_text(item)
                 elif isinstance(item, (dict, list)):
                     stack.append(item)
             continue
-        if any(not key.isascii() and _SURROGATE.search(key) for key in container):
-            items = [(_fix(key), item) for key, item in container.items()]
+        if any(safe_text(key) is not key for key in container):
+            items = [(safe_text(key), item) for key, item in container.items()]
             container.clear()
             container.update(items)
         for key, item in container.items():
             if isinstance(item, str):
-                container[key] = _fix(item)  # same key: the dict does not change size
+                container[key] = safe_text(item)  # same key: the dict does not change size
             elif isinstance(item, (dict, list)):
                 stack.append(item)
     return value

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import ssl
 import time
@@ -37,13 +36,12 @@ from typing import Any, Callable, Mapping
 import aiomqtt
 
 from . import catalogue as M
-from .config import Option, Secret
+from .backoff import Backoff
+from .config import Option, Secret, SectionSpec
 from .errors import PollError
 from .jsontext import label_text
 from .serving import Throttle
-from .vendors.registry import SectionSpec, register_section
 
-DEFAULT_TOPIC = "device/+/realtime"
 # A connection that held for this long counts as good: the backoff starts again from the
 # beginning after it drops. A broker that accepts and then drops at once (a client id used
 # twice) is retried ever more slowly instead of in a tight loop.
@@ -64,7 +62,8 @@ OPTIONS: dict[str, Option] = {
     "ca_file": Option("path", help="CA certificate(s) to verify the broker with (default: the system store)"),
     "tls_verify": Option("bool", default=True, help="verify the broker's certificate and name (false: encrypt only)"),
     "client_id": Option("str", help="MQTT client id (default: energy-meter-exporter-<random>); unique per broker"),
-    "topic": Option("str", default=DEFAULT_TOPIC, help="topic filter the meters publish under; '+' stands for the SN"),
+    "topic": Option("str", help="topic filter the meters publish under, '+' standing for the meter's id "
+                                "(default: the one the meters' vendor uses)"),
     "keepalive": Option("duration", default=60.0, minimum=5.0, help="MQTT keepalive interval"),
     "reconnect_delay": Option("duration", default=1.0, minimum=0.01, help="first delay before a reconnection"),
     "max_reconnect_delay": Option("duration", default=60.0, minimum=0.01, help="ceiling of the reconnection delay"),
@@ -73,10 +72,10 @@ OPTIONS: dict[str, Option] = {
                                 help="a packet from the broker announcing more drops the connection before it is read"),
 }
 
-SECTION = register_section(SectionSpec(
+SECTION = SectionSpec(
     name="mqtt_brokers", options=OPTIONS, many=True,
     description="MQTT brokers that meters publish to; targets name one with `broker:`",
-))
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class BrokerSettings:
     ca_file: str | None = None
     tls_verify: bool = True
     client_id: str | None = None
-    topic: str = DEFAULT_TOPIC
+    topic: str | None = None  # None: the subscriber's own (its vendor's) topic filter
     keepalive: float = 60.0
     reconnect_delay: float = 1.0
     max_reconnect_delay: float = 60.0
@@ -112,7 +111,7 @@ class BrokerSettings:
             name=str(item["name"]), host=str(item["host"]), port=int(port),
             username=item.get("username"), password=password, tls=tls, ca_file=item.get("ca_file"),
             tls_verify=bool(get("tls_verify", True)), client_id=item.get("client_id"),
-            topic=str(get("topic", DEFAULT_TOPIC)), keepalive=float(get("keepalive", 60.0)),
+            topic=str(item["topic"]) if item.get("topic") else None, keepalive=float(get("keepalive", 60.0)),
             reconnect_delay=float(get("reconnect_delay", 1.0)),
             max_reconnect_delay=float(get("max_reconnect_delay", 60.0)),
             max_message_bytes=int(get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
@@ -153,7 +152,7 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 
 def wildcard_value(topic_filter: str, topic: str) -> str | None:
-    """The topic level that the filter's first '+' matched (the meter's SN), or None."""
+    """The topic level that the filter's first '+' matched (the meter's id), or None."""
     filter_levels, levels = topic_filter.split("/"), topic.split("/")
     for index, pattern in enumerate(filter_levels):
         if pattern == "+":
@@ -413,8 +412,7 @@ class BrokerConnection:
     def _delay(self) -> float:
         s = self.settings
         ceiling = min([s.max_reconnect_delay, *self._intervals])
-        base = min(s.reconnect_delay * 2 ** max(self.failures - 1, 0), ceiling)
-        return min(base * random.uniform(0.9, 1.1), ceiling)
+        return Backoff.for_reconnects(s.reconnect_delay, ceiling).delay(self.failures)
 
     def _new_client(self) -> _GuardedClient:
         s = self.settings

@@ -9,11 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+from . import logs
 from .config import Config
 from .console import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Console, next_step
-from .daemon import Daemon, make_session
+from .context import AdapterContext
+from .daemon import make_session, new_runner
 from .errors import PollError
 from .exposition import render_samples
+from .quota import QuotaLedger
+from .state import StateDirectory
+from .store import SnapshotStore
 
 TICK = 0.25  # seconds between updates of the progress line
 
@@ -26,15 +31,20 @@ async def probe(config: Config, name: str, console: Console | None = None) -> in
         console.failed(f"no target named {name!r} in {config.path} (targets: {known})")
         console.next("give the name of a target as written under `targets:` in the configuration")
         return EXIT_USAGE
-    daemon = Daemon(config)
-    daemon.session = make_session()
+    session = make_session()
     try:
-        runner = daemon._runner_for(target)
+        # Built as the daemon builds it (the configured state directory and its quota ledger), with a
+        # store of its own.
+        state = StateDirectory(config.state_directory)
+        store = SnapshotStore()
+        ctx = AdapterContext(session=session, state=state, log=logs.get().bind(target=name, vendor=target.vendor),
+                             sections=config.sections, store=store, ledger=QuotaLedger(state))
+        runner = new_runner(target, ctx)
         if runner.kind != "poll":
             console.failed(f"{name}: a push target cannot be probed")
             console.next("start the exporter and watch this target on its status page (/) instead")
             return EXIT_USAGE
-        daemon.store.add_target(target.name, target.vendor, target.stale_after)
+        store.add_target(target.name, target.vendor, target.stale_after)
         console.say(f"Polling {name} ({target.vendor} {target.transport}, timeout {target.timeout:g}s) ...")
         started = time.monotonic()
         task = asyncio.ensure_future(runner.poll_once())
@@ -64,4 +74,4 @@ async def probe(config: Config, name: str, console: Console | None = None) -> in
                      f"{config.path}`), open http://localhost:9896/ for the status page and add it to Prometheus")
         return EXIT_OK
     finally:
-        await daemon.session.close()
+        await session.close()

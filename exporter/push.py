@@ -19,9 +19,8 @@ rate limit (429), the token (`path_token`, 404), the path (`path`, 404), the bod
 configured device but cannot be parsed also fails that device's target with reason `parse`, so
 a meter that sends garbage shows up as a target error, not only as a count.
 
-The reply is `{"successful":true,"message":"ok"}`: IAMMETER meters upload to their cloud's
-`/api/v1/sensor/UploadSensor`, whose answer has that shape, and the push documents ask for no
-other; refusals carry `"successful":false` and a message.
+The listener knows no vendor: the vendor's `PushFormat` says where a body names its device and
+what the answer looks like (a meter may expect the shape its own cloud answers with).
 """
 
 from __future__ import annotations
@@ -40,15 +39,14 @@ from typing import Any, Callable, Iterable, Mapping
 from aiohttp import web
 
 from . import catalogue as M
-from .config import Option, Secret
+from .config import Option, Secret, SectionSpec
 from .errors import PollError
-from .serving import DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, Limits, runner_options
+from .serving import DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, Limits, parse_listen_address, runner_options
 from .samples import ParseError, Reading
-from .vendors.registry import SectionSpec, register_section
 
 LISTENER = "http_push"
 DEFAULT_MAX_BODY = 64 * 1024
-MAX_UNKNOWN_LOGGED = 100  # distinct unknown SNs logged once each; the counter counts them all
+MAX_UNKNOWN_LOGGED = 100  # distinct unknown ids logged once each; the counter counts them all
 RATE_WINDOW = 60.0  # seconds over which max_requests_per_minute is counted
 # Shown from the start at 0, so that rate() works from the first refusal on.
 REASONS = ("unknown_sn", "malformed", "too_large", "forbidden_network", "rate_limited", "not_found",
@@ -75,18 +73,10 @@ OPTIONS: dict[str, Option] = {
                               help="connections at once; at the limit the oldest waiting one is closed"),
 }
 
-SECTION = register_section(SectionSpec(
+SECTION = SectionSpec(
     name="http_push", options=OPTIONS, many=False,
     description="the listener that meters in HTTP upload mode POST to (targets with transport: push)",
-))
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`:8088`, `0.0.0.0:8088`, `[::]:8088` -> (host, port); ValueError when malformed."""
-    host, sep, port_text = str(value).rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{value!r}: expected [host]:port, e.g. :8088")
-    return host.strip("[]") or "0.0.0.0", int(port_text)
+)
 
 
 def check_section(section: Mapping[str, Any]) -> Iterable[tuple[tuple, str]]:
@@ -160,7 +150,7 @@ class PushSettings:
         if not section.get("listen"):
             raise PollError("config", "http_push.listen is not set")
         try:
-            host, port = parse_listen(section["listen"])
+            host, port = parse_listen_address(section["listen"], ":8088")
             networks = parse_networks(section.get("allowed_networks"))
         except ValueError as exc:
             raise PollError("config", f"http_push: {exc}") from None
@@ -198,18 +188,29 @@ class Sink:
     parse: Callable[[Any], Reading]
 
 
-# A device id from a body that is not valid JSON (a truncated upload still names its meter).
-_ID_IN_BROKEN_JSON = re.compile(r'"SN"\s*:\s*"([^"\\]{1,64})"')
+def _no_id(text: str) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class PushFormat:
+    """What one vendor's devices upload and expect back."""
+
+    device_id: Callable[[Any], Any]  # the id in a decoded body, None if it names none
+    reply: Callable[[bool, str], Mapping[str, Any]]  # the JSON answer: accepted or not, and why
+    # The id in a body that is not valid JSON (a truncated upload still names its device).
+    device_id_in_text: Callable[[str], str | None] = _no_id
+    id_name: str = "id"  # what messages call the id
 
 
 @dataclass
 class PushListener:
-    """One HTTP server for all push targets; `identify` finds the device id in a decoded body."""
+    """One HTTP server for all push targets of a vendor, whose `format` it speaks."""
 
     settings: PushSettings
     log: Any
     store: Any = None
-    identify: Callable[[Any], Any] = field(default=lambda doc: doc.get("SN") if isinstance(doc, dict) else None)
+    format: PushFormat = field(kw_only=True)
     sinks: dict[str, Sink] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     accepted: int = 0
@@ -280,7 +281,7 @@ class PushListener:
         if self.settings.path is not None and path != self.settings.path:
             return self._refuse(404, "not_found", f"nothing is received at {path[:80]}")
         if request.method != "POST":
-            return _reply(405, False, "POST the meter's JSON here", headers={"Allow": "POST"})
+            return self._reply(405, False, "POST the meter's JSON here", headers={"Allow": "POST"})
         try:
             async with asyncio.timeout(self.settings.read_timeout):
                 body = await self._read_body(request)
@@ -308,25 +309,26 @@ class PushListener:
             from .jsontext import loads as decode_json  # one decoder for devices: depth, NaN, surrogates
             document = decode_json(body, "body")
         except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
-            # the whole body (at most max_body_bytes): the SN may follow a long poisoned field
-            match = _ID_IN_BROKEN_JSON.search(body.decode("utf-8", "replace"))
-            sink = self.sinks.get(normalize_id(match.group(1))) if match else None
+            # the whole body (at most max_body_bytes): the id may follow a long poisoned field
+            named = self.format.device_id_in_text(body.decode("utf-8", "replace"))
+            sink = self.sinks.get(normalize_id(named)) if named else None
             message = f"body is not JSON ({exc.__class__.__name__})"
             if sink is not None:
                 sink.emit(PollError("parse", f"pushed {message}"))
             return self._refuse(400, "malformed", message)
         try:
-            device_id = self.identify(document)
+            device_id = self.format.device_id(document)
         except Exception:
             device_id = None
         if not isinstance(device_id, (str, int)) or isinstance(device_id, bool) or not str(device_id).strip():
-            return self._refuse(400, "malformed", "the body names no meter (no SN)")
+            return self._refuse(400, "malformed", f"the body names no meter (no {self.format.id_name})")
         sink = self.sinks.get(normalize_id(device_id))
         if sink is None:
             if len(self._unknown_logged) < MAX_UNKNOWN_LOGGED and normalize_id(device_id) not in self._unknown_logged:
-                self._unknown_logged.add(normalize_id(device_id))  # once per SN: it comes back every upload
+                self._unknown_logged.add(normalize_id(device_id))  # once per id: it comes back every upload
                 self.log.info("push from a meter no target reads refused", sn=str(device_id)[:64])
-            return self._refuse(403, "unknown_sn", f"SN {str(device_id)[:64]!r} is not configured here")
+            return self._refuse(403, "unknown_sn",
+                                f"{self.format.id_name} {str(device_id)[:64]!r} is not configured here")
         try:
             reading = sink.parse(document)
         except ParseError as exc:
@@ -334,7 +336,7 @@ class PushListener:
             return self._refuse(400, "malformed", str(exc))
         sink.emit(reading)
         self.accepted += 1
-        return _reply(200, True, "ok")
+        return self._reply(200, True, "ok")
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         limit = self.settings.max_body_bytes
@@ -376,7 +378,11 @@ class PushListener:
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self._publish()
-        return _reply(status, False, message)
+        return self._reply(status, False, message)
+
+    def _reply(self, status: int, ok: bool, message: str, headers: dict | None = None) -> web.Response:
+        body = json.dumps(self.format.reply(ok, message), separators=(",", ":"))
+        return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
     def _publish(self) -> None:
         if self.store is not None:
@@ -385,10 +391,5 @@ class PushListener:
 
 
 def normalize_id(value: Any) -> str:
-    """Serial numbers compare without case or surrounding blanks (the meter prints them upper case)."""
+    """Device ids compare without case or surrounding blanks (meters print serials upper case)."""
     return str(value).strip().upper()
-
-
-def _reply(status: int, ok: bool, message: str, headers: dict | None = None) -> web.Response:
-    body = json.dumps({"successful": ok, "message": message}, separators=(",", ":"))
-    return web.Response(status=status, text=body, content_type="application/json", headers=headers)

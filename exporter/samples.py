@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .catalogue import Metric
+from .errors import PollError
 
 
 class ParseError(ValueError):
@@ -64,6 +65,11 @@ class Reading:
         return None
 
 
+# What a push adapter hands the scheduler for each thing its device sends: a Reading (the target's
+# new state), or a PollError (the target is down for that reason, counted and logged).
+Emit = Callable[[Reading | PollError], None]
+
+
 def number_or_none(value: Any, what: str = "value") -> float | None:
     """A finite float from a JSON value; None for null; ParseError for anything else."""
     if value is None:
@@ -90,3 +96,38 @@ def number_or_none(value: Any, what: str = "value") -> float | None:
 def scaled(value: Any, factor: float, what: str = "value") -> float | None:
     number = number_or_none(value, what)
     return None if number is None else number * factor
+
+
+# --- checked accessors: what parse functions use to take a JSON document apart ------------------
+# Each raises ParseError naming the field (`what`) and what came instead, so that an answer of
+# the wrong shape fails its poll with reason `parse` and a message a user can act on.
+
+def kind_of(value: Any) -> str:
+    """How a JSON value is named in a parse error: "null", "a boolean", "an object", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def checked_object(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ParseError(f"{what}: expected an object, got {kind_of(value)}")
+    return value
+
+
+def checked_list(value: Any, what: str) -> list:
+    if not isinstance(value, list):
+        raise ParseError(f"{what}: expected a list, got {kind_of(value)}")
+    return value
+
+
+def optional_object(value: Any, what: str) -> dict | None:
+    """An object, or None where the field is absent or null."""
+    return None if value is None else checked_object(value, what)
+
+
+def optional_list(value: Any, what: str) -> list:
+    """A list, or an empty one where the field is absent or null."""
+    return [] if value is None else checked_list(value, what)

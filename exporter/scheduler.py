@@ -3,7 +3,7 @@
 A target's polls run one after the other, so there is never more than one request in flight to
 a device (weak Wi-Fi chips fall over with more). Polls keep to a fixed grid (interval, with a
 random phase and a little jitter, so a fleet does not poll in lock-step); after a failure the
-delay grows exponentially up to `max_backoff`.
+delay grows exponentially up to `max_backoff` (`exporter.backoff`'s poll policy).
 
 Waiting targets cost no task: one timetable per event loop holds every target's next due time
 and starts each poll as a short task of its own. (A sleeping task per target costs a coroutine,
@@ -22,6 +22,7 @@ import weakref
 from array import array
 from typing import Any
 
+from .backoff import Backoff, poll_spread
 from .config import TargetConfig
 from .errors import PollError, safe_message
 from .samples import ParseError, Reading
@@ -38,19 +39,6 @@ FIRST_POLLS_PER_SECOND = 250.0
 def first_poll_spread(target: TargetConfig, starting: int) -> float:
     """Seconds over which the first polls of `starting` targets started together are spread."""
     return max(min(target.interval, FIRST_POLL_SPREAD), starting / FIRST_POLLS_PER_SECOND)
-
-
-# Consecutive failures retried at the normal interval before the delay starts to grow: a glitch
-# (one dropped Wi-Fi packet, a reboot) then costs at most one interval after it clears, while a
-# device that stays away is asked less and less often.
-RETRIES_BEFORE_BACKOFF = 3
-
-
-def backoff_delay(target: TargetConfig, failures: int) -> float:
-    """Delay after the n-th consecutive failure: the interval for the first few, then 2x, 4x ...
-    up to max_backoff."""
-    growth = max(failures - RETRIES_BEFORE_BACKOFF, 0)
-    return min(target.interval * (2 ** growth), max(target.max_backoff, target.interval))
 
 
 class _Timetable:
@@ -362,10 +350,10 @@ class TargetRunner:
         finally:
             self.polled_once.set()
         now = loop.time()
-        spread = target.jitter * target.interval / 2
         if self.failures:
-            next_due = now + backoff_delay(target, self.failures) + random.uniform(0, spread)
+            next_due = now + Backoff.for_polls(target).delay(self.failures)
         else:
+            spread = poll_spread(target)
             next_due = due + target.interval
             if next_due < now:  # a slow poll or a stalled loop: skip missed ticks
                 next_due = now + random.uniform(0, spread)

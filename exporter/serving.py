@@ -39,6 +39,15 @@ DEFAULT_IDLE_TIMEOUT = 75.0  # seconds: longer than the usual scrape intervals, 
 LOG_EVERY = 60.0  # seconds between two log lines about the same kind of trouble
 
 
+def parse_listen_address(value: str, example: str = ":9896") -> tuple[str, int]:
+    """`:9896`, `0.0.0.0:9896`, `[::1]:9896` -> (host, port); no host means every IPv4 address.
+    ValueError, naming the value and an example, when malformed."""
+    host, sep, port_text = str(value).rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: expected [host]:port, e.g. {example}")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
 @dataclass(frozen=True)
 class Limits:
     head_timeout: float = DEFAULT_HEAD_TIMEOUT

@@ -12,15 +12,13 @@ import asyncio
 import gzip
 import json
 import urllib.parse
-from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from . import statuspage
-from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, headers
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from .view import WebView
 
 
 def _q(params: str) -> float:
@@ -36,22 +34,27 @@ def _q(params: str) -> float:
     return 1.0
 
 
+def _without_refusals(header: str) -> str:
+    """The header without its elements of q=0, which refuse what they name (RFC 9110): the
+    client library's negotiation reads no q values."""
+    return ",".join(part for part in header.split(",") if _q(part.partition(";")[2]) > 0)
+
+
 def wants_openmetrics(accept: str) -> bool:
-    """Prometheus asks for OpenMetrics first when it wants it; anything else gets text 0.0.4."""
-    for part in accept.split(","):
-        media, _, params = part.strip().partition(";")
-        if media.strip().lower() == "application/openmetrics-text":
-            return _q(params) > 0
-    return False
+    """OpenMetrics when prometheus_client would choose it for this Accept header (the first
+    `application/openmetrics-text` without a version or of version 1.0.0 or later); anything
+    else gets text 0.0.4. The body is OpenMetrics 1.0.0 whichever version was asked for."""
+    try:
+        _, content_type = choose_encoder(_without_refusals(accept))
+    except (TypeError, ValueError):  # a version it cannot compare, as `version=x`
+        return False
+    return content_type.startswith("application/openmetrics-text")
 
 
 def wants_gzip(accept_encoding: str) -> bool:
-    """gzip only when named, with a q above 0 (`gzip;q=0` and `gzip;q=0.0` refuse it)."""
-    for part in accept_encoding.split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip().lower() == "gzip":
-            return _q(params) > 0
-    return False
+    """gzip when prometheus_client would send it and the header does not refuse it with q=0
+    (`gzip;q=0`, `gzip;q=0.0`)."""
+    return gzip_accepted(_without_refusals(accept_encoding))
 
 
 # The content types a cross-site page can POST without the browser asking the server first
@@ -75,30 +78,28 @@ def cross_site(request: web.BaseRequest) -> str | None:
     return None
 
 
-def make_app(daemon: "Daemon", middlewares=(), lifecycle: bool = False) -> web.Application:
-    """`lifecycle`: whether `POST /-/reload` may reload (`--web.enable-lifecycle`)."""
+def make_app(view: WebView, middlewares=()) -> web.Application:
+    """The endpoints over `view`; `POST /-/reload` reloads only when the view allows it
+    (`--web.enable-lifecycle`)."""
     app = web.Application(client_max_size=64 * 1024, middlewares=list(middlewares))
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
         compress = wants_gzip(request.headers.get("Accept-Encoding", ""))
-        daemon.store.expire()
-        daemon.store.refresh_process()
         name = request.query.get("target")
         headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
         if compress:
             headers["Content-Encoding"] = "gzip"
         if name is not None:
-            if name not in daemon.store.targets:
+            body = view.target_metrics(name, openmetrics)
+            if body is None:
                 return web.Response(status=404, text=f"No target named {name!r}.\n")
-            body = target_body(daemon, name, openmetrics)
             if compress:
                 body = gzip.compress(body, compresslevel=3)
             return web.Response(body=body, headers=headers)
         # The whole body: cached chunks written as they are (tens of MB for a big fleet), never
         # joined into one string; gzip compresses only what changed since the last scrape.
-        cache = daemon.store.cache
-        chunks = await cache.gzip_chunks(openmetrics) if compress else cache.chunks(openmetrics)
+        chunks = await view.metrics_gzip(openmetrics) if compress else view.metrics(openmetrics)
         response = web.StreamResponse(headers=headers)
         response.content_length = sum(len(chunk) for chunk in chunks)
         try:
@@ -119,35 +120,31 @@ def make_app(daemon: "Daemon", middlewares=(), lifecycle: bool = False) -> web.A
         return web.Response(text="Healthy.\n")
 
     async def ready(request: web.Request) -> web.Response:
-        if daemon.ready():
+        if view.ready():
             return web.Response(text="Ready.\n")
         return web.Response(status=503, text="Not ready: targets have not all been polled once.\n")
 
     async def reload(request: web.Request) -> web.Response:
-        if not lifecycle:
+        if view.reload is None:
             return web.Response(status=403, text=f"Reloading over HTTP is off: start the exporter with "
                                                  f"{LIFECYCLE_FLAG} to allow it, or send it SIGHUP.\n")
         why = cross_site(request)
         if why is not None:
             return web.Response(status=403, text=f"Refused: this looks like a cross-site request ({why}). "
                                                  f"Reload with e.g. `curl -X POST {request.url.with_query(None)}`.\n")
-        ok, message = await daemon.reload()
+        ok, message = await view.reload()
         return web.Response(status=200 if ok else 400, text=message + "\n")
 
     async def reload_wrong_method(request: web.Request) -> web.Response:
         return web.Response(status=405, text="Use POST to reload.\n", headers={"Allow": "POST"})
 
     async def landing(request: web.Request) -> web.Response:
-        try:
-            refresh = float(request.query.get("refresh", statuspage.DEFAULT_REFRESH))
-        except ValueError:
-            refresh = statuspage.DEFAULT_REFRESH
-        refresh = min(max(refresh, 1.0), 3600.0) if refresh == refresh else statuspage.DEFAULT_REFRESH
-        return web.Response(text=statuspage.render(daemon, refresh), content_type="text/html",
+        refresh = statuspage.refresh_of(request.query.get("refresh"))
+        return web.Response(text=statuspage.render(view.status(), refresh), content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
     async def targets(request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(statuspage.status(daemon)), content_type="application/json",
+        return web.Response(text=json.dumps(view.status().as_json()), content_type="application/json",
                             headers={"Cache-Control": "no-store"})
 
     app.router.add_get("/metrics", metrics)
@@ -179,14 +176,3 @@ def _batches(chunks: list[bytes]):
         size += len(chunk)
     if pending:
         yield b"".join(pending) if len(pending) > 1 else pending[0]
-
-
-def target_body(daemon: "Daemon", name: str, openmetrics: bool) -> bytes:
-    """One target's series only, from the cached lines (each family's header once)."""
-    parts = []
-    for metric, lines in daemon.store.target_lines(name).items():
-        parts.append(headers(metric)[1 if openmetrics else 0])
-        parts.append(lines)
-    if openmetrics:
-        parts.append("# EOF\n")
-    return "".join(parts).encode("utf-8")

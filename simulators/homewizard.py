@@ -22,23 +22,29 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.vendors.homewizard.parse import CERT_KINDS
-
 from . import hostile
 from .tls import Authority, new_authority
 
 DATA = Path(__file__).with_name("data") / "homewizard"
 
-# product -> (v1 data file, v2 measurement file) under DATA/v1/<product>/ and DATA/v2/<product>/.
-PRODUCTS: dict[str, tuple[str | None, str | None]] = {
-    "HWE-P1": ("data.json", "measurement_3_phase_with_gas_with_watermeter.json"),
-    "HWE-KWH1": ("data.json", "measurement.json"),
-    "HWE-KWH3": ("data.json", "measurement.json"),
-    "HWE-SKT": ("data.json", None),
-    "HWE-WTR": ("data.json", None),
-    "SDM230-wifi": ("data.json", None),
-    "SDM630-wifi": ("data.json", None),
-    "HWE-BAT": (None, "measurement.json"),
+
+@dataclass(frozen=True)
+class Product:
+    v1_data: str | None  # file under DATA/v1/<product>/, None: no API v1
+    v2_measurement: str | None  # file under DATA/v2/<product>/, None: no API v2
+    # The middle part of the v2 certificate's name, `appliance/<kind>/<serial>` (protocol facts).
+    cert_kind: str
+
+
+PRODUCTS: dict[str, Product] = {
+    "HWE-P1": Product("data.json", "measurement_3_phase_with_gas_with_watermeter.json", "p1dongle"),
+    "HWE-KWH1": Product("data.json", "measurement.json", "energymeter"),
+    "HWE-KWH3": Product("data.json", "measurement.json", "energymeter"),
+    "HWE-SKT": Product("data.json", None, "energysocket"),
+    "HWE-WTR": Product("data.json", None, "watermeter"),
+    "SDM230-wifi": Product("data.json", None, "energymeter"),
+    "SDM630-wifi": Product("data.json", None, "energymeter"),
+    "HWE-BAT": Product(None, "measurement.json", "battery"),
 }
 NAME_PATTERN = re.compile(r"^local/[a-zA-Z0-9\-_/\\# ]{1,40}$")
 BUTTON_WINDOW = 30.0  # seconds after a button press during which a user may be created
@@ -81,7 +87,8 @@ class HomeWizardSimulator:
     def __post_init__(self) -> None:
         if self.product not in PRODUCTS:
             raise ValueError(f"unknown product {self.product}")
-        v1_file, v2_file = PRODUCTS[self.product]
+        product = PRODUCTS[self.product]
+        v1_file, v2_file = product.v1_data, product.v2_measurement
         self.v1 = self.v1 and v1_file is not None
         self.v2 = self.v2 and v2_file is not None
         self.v1_device = _load("v1", self.product, "device.json") if self.v1 else None
@@ -112,7 +119,7 @@ class HomeWizardSimulator:
 
     @property
     def cert_name(self) -> str:
-        return f"appliance/{CERT_KINDS[self.product]}/{self.serial.lower()}"
+        return f"appliance/{PRODUCTS[self.product].cert_kind}/{self.serial.lower()}"
 
     @property
     def ca_file(self) -> Path | None:

@@ -32,9 +32,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from exporter.vendors.iammeter import registers as reg
-
 from . import hostile
+from . import iammeter_registers as reg
 from .paths import CONFORMANCE
 
 DEFAULT_CONFORMANCE = CONFORMANCE
@@ -408,41 +407,39 @@ def _firmware_json(doc: dict[str, Any]) -> str:
 
 def encode_three_phase(state: MeterState, *, wide: bool = True) -> list[int]:
     """The three-phase register map for `state` (66 registers, or the 38 core ones)."""
-    words = [0] * (reg.THREE_PHASE_FULL_COUNT if wide else reg.THREE_PHASE_CORE_COUNT)
-    per_kwh = 1 / reg.THREE_PHASE_KWH_PER_COUNT
+    words = [0] * (reg.FULL_COUNT if wide else reg.CORE_COUNT)
     phases = (state.phases + [PhaseValues(0, 0, 0, 0, 0, 0, 0)] * 3)[:3]
-    for start, p in zip(reg.PHASE_BLOCK_STARTS, phases):
-        words[start + reg.PHASE_VOLTAGE] = _u16(p.voltage * 100)
-        words[start + reg.PHASE_CURRENT] = _u16(p.current * 100)
-        words[start + reg.PHASE_POWER:start + reg.PHASE_POWER + 2] = reg.words_of_s32(round(p.power))
-        words[start + reg.PHASE_IMPORT:start + reg.PHASE_IMPORT + 2] = reg.words_of_u32(round(p.imported_kwh * per_kwh))
-        words[start + reg.PHASE_EXPORT:start + reg.PHASE_EXPORT + 2] = reg.words_of_u32(round(p.exported_kwh * per_kwh))
-        words[start + reg.PHASE_POWER_FACTOR] = _u16(abs(p.power_factor) * 1000)
-    words[reg.FREQUENCY] = _u16(state.phases[0].frequency * 100)
+    for index, p in enumerate(phases):
+        reg.put(words, reg.phase(reg.PHASE_VOLTAGE, index), p.voltage)
+        reg.put(words, reg.phase(reg.PHASE_CURRENT, index), p.current)
+        reg.put(words, reg.phase(reg.PHASE_POWER, index), p.power)
+        reg.put(words, reg.phase(reg.PHASE_IMPORTED, index), p.imported_kwh)
+        reg.put(words, reg.phase(reg.PHASE_EXPORTED, index), p.exported_kwh)
+        reg.put(words, reg.phase(reg.PHASE_POWER_FACTOR, index), abs(p.power_factor))
+    reg.put(words, reg.FREQUENCY, state.phases[0].frequency)
     # The meter's totals; the simulator takes them as the sums of the phases.
-    words[reg.TOTAL_POWER:reg.TOTAL_POWER + 2] = reg.words_of_s32(round(sum(p.power for p in state.phases)))
-    words[reg.TOTAL_IMPORT:reg.TOTAL_IMPORT + 2] = reg.words_of_u32(round(sum(p.imported_kwh for p in state.phases) * per_kwh))
-    words[reg.TOTAL_EXPORT:reg.TOTAL_EXPORT + 2] = reg.words_of_u32(round(sum(p.exported_kwh for p in state.phases) * per_kwh))
+    reg.put(words, reg.TOTAL_POWER, sum(p.power for p in state.phases))
+    reg.put(words, reg.TOTAL_IMPORTED, sum(p.imported_kwh for p in state.phases))
+    reg.put(words, reg.TOTAL_EXPORTED, sum(p.exported_kwh for p in state.phases))
     if wide:
-        per_kvarh = 1 / reg.REACTIVE_KVARH_PER_COUNT
-        for start, r in zip(reg.REACTIVE_BLOCK_STARTS, state.reactive if state.reactive_enabled else []):
-            words[start + reg.REACTIVE_POWER:start + reg.REACTIVE_POWER + 2] = reg.words_of_s32(round(r.power_var))
-            words[start + reg.REACTIVE_INDUCTIVE:start + reg.REACTIVE_INDUCTIVE + 2] = reg.words_of_u32(round(r.inductive_kvarh * per_kvarh))
-            words[start + reg.REACTIVE_CAPACITIVE:start + reg.REACTIVE_CAPACITIVE + 2] = reg.words_of_u32(round(r.capacitive_kvarh * per_kvarh))
-        words[reg.RUNTIME:reg.RUNTIME + 2] = reg.words_of_u32(int(state.runtime_s))
+        for index, r in enumerate(state.reactive[:3] if state.reactive_enabled else []):
+            reg.put(words, reg.reactive(reg.REACTIVE_POWER, index), r.power_var)
+            reg.put(words, reg.reactive(reg.REACTIVE_INDUCTIVE, index), r.inductive_kvarh)
+            reg.put(words, reg.reactive(reg.REACTIVE_CAPACITIVE, index), r.capacitive_kvarh)
+        reg.put(words, reg.RUNTIME, int(state.runtime_s))
     return words
 
 
 def encode_single_phase(state: MeterState) -> list[int]:
     """The WEM3080's registers 0..7 for `state` (1/3200 kWh)."""
     p = state.phases[0]
-    per_kwh = 1 / reg.SINGLE_PHASE_KWH_PER_COUNT
-    return ([_u16(p.voltage * 100), _u16(p.current * 100)] + reg.words_of_s32(round(p.power))
-            + reg.words_of_u32(round(p.imported_kwh * per_kwh)) + reg.words_of_u32(round(p.exported_kwh * per_kwh)))
-
-
-def _u16(value: float) -> int:
-    return max(0, min(0xFFFF, round(value)))
+    words = [0] * reg.SINGLE_COUNT
+    reg.put(words, reg.SINGLE_VOLTAGE, p.voltage)
+    reg.put(words, reg.SINGLE_CURRENT, p.current)
+    reg.put(words, reg.SINGLE_POWER, p.power)
+    reg.put(words, reg.SINGLE_IMPORTED, p.imported_kwh)
+    reg.put(words, reg.SINGLE_EXPORTED, p.exported_kwh)
+    return words
 
 
 class IammeterModbusSimulator:
@@ -495,12 +492,11 @@ class IammeterModbusSimulator:
             return ExcCodes.DEVICE_FAILURE
         words = self.registers()
         if self.fault == "absurd":
-            if self.single_phase:
-                words[4:6] = [0xFFFF, 0xFFFF]
-            else:
-                words[reg.TOTAL_IMPORT:reg.TOTAL_IMPORT + 2] = [0xFFFF, 0xFFFF]
-                start = reg.PHASE_BLOCK_STARTS[0] + reg.PHASE_IMPORT
-                words[start:start + 2] = [0, 0]
+            imported = reg.SINGLE_IMPORTED if self.single_phase else reg.TOTAL_IMPORTED
+            words[imported.address:imported.address + 2] = reg.raw_words("u32", 0xFFFFFFFF)
+            if not self.single_phase:
+                first = reg.phase(reg.PHASE_IMPORTED, 0)
+                words[first.address:first.address + 2] = reg.raw_words("u32", 0)
         registers[:len(words)] = words
         return None
 

@@ -29,9 +29,8 @@ from typing import Any, AsyncIterator, Callable
 import graphql
 from aiohttp import WSMsgType, web
 
-from exporter.vendors.iometer.auth import basic_header, parse_wsse, password_digest
-from exporter.vendors.iometer.obis import parse_obis
-from exporter.vendors.iometer.parse import format_time, parse_time
+from .iometer_auth import basic_matches, read_wsse
+from .iometer_scalars import ObisCode, read_datetime, read_obis, write_datetime
 
 PATH = "/api/v1/query"
 TRANSPORT_WS = "graphql-transport-ws"
@@ -220,14 +219,7 @@ def demo_values(energy_wh: float, power_w: float) -> list[tuple[str, float, str]
 
 
 def format_obis(code: str, fmt: str) -> str:
-    obis = parse_obis(code)
-    if fmt == "hex":
-        return f"{obis.a:02x}-{obis.b:02x}:{obis.c:02x}.{obis.d:02x}.{obis.e:02x}*{obis.f:02x}"
-    if fmt == "short":
-        return f"{obis.c}.{obis.d}.{obis.e}"
-    if fmt == "decimal_full":
-        return f"{obis.a}-{obis.b}:{obis.c}.{obis.d}.{obis.e}*{obis.f}"
-    return str(obis)
+    return read_obis(code).format(fmt)
 
 
 # --- The simulator ---------------------------------------------------------------------------
@@ -327,7 +319,7 @@ class PartnerApiSimulator:
         sim_meter = meter if isinstance(meter, SimMeter) else self.meter(meter)
         self._seq += 1
         reading = StoredReading(
-            self._seq, sim_meter, format_time(taken), list(values),
+            self._seq, sim_meter, write_datetime(taken), list(values),
             taken if received_at is None else received_at,
         )
         self.history.append(reading)
@@ -366,23 +358,23 @@ class PartnerApiSimulator:
             return False
         header = header.strip()
         if header.startswith("Basic ") and "basic" in self.auth_methods:
-            return header == basic_header(self.partner_id, self.secret)
-        fields = parse_wsse(header)
-        if fields is None or "wsse" not in self.auth_methods:
+            return basic_matches(header, self.partner_id, self.secret)
+        token = read_wsse(header)
+        if token is None or "wsse" not in self.auth_methods:
             return False
-        if fields["Username"] != self.partner_id:
+        if token.username != self.partner_id:
             return False
         try:
-            created = parse_time(fields["Created"])
+            created = read_datetime(token.created)
         except ValueError:
             return False
-        if created is None or abs(self.clock() - created) > self.wsse_max_skew:
+        if abs(self.clock() - created) > self.wsse_max_skew:
             return False
-        if fields["Nonce"] in self._nonces:  # a replayed header
+        if token.nonce in self._nonces:  # a replayed header
             return False
-        if fields["PasswordDigest"] != password_digest(fields["Nonce"], fields["Created"], self.secret):
+        if not token.signed_with(self.secret):
             return False
-        self._nonces.add(fields["Nonce"])
+        self._nonces.add(token.nonce)
         return True
 
     # --- HTTP ---
@@ -557,7 +549,7 @@ class PartnerApiSimulator:
         bind("MeterReading", "time", lambda r, _i: r.time)
         bind("MeterReading", "values", lambda r, _i: [
             {"code": code, "value": value, "unit": unit} for code, value, unit in r.values
-            if getattr(r, "codes", None) is None or str(parse_obis(code)) in r.codes])
+            if getattr(r, "codes", None) is None or read_obis(code) in r.codes])
         bind("MeterReadingValue", "obisCode", lambda v, _i, format=None: format_obis(v["code"], format or self.obis_format))
 
         subscription = schema.subscription_type
@@ -641,7 +633,7 @@ class PartnerApiSimulator:
     async def _live_readings_source(
         self, _root: Any, _info: Any, installationId: Any, obisCodes: list[Any] | None = None
     ) -> AsyncIterator[Any]:
-        codes = {str(parse_obis(c)) for c in obisCodes} if obisCodes else None
+        codes = {read_obis(c) for c in obisCodes} if obisCodes else None
         queue: asyncio.Queue[StoredReading] = asyncio.Queue()
         self._listeners.add(queue)
         try:
@@ -662,7 +654,7 @@ class _Filtered:
     """A reading restricted to some OBIS codes (liveReadings' obisCodes argument)."""
 
     reading: StoredReading
-    codes: set[str]
+    codes: set[ObisCode]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.reading, name)
@@ -672,7 +664,7 @@ def _start(value: Any) -> float | None:
     if value is None:
         return None
     try:
-        return parse_time(value)
+        return read_datetime(value)
     except ValueError:
         raise graphql.GraphQLError(f"invalid DateTime {str(value)[:40]!r}") from None
 

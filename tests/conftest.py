@@ -183,7 +183,7 @@ def daemon_beside_control(tmp_path: Path, targets: str, control: "HomeWizardSimu
     """A daemon (not started) polling `targets` (YAML lines, indented under `targets:`) and a healthy
     HomeWizard `control` target, every `interval` seconds with a short timeout and no jitter;
     `defaults` adds lines to the defaults, `head` top-level sections."""
-    from exporter.config import load_config
+    from .configs import load_config
     from exporter.daemon import Daemon
 
     path = tmp_path / "c.yaml"
@@ -225,7 +225,7 @@ async def wait_listening(port: int) -> None:
 async def start_push_daemon(tmp_path: Path, sn: str, settings: str = "") -> tuple["Daemon", int]:
     """A running daemon with the push listener of `push_listener_config` on a free port, once
     that listens; the daemon and the listener's port."""
-    from exporter.config import load_config
+    from .configs import load_config
     from exporter.daemon import Daemon
 
     port = free_port()

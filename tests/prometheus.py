@@ -12,15 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from exporter.vendors import load_all
 
 from .conftest import LoopThread, free_port, http_get, wait_until
-
-# A vendor's default transport is the first one registered: register them all in load_all()'s
-# order now, before a test module imports one transport module directly (the in-process demo's
-# targets rely on the defaults).
-load_all()
-
 
 class PrometheusServer:
     """Prometheus scraping one exporter every second; optionally with rule files and an
@@ -165,7 +158,7 @@ class DemoStack:
         self.config = None
 
     def start(self) -> "DemoStack":
-        from exporter.config import load_config
+        from .configs import load_config
         from exporter.daemon import Daemon
         from demo import PARTICIPANTS, config_document
         from exporter.state import write_private_file

@@ -15,10 +15,12 @@ import pytest
 from aiohttp import web
 
 from exporter import catalogue as M
-from exporter import exposition
+from exporter.exposition import cache as exposition_cache
 from exporter.config import Config
 from exporter.daemon import Daemon
-from exporter.exposition import SEGMENT, FamilyCache, crc32_combine
+from exporter.exposition import FamilyCache
+from exporter.exposition.cache import SEGMENT
+from exporter.exposition.gzipframes import crc32_combine
 from exporter.samples import DeviceInfo, Reading
 from exporter.scheduler import LagRing
 from exporter.store import COUNTER_RESET_GRACE, SnapshotStore
@@ -145,7 +147,7 @@ def test_slots_of_removed_owners_are_reused_without_stale_lines():
 
 
 async def test_gzip_in_worker_threads_while_polls_change_the_store(monkeypatch):
-    monkeypatch.setattr(exposition, "THREAD_THRESHOLD", 0)  # every gzip body leaves the event loop
+    monkeypatch.setattr(exposition_cache, "THREAD_THRESHOLD", 0)  # every gzip body leaves the event loop
     rng = random.Random(5)
     store = SnapshotStore(clock=Clock())
     names = [f"t{i}" for i in range(200)]
@@ -189,7 +191,7 @@ async def serve(daemon: Daemon, encodings: list[str]) -> tuple[web.AppRunner, in
         encodings.append(request.headers.get("Accept-Encoding", ""))
         return await handler(request)
 
-    runner = web.AppRunner(make_app(daemon, [record]), access_log=None)
+    runner = web.AppRunner(make_app(daemon.view(), [record]), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -257,14 +259,14 @@ async def test_a_big_fleet_scraped_often_shares_one_render(monkeypatch):
     for i in range(50):
         store.add_target(f"t{i}", "homewizard", 600)
         store.record_success(f"t{i}", meter_reading(rng))
-    monkeypatch.setattr(exposition, "SHARE_ABOVE", 0)  # as if the body were a big fleet's
+    monkeypatch.setattr(exposition_cache, "SHARE_ABOVE", 0)  # as if the body were a big fleet's
     first = await store.cache.gzip_chunks(False)
     store.record_success("t1", meter_reading(rng))  # a poll lands between two scrapes
     assert await store.cache.gzip_chunks(False) is first  # within SHARE_FOR: the same render
-    monkeypatch.setattr(exposition, "SHARE_FOR", 0.0)
+    monkeypatch.setattr(exposition_cache, "SHARE_FOR", 0.0)
     fresh = await store.cache.gzip_chunks(False)
     assert gzip.decompress(b"".join(fresh)) == b"".join(store.cache.chunks(False))
-    monkeypatch.setattr(exposition, "SHARE_ABOVE", 10**12)  # a small fleet: always the current state
-    monkeypatch.setattr(exposition, "SHARE_FOR", 1.0)
+    monkeypatch.setattr(exposition_cache, "SHARE_ABOVE", 10**12)  # a small fleet: always the current state
+    monkeypatch.setattr(exposition_cache, "SHARE_FOR", 1.0)
     store.record_success("t2", meter_reading(rng))
     assert gzip.decompress(b"".join(await store.cache.gzip_chunks(False))) == b"".join(store.cache.chunks(False))

@@ -172,3 +172,24 @@ def test_discover_bad_input(args, status):
     result = run_cli(*args)
     assert result.returncode == status and result.stdout == ""
     assert last_line(result.stderr).startswith("Next: ")
+
+
+def test_vendor_commands_come_from_the_registry_and_load_only_when_used():
+    from exporter.vendors import registry
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    offered = registry.commands()
+    assert {"pair", "token", "backfill"} <= set(offered) <= set(subparsers.choices)
+    assert {name: [v.name for v, _ in entries] for name, entries in offered.items()} == {
+        "pair": ["homewizard"], "backfill": ["iammeter"], "token": ["enphase"]}
+    # Starting the daemon parses its flags only: no vendor's command module (nor discovery) is imported.
+    code = ("import sys; from exporter.cli import build_parser; build_parser().parse_args(['--shard', '0/2']); "
+            "print(sorted(m for m in sys.modules if m.startswith('exporter.vendors.') and m.count('.') > 2 "
+            "or m == 'exporter.discover'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+    result = run_cli("token", "acme")
+    assert result.returncode == 2 and "invalid choice: 'acme' (choose from 'enphase')" in result.stderr
+    result = run_cli("pair", "homewizard", "--help")
+    assert result.returncode == 0 and "--ca-file" in result.stdout

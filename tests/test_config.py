@@ -6,10 +6,16 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from exporter.config import ConfigError, Secret, load_config, parse_duration
+from exporter.config import ConfigError, Secret, parse_duration
+
+from .configs import load_config
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -202,7 +208,97 @@ def test_every_vendor_has_exactly_one_default_transport():
     for vendor in registry.vendor_names():
         defaults = [s.transport for s in registry.specs() if s.vendor == vendor and s.default]
         assert len(defaults) == 1, (vendor, defaults)
+        assert defaults == [registry.vendor_spec(vendor).default_transport] == registry.transports(vendor)[:1]
     assert registry.transports("iammeter")[0] == "http"
+
+
+def test_a_transport_module_imported_first_does_not_change_the_default_transport(tmp_path):
+    # In a fresh interpreter: the default comes from the vendor's declaration, not from which of
+    # its transport modules happened to be registered first.
+    path = write(tmp_path, """
+        targets:
+          - {name: a, vendor: iammeter, host: 192.0.2.1}
+          - {name: b, vendor: iometer, host: 192.0.2.2}
+    """)
+    code = textwrap.dedent(f"""
+        import exporter.vendors.iammeter.mqtt, exporter.vendors.iometer.partner
+        from exporter.config import load_config
+        from exporter.vendors import registry
+        config = load_config({str(path)!r}, environ={{}}, vendors=registry)
+        print([t.transport for t in config.targets])
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "['http', 'local']", done.stderr
+
+
+# The loader knows no vendor: what a configuration may hold comes from the catalogue it is handed.
+class _OneVendor:
+    """A catalogue of one made-up vendor with one transport and one shared section."""
+
+    def __init__(self) -> None:
+        from exporter.config import Option, SectionSpec
+
+        self.spec = SimpleNamespace(
+            vendor="acme", transport="lan", kind="poll", default_interval=20.0, min_interval=5.0,
+            default_overrides={}, options={"host": Option("str", required=True)},
+            check_target=lambda options: [("host", "no dots here")] if "." in options["host"] else [],
+            check_config=lambda config: ([(("acme_hub", "url"), "no hub at that address")]
+                                         if config.sections["acme_hub"].get("url") == "nowhere" else []))
+        self.hub = SectionSpec("acme_hub", {"url": Option("str")})
+
+    def section_names(self):
+        return ["acme_hub"]
+
+    def section(self, name):
+        return self.hub if name == "acme_hub" else None
+
+    def vendor_names(self):
+        return ["acme"]
+
+    def transports(self, vendor):
+        return ["lan"] if vendor == "acme" else []
+
+    def get(self, vendor, transport):
+        return self.spec if (vendor, transport) == ("acme", "lan") else None
+
+    def in_use(self, targets, section_keys):
+        return [self.spec]
+
+
+def test_the_loader_checks_against_the_catalogue_it_is_handed(tmp_path):
+    from exporter.config import VendorCatalogue
+    from exporter.config import load_config as load
+    from exporter.vendors import registry
+
+    catalogue = _OneVendor()
+    assert isinstance(catalogue, VendorCatalogue) and isinstance(registry, VendorCatalogue)
+    config = load(write(tmp_path, """
+        acme_hub: {url: hub.local}
+        targets:
+          - {name: box, vendor: acme, host: box1}
+    """), environ={}, vendors=catalogue)
+    [box] = config.targets
+    assert (box.vendor, box.transport, box.interval, dict(box.options)) == ("acme", "lan", 20.0, {"host": "box1"})
+    assert config.sections == {"acme_hub": {"url": "hub.local"}}
+
+    path = write(tmp_path, """
+        acme_hub: {url: hub.local}
+        targets:
+          - {name: box, vendor: acme, host: box1}
+          - {name: p1, vendor: homewizard, host: 192.0.2.1}
+          - {name: b2, vendor: acme, host: box.2, interval: 1s}
+    """)
+    with pytest.raises(ConfigError) as err:
+        load(path, environ={}, vendors=catalogue)
+    assert err.value.problems == [
+        f"{path}:4: targets[1].vendor: unknown vendor 'homewizard' (one of: acme)",
+        f"{path}:5: targets[2].interval: 1s is shorter than 5s, the fastest acme lan allows",
+        f"{path}:5: targets[2].host: no dots here",
+    ]
+    path = write(tmp_path, "acme_hub: {url: nowhere}\ntargets: [{name: box, vendor: acme, host: box1}]\n")
+    with pytest.raises(ConfigError) as err:
+        load(path, environ={}, vendors=catalogue)
+    assert err.value.problems == [f"{path}:1: acme_hub.url: no hub at that address"]
 
 
 # Plain YAML is read from the parser's events; anchors, aliases, merge keys, explicit tags and
@@ -226,9 +322,41 @@ YAML_SAMPLES = [
 def test_yaml_read_from_events_and_from_the_node_tree_agree(text, monkeypatch):
     from exporter import config
 
-    events = config._load_yaml(text, "f.yaml")
+    events = config.load_yaml(text, "f.yaml")
     monkeypatch.setattr(config, "_load_yaml_events", lambda text, filename: None)
-    tree = config._load_yaml(text, "f.yaml")
+    tree = config.load_yaml(text, "f.yaml")
+    assert (events.data, events.lines) == (tree.data, tree.lines)
+
+
+# Documents of the shapes a configuration has: nested mappings and lists of scalars of every kind
+# YAML resolves (numbers, booleans, nulls, dates, text that looks like them), written in block
+# and flow style.
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
+                     st.floats(allow_nan=False, allow_infinity=False), st.dates(),
+                     st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12),
+                     st.sampled_from(["yes", "off", "0x1f", "1e3", "~", "10s", "2024-01-31", "a: b", "- x", "#"]))
+_KEYS = st.one_of(st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8),
+                  st.integers(0, 99))
+_DOCUMENTS = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                            st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=st.dictionaries(_KEYS, _DOCUMENTS, max_size=5), flow=st.booleans())
+def test_yaml_readers_agree_on_any_plain_document(document, flow):
+    """The event reader (fast, for plain YAML) and the node tree (for anchors, aliases, merges
+    and tags) give the same data and the same line of every key."""
+    from exporter import config
+
+    text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True, sort_keys=False)
+    events = config._load_yaml_events(text, "f.yaml")
+    assert events is not None  # plain YAML never needs the node tree
+    original = config._load_yaml_events
+    try:
+        config._load_yaml_events = lambda text, filename: None
+        tree = config.load_yaml(text, "f.yaml")
+    finally:
+        config._load_yaml_events = original
     assert (events.data, events.lines) == (tree.data, tree.lines)
 
 
@@ -256,9 +384,9 @@ def test_both_yaml_readers_refuse_alike(text, expected, monkeypatch):
     from exporter import config
 
     with pytest.raises(ConfigError) as by_events:
-        config._load_yaml(text, "f.yaml")
+        config.load_yaml(text, "f.yaml")
     monkeypatch.setattr(config, "_load_yaml_events", lambda text, filename: None)
     with pytest.raises(ConfigError) as by_tree:
-        config._load_yaml(text, "f.yaml")
+        config.load_yaml(text, "f.yaml")
     assert str(by_events.value).startswith(expected), str(by_events.value)
     assert str(by_tree.value).startswith(expected), str(by_tree.value)

@@ -15,13 +15,22 @@ import pytest
 import yaml
 
 from exporter.console import Console
-from exporter.discover import Endpoint, Options, discover, parse_ports, parse_scan, render_yaml
+from exporter.discover import Endpoint, Options, parse_ports, parse_scan, render_yaml
+from exporter.discover import discover as discover_with
+from exporter.vendors import registry
 from simulators.enphase import CORPUS, GatewaySimulator, firmware_folder
 from simulators.homewizard import HomeWizardSimulator
 from simulators.iammeter import IammeterHttpSimulator
 from simulators.iometer import BridgeSimulator
 
 from .conftest import free_port
+
+# Every vendor's probe, as the command line hands them over.
+PROBES = registry.discovery_probes()
+
+
+async def discover(options: Options, console: Console):
+    return await discover_with(options, PROBES, console)
 
 # --- --scan and --ports ------------------------------------------------------------------------
 
@@ -97,7 +106,7 @@ def test_two_devices_of_a_kind_get_names_from_their_serials():
     devices = _named([Device("enphase", "10.0.0.2", "800-00654-r08", "202400000001"),
                       Device("enphase", "10.0.0.3", "800-00654-r08", "122300000001"),
                       Device("enphase", "10.0.0.4", "800-00654-r08", "999900000001"),
-                      Device("iometer", "10.0.0.5", "bridge", "1ISK0000000000")])
+                      Device("iometer", "10.0.0.5", "bridge", "1ISK0000000000")], PROBES)
     assert sorted(d.name for d in devices) == ["enphase-gateway-000001", "enphase-gateway-000001-2",
                                                "enphase-gateway-000001-3", "iometer"]
 
@@ -301,3 +310,43 @@ async def test_mdns_announcements_on_loopback_are_found_and_identified(devices):
     assert silent.model == "HWE-WTR" and silent.action_needed
     assert any("did not answer" in n for n in silent.notes) and any("Local API" in n for n in silent.notes)
     assert "listening" in err.getvalue()
+
+
+# --- the probes are handed in: discovery itself knows no vendor ---------------------------------------
+
+
+async def test_discovery_asks_only_the_probes_it_is_handed():
+    from aiohttp import web
+
+    from exporter.discover import Device, DeviceProbe, json_body
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"maker": "acme", "serial": "ACME0042"})
+
+    app = web.Application()
+    app.router.add_get("/whoami", whoami)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    asked: list[str] = []
+
+    async def identify(prober, endpoint, scheme, base):
+        asked.append(base)
+        answer = json_body(await prober.get(f"{base}/whoami"))
+        if not isinstance(answer, dict) or answer.get("maker") != "acme":
+            return None
+        return Device("acme", endpoint.target_host(scheme), model="box", serial=answer["serial"])
+
+    probe = DeviceProbe(vendor="acme", identify=identify, title="ACME", schemes=("http",),
+                        name=lambda device: "acme-box")
+    try:
+        console = Console(err=io.StringIO(), out=io.StringIO(), interactive=False)
+        found = await discover_with(Options(scan=parse_scan([f"127.0.0.1:{port}"]), mdns=False, timeout=3),
+                                    [probe], console)
+    finally:
+        await runner.cleanup()
+    assert asked == [f"http://127.0.0.1:{port}"]
+    [device] = found
+    assert (device.vendor, device.name, device.serial) == ("acme", "acme-box", "ACME0042")
+    assert "# ACME box, serial ACME0042" in render_yaml(found)

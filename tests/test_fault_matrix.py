@@ -38,9 +38,9 @@ import pytest
 from aiohttp import web
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from exporter.config import load_config
+from .configs import load_config
 from exporter.daemon import Daemon
-from exporter.scheduler import RETRIES_BEFORE_BACKOFF
+from exporter.backoff import RETRIES_BEFORE_BACKOFF
 from simulators import hostile
 from simulators.faultproxy import FaultProxy
 from simulators.homewizard import HomeWizardSimulator

@@ -584,8 +584,9 @@ def test_mqtt_payloads_become_a_reading_or_a_counted_refusal(payload, topic):
 @given(body=raw_bodies | mutated(shaped("iammeter")) | shaped("iammeter").map(_dump))
 def test_push_bodies_are_answered_never_raised(body):
     from exporter.push import PushListener, PushSettings, Sink
+    from exporter.vendors.iammeter.push import FORMAT
 
-    listener = PushListener(PushSettings(host="127.0.0.1", port=0), structlog.get_logger())
+    listener = PushListener(PushSettings(host="127.0.0.1", port=0), structlog.get_logger(), format=FORMAT)
     got: list[Any] = []
     listener.attach("3E0BAF87", Sink("meter", got.append, iammeter.parse_monitorjson))
     response = listener.receive(body)

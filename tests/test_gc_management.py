@@ -8,8 +8,8 @@ import asyncio
 import gc
 import textwrap
 
-from exporter import daemon as daemon_module
-from exporter.config import load_config
+from exporter import gcpolicy
+from .configs import load_config
 from exporter.daemon import Daemon
 from simulators.homewizard import HomeWizardSimulator
 
@@ -26,7 +26,7 @@ async def test_full_passes_are_managed_once_the_series_grow(tmp_path, monkeypatc
         targets:
           - {{name: p1, vendor: homewizard, host: '{device.v1_host}', interval: 1s}}
     """))
-    monkeypatch.setattr(daemon_module, "GC_CHECK_EVERY", 0.05)
+    monkeypatch.setattr(gcpolicy, "GC_CHECK_EVERY", 0.05)
     threshold = gc.get_threshold()
     daemon = Daemon(load_config(path))
     await daemon.start("127.0.0.1", 0)
@@ -34,10 +34,10 @@ async def test_full_passes_are_managed_once_the_series_grow(tmp_path, monkeypatc
         await async_wait_until(lambda: daemon.store.targets["p1"].up, what="p1 up")
         size = daemon.store.cache.text_size()
         assert size > 1000  # a P1 meter's lines
-        await asyncio.sleep(6 * daemon_module.GC_CHECK_EVERY)  # one small target: Python's own rule stays
+        await asyncio.sleep(6 * gcpolicy.GC_CHECK_EVERY)  # one small target: Python's own rule stays
         assert gc.get_threshold() == threshold and gc.get_freeze_count() == 0
         # As if an account's meters had grown the series to the limit:
-        monkeypatch.setattr(daemon_module, "FREEZE_AT_BYTES", size)
+        monkeypatch.setattr(gcpolicy, "FREEZE_AT_BYTES", size)
         await async_wait_until(lambda: gc.get_threshold()[2] == MANAGED, what="full passes managed")
         assert gc.get_freeze_count() > 0
         assert daemon.store.targets["p1"].up

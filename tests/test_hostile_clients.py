@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from exporter.config import load_config
+from .configs import load_config
 from exporter.daemon import Daemon
 from exporter.serving import Limits
 from simulators.homewizard import HomeWizardSimulator

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from exporter import catalogue as M
-from exporter.config import load_config
+from .configs import load_config
 from exporter.daemon import Daemon
 from simulators.homewizard import HomeWizardSimulator
 from exporter.store import RETIRED_MIN

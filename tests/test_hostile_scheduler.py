@@ -11,12 +11,13 @@ import pytest
 
 from exporter import catalogue as M
 from exporter import scheduler
-from exporter.config import ConfigError, TargetConfig, load_config
+from exporter.config import ConfigError, TargetConfig
 from exporter.errors import PollError
 from exporter.samples import Reading, Sample
 from exporter.scheduler import TargetRunner
 from exporter.store import SnapshotStore
 
+from .configs import load_config
 from .conftest import async_wait_until, sample_value
 
 

@@ -14,8 +14,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter import catalogue as M
-from exporter import exposition
-from exporter import store as store_module
+from exporter.exposition import text as exposition_text
+from exporter.store import snapshots as store_module
 from exporter.catalogue import JOULES_PER_KWH
 from exporter.errors import MAX_MESSAGE, PollError, safe_text
 from exporter.exposition import format_value
@@ -353,11 +353,11 @@ def test_a_device_naming_new_meters_on_every_poll_keeps_its_state_bounded():
     tracemalloc.start()
     try:
         churn(store, clock, 200, start=1000)
-        exposition._LABELS.clear()  # the label text cache all targets share has a bound of its own
+        exposition_text._LABELS.clear()  # the label text cache all targets share has a bound of its own
         gc.collect()
         baseline = tracemalloc.get_traced_memory()[0]
         churn(store, clock, 3000, start=1200)
-        exposition._LABELS.clear()
+        exposition_text._LABELS.clear()
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - baseline
     finally:

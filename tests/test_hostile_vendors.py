@@ -517,9 +517,10 @@ async def test_a_deeply_nested_mqtt_payload_is_a_parse_error(tmp_path):
 
 async def test_a_deeply_nested_push_body_is_refused_as_malformed(tmp_path):
     from exporter.push import PushListener, PushSettings
+    from exporter.vendors.iammeter.push import FORMAT
 
     listener = await PushListener(PushSettings(host="127.0.0.1", port=0, max_body_bytes=1 << 20),
-                                  structlog.get_logger()).start()
+                                  structlog.get_logger(), format=FORMAT).start()
     try:
         async with aiohttp.ClientSession() as http:
             for body in (b"[" * 200_000, b'{"SN":"ABC","Data":[NaN,1,2,3,4]}', b'{"SN":"\xff"}'):

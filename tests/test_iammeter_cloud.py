@@ -15,7 +15,7 @@ from aiohttp import web
 
 from exporter import catalogue as c
 from exporter import quota
-from exporter.config import ConfigError, TargetConfig, load_config
+from exporter.config import ConfigError, TargetConfig
 from exporter.context import AdapterContext
 from exporter.errors import PollError
 from simulators import iammeter_cloud as seed
@@ -24,6 +24,7 @@ from exporter.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import cloud
 
+from .configs import load_config
 from .conftest import sample_value
 
 KWH = 3.6e6

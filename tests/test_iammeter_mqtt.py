@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import catalogue as c
-from exporter.config import ConfigError, Secret, TargetConfig, load_config
+from exporter.config import ConfigError, Secret, TargetConfig
 from exporter.context import AdapterContext, SharedResources
 from exporter.daemon import Daemon
 from exporter.mqtt import BrokerSettings, PacketSizeGuard, topic_filter_problem, topic_matches, wildcard_value
@@ -24,6 +24,7 @@ from exporter.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import mqtt as iam_mqtt
 
+from .configs import load_config
 from .conftest import async_wait_until, require_binary, sample_value
 
 KWH = 3.6e6

@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from exporter import catalogue as c
-from exporter.config import ConfigError, TargetConfig, load_config
+from exporter.config import ConfigError, TargetConfig
 from exporter.context import AdapterContext, SharedResources
 from exporter.daemon import Daemon
 from exporter.scheduler import TargetRunner
@@ -21,6 +21,7 @@ from exporter.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import push as iam_push
 
+from .configs import load_config
 from .conftest import async_wait_until, free_port, sample_value
 
 KWH = 3.6e6

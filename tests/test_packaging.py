@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -67,3 +71,25 @@ def test_simulators_find_the_conformance_corpus_from_their_new_place():
     assert iammeter.DEFAULT_CONFORMANCE == CONFORMANCE and (CONFORMANCE / "iammeter").is_dir()
     assert iometer.CONFORMANCE == CONFORMANCE / "iometer-local" and iometer.CONFORMANCE.is_dir()
     assert (enphase.PACKAGED / enphase.DEFAULT_FIRMWARE).is_dir()
+
+
+def test_the_wheel_carries_the_exporter_and_its_files_only(tmp_path):
+    """Build the wheel as `pip install .` would (from a copy: the build leaves files behind) and
+    look inside: the exporter with its page assets and HomeWizard's CA, no simulator, no demo."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "exporter", source / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in OUTSIDE:  # present beside the package, as in a checkout
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path / "dist"), str(source)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.split("/")[0] in OUTSIDE + ("tests",)]
+    assert not [n for n in names if n.startswith("exporter/") and n.split("/")[1] in OUTSIDE]
+    page = [n for n in names if n.startswith("exporter/web_assets/")]
+    assert {Path(n).name for n in page} >= {"status.html", "status.js"}
+    assert any(n.startswith("exporter/vendors/homewizard/") and n.endswith(".pem") for n in names)
+    assert "exporter/cli.py" in names and "exporter/vendors/enphase/parse.py" in names

@@ -20,7 +20,7 @@ import pytest
 
 from exporter import catalogue as c
 from exporter import statuspage
-from exporter.config import load_config
+from .configs import load_config
 from exporter.daemon import Daemon
 from simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
 from simulators.tls import new_authority
@@ -180,7 +180,7 @@ async def test_a_path_token_keeps_out_uploads_without_it_and_never_shows(tmp_pat
         assert len({text for _, text in replies}) == 1, "refusals must not differ by how close the guess was"
         text = daemon.store.cache.encoded(False, False).decode()
         assert sample_value(text, c.PUSH_REJECTED.name, listener="http_push", reason="bad_token") == len(wrong)
-        page, doc = statuspage.render(daemon), json.dumps(statuspage.status(daemon))
+        page, doc = statuspage.render(daemon.view().status()), json.dumps(daemon.view().status().as_json())
         captured = capsys.readouterr()
         for where, content in [("metrics", text), ("status page", page), ("targets JSON", doc),
                                ("replies", repr(replies)), ("log", captured.out + captured.err),

@@ -11,7 +11,7 @@ from exporter.config import TargetConfig
 from exporter.errors import PollError
 from exporter.logs import get as get_log
 from exporter.samples import Reading
-from exporter.scheduler import TargetRunner, backoff_delay
+from exporter.scheduler import TargetRunner
 from exporter.store import SnapshotStore
 
 
@@ -49,10 +49,7 @@ class FakeAdapter:
         pass
 
 
-def test_backoff_grows_exponentially_to_the_ceiling():
-    t = target("x", interval=10, max_backoff=300)
-    delays = [backoff_delay(t, n) for n in range(1, 11)]
-    assert delays == [10, 10, 10, 20, 40, 80, 160, 300, 300, 300]
+# The sequence of delays after failed polls: tests/test_backoff.py (the poll policy).
 
 
 async def run_for(seconds: float, runners: list[TargetRunner]) -> None:

@@ -209,7 +209,7 @@ import pytest  # noqa: E402
 @pytest.mark.parametrize("mode,warned", [(0o644, True), (0o640, True), (0o600, False)])
 def test_a_config_with_inline_secrets_readable_by_others_draws_a_warning(tmp_path, text, mode, warned):
     from exporter.cli import warn_if_world_readable
-    from exporter.config import load_config
+    from .configs import load_config
 
     path = _config_file(tmp_path, text, mode)
     log = Log()

@@ -10,10 +10,13 @@ import aiohttp
 import pytest
 
 from exporter import cli
-from exporter.config import TargetConfig, load_config
-from exporter.daemon import Daemon, Shard, parse_shard, shard_of
+from exporter.config import TargetConfig
+from exporter.daemon import Daemon
+from exporter.shard import Shard, parse_shard, shard_of
 from simulators.homewizard import HomeWizardSimulator
 from exporter.vendors import load_all, registry
+
+from .configs import load_config
 
 load_all()
 
@@ -29,7 +32,7 @@ NAMES = [f"meter-{i:05d}" for i in range(6000)]
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
 def test_shares_are_disjoint_and_complete_and_even(count):
     targets = [target(name, host="192.0.2.1") for name in NAMES]
-    shares = [[t.name for t in targets if Shard(index, count).owns(t)] for index in range(count)]
+    shares = [[t.name for t in targets if Shard(index, count).owns(registry.shard_key(t))] for index in range(count)]
     owners = Counter(name for share in shares for name in share)
     assert set(owners) == set(NAMES)  # complete
     assert set(owners.values()) == {1}  # disjoint
@@ -53,7 +56,7 @@ def test_targets_of_one_cloud_account_stay_on_one_replica():
         by_account = {}
         for t in targets:
             account = t.options.get("username") or t.options.get("partner_id")
-            owner = next(i for i in range(count) if Shard(i, count).owns(t))
+            owner = next(i for i in range(count) if Shard(i, count).owns(registry.shard_key(t)))
             by_account.setdefault(account, set()).add(owner)
         assert all(len(owners) == 1 for owners in by_account.values()), by_account
     # devices of one vendor and no account are spread by their names

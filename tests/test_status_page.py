@@ -1,6 +1,6 @@
 """The status page, its JSON and `/metrics?target=`, against simulated devices; and the page
-in a real headless Chromium: it shows the targets, fits a phone, and redraws itself when one
-fails."""
+in a real headless Chromium: it shows the targets, fits a phone, redraws itself when one fails,
+and ages its times between two fetches."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import load_config
+from .configs import load_config
 from exporter.daemon import Daemon
 from exporter.quota import Limit
 from simulators.enphase import GatewaySimulator
@@ -234,6 +234,7 @@ SNAPSHOT = """JSON.stringify({
   rows: Array.from(document.querySelectorAll("#targets tr")).map(function (r) {
     return {name: r.dataset.target, state: r.className, text: r.innerText,
             link: (r.querySelector("td.series a") || {}).getAttribute ? r.querySelector("td.series a").getAttribute("href") : null}; }),
+  ages: Array.from(document.querySelectorAll("#targets [data-at]")).map(function (c) { return c.textContent; }),
   renderedBy: document.getElementById("targets").dataset.renderedBy,
   refreshes: Number(document.body.dataset.refreshes || 0),
   note: document.getElementById("refreshed").dataset.by,
@@ -295,5 +296,14 @@ async def test_the_page_in_headless_chromium_updates_when_a_target_fails(setup, 
 
         setup.kwh.api_enabled = True
         await until(lambda s: all(r["state"] == "up" for r in s["rows"]), "kwh back up")
+
+        # Between two fetches the script ages the times the server rendered ("1s ago", "in 4s").
+        await browser.call("Page.navigate", url=setup.base + "/?refresh=3600")
+        loaded = await until(lambda s: len(s.get("rows", [])) == 3 and s["marker"] is None and s["ages"],
+                             "the page loaded again")
+        aged = await until(lambda s: s["ages"] != loaded["ages"], "the times aged")
+        assert aged["refreshes"] == 0 and aged["renderedBy"] == "server" and aged["marker"] is None
+        assert all(re.fullmatch(r"\d+[smhd] ago|in \d+[smhd]|now|expired \d+[smhd] ago", age) for age in aged["ages"])
+        assert browser.exceptions == []
     finally:
         await browser.close()

@@ -166,11 +166,17 @@ def test_values_are_formatted_without_conversion_noise():
 
 def test_content_negotiation():
     assert wants_openmetrics("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    assert wants_openmetrics("application/openmetrics-text")
     assert not wants_openmetrics("text/plain")
     assert not wants_openmetrics("application/openmetrics-text;q=0")
+    assert not wants_openmetrics("application/openmetrics-text;version=1.x")  # the library cannot compare it
+    # A refused element is skipped; the next one is negotiated as the library does.
+    assert wants_openmetrics("application/openmetrics-text;version=1.0.0;q=0, application/openmetrics-text")
     assert wants_gzip("gzip, deflate")
+    assert wants_gzip("gzip;q=0.5")
     assert not wants_gzip("identity")
     assert not wants_gzip("gzip;q=0")
+    assert not wants_gzip("gzip;q=nonsense")
 
 
 def test_promtool_accepts_the_output():

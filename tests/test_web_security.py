@@ -1,6 +1,6 @@
 """`--web.config.file` (TLS, client certificates, bcrypt basic auth) with real TLS clients; password
 checks under attack; `POST /-/reload` behind `--web.enable-lifecycle` and refused cross-site; gzip
-only when `Accept-Encoding` allows it."""
+only when `Accept-Encoding` allows it, OpenMetrics only when `Accept` asks for it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import bcrypt
 import pytest
 
 from exporter import webconfig
-from exporter.config import load_config
+from .configs import load_config
 from exporter.daemon import Daemon
 from simulators.homewizard import HomeWizardSimulator
 from simulators.tls import new_authority
@@ -320,12 +320,12 @@ async def test_reload_refuses_cross_site_requests(tmp_path, headers, data):
         await daemon.stop()
 
 
-# --- Accept-Encoding --------------------------------------------------------------------------------
+# --- Accept-Encoding and Accept ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("accept_encoding,gzipped", [
     ("gzip;q=0.0", False), ("gzip;q=0", False), ("gzip; q=0.000", False), ("deflate, gzip;q=0.0", False),
-    ("gzip;q=0.001", True), ("gzip", True), ("br, gzip;q=1.0", True), ("identity", False),
+    ("gzip;q=0.001", True), ("gzip;q=0.5", True), ("gzip", True), ("br, gzip;q=1.0", True), ("identity", False),
 ])
 async def test_gzip_only_when_accepted(tmp_path, accept_encoding, gzipped):
     daemon = await in_process(tmp_path)
@@ -340,11 +340,45 @@ async def test_gzip_only_when_accepted(tmp_path, accept_encoding, gzipped):
         await daemon.stop()
 
 
+# Prometheus 2's Accept header, and Prometheus 3's with its default scrape protocols.
+PROMETHEUS_2 = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+PROMETHEUS_3 = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+                "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,"
+                "text/plain;version=0.0.4;q=0.2,*/*;q=0.1")
+
+
+@pytest.mark.parametrize("accept,openmetrics", [
+    ("application/openmetrics-text", True),  # no version: 1.0.0
+    ("application/openmetrics-text; version=1.0.0", True),
+    ("application/openmetrics-text;version=1.0.0;q=0", False),  # refused
+    ("application/openmetrics-text; version=x", False),  # a version that cannot be read: text, no error
+    (PROMETHEUS_2, True), (PROMETHEUS_3, True),
+    ("text/plain; version=0.0.4", False), ("*/*", False),
+])
+async def test_openmetrics_only_when_accepted(tmp_path, accept, openmetrics):
+    daemon = await in_process(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{daemon.port}/metrics", headers={"Accept": accept}) as resp:
+                assert resp.status == 200
+                content_type, body = resp.headers["Content-Type"], await resp.text()
+        if openmetrics:
+            assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+            assert body.endswith("# EOF\n")
+        else:
+            assert content_type.startswith("text/plain; version=0.0.4")
+            assert "# EOF" not in body
+        assert "energy_meter_exporter_build_info" in body
+    finally:
+        await daemon.stop()
+
+
 @pytest.mark.parametrize("flag", ["--web.max-connections=0", "--web.max-connections=x",
                                   "--web.read-header-timeout=0s", "--web.read-header-timeout=soon"])
 def test_bad_limit_flags_exit_2(flag):
     from exporter.cli import build_parser
 
     with pytest.raises(SystemExit) as exit_:
-        build_parser([flag]).parse_args([flag])
+        build_parser().parse_args([flag])
     assert exit_.value.code == 2

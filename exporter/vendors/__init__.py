@@ -1,46 +1,51 @@
 """Vendor adapters: one package per vendor, one module per way of reaching its devices.
 
-Each transport module declares its `TransportSpec` (registry.py) when imported. The tables below
-say where every transport and shared section is declared, so the registry names them all
-without importing any: a module, with the libraries its I/O needs (gql and websockets for the
-IOmeter Partner API, pymodbus, aiomqtt...), is imported when a configuration uses it, and only
-then. A daemon polling HomeWizard meters does not carry the other vendors' code (about 15 MB).
+Each vendor's package declares its `VendorSpec` (registry.py) in its `__init__`, which imports
+nothing else: its transports and the module of each, the default one, the module that tells its
+devices apart on the network, its helper commands. A transport module declares its
+`TransportSpec` when imported. So the registry names every vendor, transport and shared section
+without importing a transport module: a module, with the libraries its I/O needs (gql and
+websockets for the IOmeter Partner API, pymodbus, aiomqtt...), is imported when a configuration
+uses it, and only then. A daemon polling HomeWizard meters does not carry the other vendors'
+code (about 15 MB).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
+from types import ModuleType
 
-# (vendor, transport, module under exporter.vendors, shared sections the transport reads), each
-# vendor's default transport first.
-TRANSPORTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("homewizard", "local", "homewizard.local", ()),
-    ("iometer", "local", "iometer.bridge", ()),
-    ("iometer", "partner", "iometer.partner", ()),
-    ("iammeter", "http", "iammeter.http", ()),
-    ("iammeter", "modbus", "iammeter.modbus", ()),
-    ("iammeter", "mqtt", "iammeter.mqtt", ("mqtt_brokers",)),
-    ("iammeter", "push", "iammeter.push", ("http_push",)),
-    ("iammeter", "cloud", "iammeter.cloud", ()),
-    ("enphase", "local", "enphase.local", ()),
-)
+# The vendors' packages, in the order `discover` asks a device who it is.
+VENDORS: tuple[str, ...] = ("homewizard", "iometer", "iammeter", "enphase")
 
-# Top-level sections of the configuration shared by targets -> the module that declares it.
+# Top-level sections of the configuration shared by targets -> the module that declares it
+# (as `SECTION`): the transports' own, which know no vendor.
 SECTIONS: dict[str, str] = {
     "mqtt_brokers": "exporter.mqtt",
     "http_push": "exporter.push",
 }
 
 
-def load_transport(module: str) -> None:
-    """Import one transport module of TRANSPORTS (it registers its spec)."""
-    import_module(f"{__name__}.{module}")
+def load_vendor(vendor: str) -> ModuleType:
+    """A vendor's package (its declaration only)."""
+    return import_module(f"{__name__}.{vendor}")
+
+
+def load_module(vendor: str, module: str) -> ModuleType:
+    """One module of a vendor's package (a transport registers its spec when imported)."""
+    return import_module(f"{__name__}.{vendor}.{module}")
+
+
+def load_section(name: str) -> ModuleType:
+    """The module declaring one shared section of SECTIONS."""
+    return import_module(SECTIONS[name])
 
 
 def load_all() -> None:
-    """Import every transport and section module: for what lists them all (README tables,
-    tests), never needed to run a configuration."""
-    for _, _, module, _ in TRANSPORTS:
-        load_transport(module)
-    for module in SECTIONS.values():
-        import_module(module)
+    """Import every vendor's transports and every section module: for what lists them all
+    (README tables, tests), never needed to run a configuration."""
+    for vendor in VENDORS:
+        for transport in load_vendor(vendor).VENDOR.transports:
+            load_module(vendor, transport.module)
+    for name in SECTIONS:
+        load_section(name)

@@ -1,21 +1,30 @@
-"""Which vendor transports exist, what their targets accept, and how to build their adapters.
+"""Which vendors and transports exist, what their targets accept, and how to build their adapters.
 
-A transport module declares one `TransportSpec`; `exporter/vendors/__init__.py` lists where
-each is, and a module is imported the first time its transport is asked for.
+A vendor's package declares one `VendorSpec` (its transports, the default one, how `discover`
+recognises its devices, its helper commands); a transport module declares one `TransportSpec`.
+`exporter/vendors/__init__.py` lists the vendors' packages, and a transport module is imported
+the first time its transport is asked for.
+
+This module is the vendor catalogue the core is handed: `load_config(..., vendors=registry)`
+(see exporter.config.VendorCatalogue), the probes of `discover`, the commands of the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from importlib import import_module
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Literal, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Iterable, Literal, Mapping, Protocol
 
-from . import SECTIONS, TRANSPORTS, load_all, load_transport
+from ..config import SectionSpec
+from . import SECTIONS, VENDORS, load_all, load_module, load_section, load_vendor
 
 if TYPE_CHECKING:
+    import argparse
+
     from ..config import Config, Option, TargetConfig
     from ..context import AdapterContext
-    from ..samples import Reading
+    from ..discover import DeviceProbe
+    from ..samples import Emit, Reading
 
 
 class PollAdapter(Protocol):
@@ -27,9 +36,11 @@ class PollAdapter(Protocol):
 
 
 class PushAdapter(Protocol):
-    """Receives readings the device sends; calls `emit` for each, runs until cancelled."""
+    """Receives what the device sends and hands each outcome to `emit`, until cancelled: a
+    Reading (the target's new state), or a PollError (the target is down for that reason, and
+    the error is counted and logged by the scheduler, as a failed poll's would be)."""
 
-    async def run(self, emit: Callable[["Reading"], None]) -> None: ...
+    async def run(self, emit: "Emit") -> None: ...
 
     async def close(self) -> None: ...
 
@@ -50,43 +61,73 @@ class TransportSpec:
     # path is a tuple such as ("targets", 3, "broker") so the message names file and line.
     check_config: Callable[["Config"], Iterable[tuple[tuple, str]]] | None = None
     description: str = ""
-    # Shared sections the transport reads; its targets restart when one of them changes.
-    uses_sections: tuple[str, ...] = ()
     # What decides which replica polls a target under `--shard INDEX/COUNT`: targets with one
-    # key stay on one replica. Default (None): the target's name, or for the transports in
-    # ACCOUNT_OPTIONS their account; a transport whose targets share something else returns it.
+    # key stay on one replica. Default (None): the target's name, or for a transport whose
+    # targets share an account (Transport.account) that account; a transport whose targets
+    # share something else returns it.
     shard_key: Callable[["TargetConfig"], str] | None = None
-    # The vendor's transport when a target names none (exactly one per vendor).
+    # Both filled in by `register` from the vendor's declaration (VendorSpec), where they are
+    # stated: shared sections the transport reads (its targets restart when one changes), and
+    # whether it is the vendor's transport when a target names none.
+    uses_sections: tuple[str, ...] = ()
     default: bool = False
 
 
 @dataclass(frozen=True)
-class SectionSpec:
-    """A top-level configuration section shared by targets (MQTT brokers, push listeners...).
-
-    `many`: a list of mappings, each with a unique `name` that targets refer to; otherwise one
-    mapping."""
+class Transport:
+    """One transport as its vendor declares it, without importing its module."""
 
     name: str
-    options: Mapping[str, "Option"]
-    many: bool = False
-    description: str = ""
+    module: str  # under the vendor's package
+    # Shared sections the transport reads: its cross-target check runs when the file has one.
+    sections: tuple[str, ...] = ()
+    # The option naming the account its targets share with its cloud quota: all targets of
+    # one account stay on one replica under --shard, so that one replica keeps its quota ledger.
+    account: str | None = None
 
 
+@dataclass(frozen=True)
+class Command:
+    """A helper command of a vendor: `energy-meter-exporter NAME VENDOR ...`. The functions are
+    named `module:function` under the vendor's package, imported when the command is used."""
+
+    name: str
+    help: str  # in the list of commands; says the exit statuses
+    arguments: str  # adds the command's arguments to an argparse parser
+    run: str  # takes the parsed arguments; returns the exit status (or a coroutine giving it)
+
+
+@dataclass(frozen=True)
+class VendorSpec:
+    name: str
+    title: str  # as people write it: "HomeWizard", "IAMMETER"
+    transports: tuple[Transport, ...]
+    default_transport: str  # when a target names none
+    discover: str | None = None  # the module whose PROBE tells this vendor's devices apart
+    commands: tuple[Command, ...] = ()
+
+
+_VENDORS: dict[str, VendorSpec] = {}
 _SPECS: dict[tuple[str, str], TransportSpec] = {}
-
-# Transports whose targets share an account and its cloud quota, by the option naming the
-# account: all targets of one account stay on one replica, so one replica keeps its quota ledger.
-ACCOUNT_OPTIONS: dict[tuple[str, str], str] = {
-    ("iammeter", "cloud"): "username",
-    ("iometer", "partner"): "partner_id",
-}
 _SECTIONS: dict[str, SectionSpec] = {}
 
 
-def register_section(spec: SectionSpec) -> SectionSpec:
-    _SECTIONS[spec.name] = spec
+def vendor_spec(name: str) -> VendorSpec | None:
+    """One vendor's declaration (its package imported, none of its transports)."""
+    spec = _VENDORS.get(name)
+    if spec is None and name in VENDORS:
+        spec = _VENDORS[name] = load_vendor(name).VENDOR
     return spec
+
+
+def vendor_specs() -> list[VendorSpec]:
+    """Every vendor's declaration, in the order of VENDORS."""
+    return [spec for name in VENDORS if (spec := vendor_spec(name)) is not None]
+
+
+def _declared(vendor_name: str, transport: str) -> Transport | None:
+    spec = vendor_spec(vendor_name)
+    return next((t for t in spec.transports if t.name == transport), None) if spec else None
 
 
 def section_names() -> list[str]:
@@ -97,7 +138,7 @@ def section_names() -> list[str]:
 def section(name: str) -> SectionSpec | None:
     """One shared section's spec (its module imported on first use)."""
     if name not in _SECTIONS and name in SECTIONS:
-        import_module(SECTIONS[name])
+        _SECTIONS[name] = load_section(name).SECTION
     return _SECTIONS.get(name)
 
 
@@ -107,6 +148,12 @@ def sections() -> dict[str, SectionSpec]:
 
 
 def register(spec: TransportSpec) -> TransportSpec:
+    """Record a transport's spec, with what its vendor declares of it."""
+    owner = vendor_spec(spec.vendor)
+    declared = _declared(spec.vendor, spec.transport)
+    if owner is not None and declared is not None:
+        spec = dataclasses.replace(spec, uses_sections=declared.sections,
+                                   default=spec.transport == owner.default_transport)
     _SPECS[(spec.vendor, spec.transport)] = spec
     return spec
 
@@ -116,9 +163,9 @@ def get(vendor: str, transport: str) -> TransportSpec | None:
     first time it is asked for."""
     spec = _SPECS.get((vendor, transport))
     if spec is None:
-        module = next((m for v, t, m, _ in TRANSPORTS if (v, t) == (vendor, transport)), None)
-        if module is not None:
-            load_transport(module)
+        declared = _declared(vendor, transport)
+        if declared is not None:
+            load_module(vendor, declared.module)
             spec = _SPECS.get((vendor, transport))
     return spec
 
@@ -131,16 +178,29 @@ def specs() -> list[TransportSpec]:
 
 def in_use(targets: Iterable["TargetConfig"], section_keys: Iterable[str]) -> list[TransportSpec]:
     """The specs of the transports these targets use and of those reading one of these shared
-    sections (their cross-target checks look at the sections too), in the order of TRANSPORTS."""
+    sections (their cross-target checks look at the sections too), in the vendors' order."""
     used = {(t.vendor, t.transport) for t in targets}
     present = set(section_keys)
-    keys = [(v, t) for v, t, _, reads in TRANSPORTS if (v, t) in used or present.intersection(reads)]
-    keys += sorted(used - set(keys))  # registered outside TRANSPORTS
+    keys: list[tuple[str, str]] = []
+    for vendor in VENDORS:
+        for name in transports(vendor):
+            declared = _declared(vendor, name)
+            if (vendor, name) in used or (declared is not None and present.intersection(declared.sections)):
+                keys.append((vendor, name))
+    keys += sorted(used - set(keys))  # registered outside the vendors' declarations
     return [spec for key in keys if (spec := get(*key)) is not None]
 
 
 def vendor_names() -> list[str]:
-    return sorted({v for v, _, _, _ in TRANSPORTS} | {v for v, _ in _SPECS})
+    return sorted(set(VENDORS) | {v for v, _ in _SPECS})
+
+
+def transports(vendor_name: str) -> list[str]:
+    """Transports of a vendor, the default first, without importing their modules."""
+    spec = vendor_spec(vendor_name)
+    names = [] if spec is None else [spec.default_transport] + [
+        t.name for t in spec.transports if t.name != spec.default_transport]
+    return names + [t for v, t in _SPECS if v == vendor_name and t not in names]
 
 
 def shard_key(target: "TargetConfig") -> str:
@@ -148,7 +208,8 @@ def shard_key(target: "TargetConfig") -> str:
     spec = get(target.vendor, target.transport)
     if spec is not None and spec.shard_key is not None:
         return spec.shard_key(target)
-    option = ACCOUNT_OPTIONS.get((target.vendor, target.transport))
+    declared = _declared(target.vendor, target.transport)
+    option = declared.account if declared is not None else None
     account = target.option(option) if option else None
     if account:
         account = account.reveal() if hasattr(account, "reveal") else str(account)
@@ -156,10 +217,41 @@ def shard_key(target: "TargetConfig") -> str:
     return target.name
 
 
-def transports(vendor: str) -> list[str]:
-    """Transports of a vendor, the default first, without importing their modules."""
-    names = [t for v, t, _, _ in TRANSPORTS if v == vendor]
-    return names + [t for v, t in _SPECS if v == vendor and t not in names]
+def discovery_probes() -> list["DeviceProbe"]:
+    """How `discover` recognises each vendor's devices, in the order of VENDORS (their modules
+    imported), each with its vendor's title."""
+    return [dataclasses.replace(load_module(v.name, v.discover).PROBE, title=v.title)
+            for v in vendor_specs() if v.discover]
+
+
+@dataclass(frozen=True)
+class VendorCommand:
+    """A helper command of one vendor, its functions loaded."""
+
+    vendor: str
+    add_arguments: Callable[["argparse.ArgumentParser"], None]
+    run: Callable[[Any], "int | Coroutine[Any, Any, int]"]
+
+
+def commands() -> dict[str, list[tuple[VendorSpec, Command]]]:
+    """The vendors' helper commands by name, without importing their modules."""
+    out: dict[str, list[tuple[VendorSpec, Command]]] = {}
+    for spec in vendor_specs():
+        for command in spec.commands:
+            out.setdefault(command.name, []).append((spec, command))
+    return out
+
+
+def load_command(vendor_name: str, name: str) -> VendorCommand:
+    """One vendor's helper command, its module(s) imported."""
+    spec = vendor_spec(vendor_name)
+    command = next(c for c in (spec.commands if spec else ()) if c.name == name)
+
+    def function(reference: str) -> Callable:
+        module, _, attribute = reference.partition(":")
+        return getattr(load_module(vendor_name, module), attribute)
+
+    return VendorCommand(vendor_name, function(command.arguments), function(command.run))
 
 
 def _default_text(option: "Option") -> str:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import hashlib
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import aiohttp
 from ...console import Console, next_step
 from ...errors import PollError
 from ...http import request
+from ...peercert import colon_hex, peer_fingerprint
 from ...state import write_private_file
 from . import parse
 from .local import _split_host
@@ -88,20 +87,8 @@ async def _gateway(session: aiohttp.ClientSession, host: str) -> tuple[parse.Gat
 
 
 async def _fingerprint(host: str) -> str | None:
-    name, port = _split_host(host, 443)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(name, port, ssl=context), 10)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError):
-        return None
-    try:
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    finally:
-        writer.close()
-    digest = hashlib.sha256(der).hexdigest().upper() if der else None
-    return ":".join(digest[i:i + 2] for i in range(0, 64, 2)) if digest else None
+    digest = await peer_fingerprint(*_split_host(host, 443), timeout=10)
+    return colon_hex(digest) if digest else None
 
 
 async def token_command(args: argparse.Namespace, out: TextIO | None = None) -> int:

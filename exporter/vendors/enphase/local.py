@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import re
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -44,11 +42,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 
+from ...backoff import Backoff
 from ...catalogue import TOKEN_EXPIRY
 from ...config import Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
 from ...http import Response, request, status_error
+from ...peercert import colon_hex, peer_fingerprint
 from ...samples import ParseError, Reading
 from ..registry import TransportSpec, register
 from . import parse
@@ -62,6 +62,9 @@ AUTH_BACKOFF = 900.0  # after a refused token or Digest login, wait this long be
 RENEW_RETRY = 3600.0  # a renewal ahead of expiry that failed is retried after at most this long
 NIGHTLY_WINDOW = "22:45-23:30"  # around the gateway's nightly unresponsive period (local time)
 NIGHT_REASONS = frozenset({"timeout", "connection", "http_error"})  # how that period shows
+# In that period a poll gives up at this share of its timeout, before the scheduler would count
+# a failure.
+NIGHT_SHARE_OF_TIMEOUT = 0.8
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,10 @@ class EnphaseLocal:
         zone = target.option("timezone")
         self.tz = ZoneInfo(zone) if zone else None
         self.night: _Night | None = None
+        # Retries in that period: the interval, doubling from the second failure on, up to
+        # max_backoff. No jitter: the scheduler's poll times have theirs, and a retry_at that
+        # moved past a poll would cost a whole interval.
+        self.night_retry = Backoff(base=target.interval, ceiling=target.max_backoff)
 
     # --- the poll ----------------------------------------------------------------------------
 
@@ -277,11 +284,10 @@ class EnphaseLocal:
         if now < night.retry_at:
             return self._identity()
         try:
-            # Give up a little before the scheduler's own timeout would count a failure.
-            async with asyncio.timeout(self.target.timeout * 0.8):
+            async with asyncio.timeout(self.target.timeout * NIGHT_SHARE_OF_TIMEOUT):
                 reading = await self._poll(now)
         except TimeoutError:
-            failure = f"no answer within {self.target.timeout * 0.8:g}s"
+            failure = f"no answer within {self.target.timeout * NIGHT_SHARE_OF_TIMEOUT:g}s"
         except PollError as exc:
             if exc.reason not in NIGHT_REASONS:
                 raise
@@ -293,7 +299,7 @@ class EnphaseLocal:
             self.night = None
             return reading
         night.failures += 1
-        night.retry_at = now + min(self.target.interval * 2 ** (night.failures - 1), self.target.max_backoff)
+        night.retry_at = now + self.night_retry.delay(night.failures)
         self.night = night
         log = self.log.info if night.failures == 1 else self.log.debug
         log("the gateway does not answer in its nightly unresponsive period (expected); no measurements "
@@ -571,7 +577,7 @@ class EnphaseLocal:
     async def _tls_error(self, url: str, exc: PollError) -> PollError:
         """A TLS failure, with the fingerprint the gateway presents so the user can pin it."""
         seen = await self._peer_fingerprint()
-        shown = ":".join(seen[i:i + 2] for i in range(0, len(seen), 2)).upper() if seen else None
+        shown = colon_hex(seen) if seen else None
         if self.fingerprint:
             detail = (f"the gateway's certificate ({shown}) does not match tls_fingerprint" if shown else
                       "the certificate could not be checked against tls_fingerprint")
@@ -581,20 +587,7 @@ class EnphaseLocal:
         return PollError("tls", f"{exc.message}{hint}")
 
     async def _peer_fingerprint(self) -> str | None:
-        host, port = _split_host(self.host, 443)
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        writer = None
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 3)
-            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            return hashlib.sha256(der).hexdigest() if der else None
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, AttributeError):
-            return None
-        finally:
-            if writer is not None:
-                writer.close()
+        return await peer_fingerprint(*_split_host(self.host, 443), timeout=3)
 
     # --- tokens ---------------------------------------------------------------------------------
 
@@ -720,7 +713,7 @@ def _iso(timestamp: float) -> str:
 
 SPEC = register(TransportSpec(
     vendor="enphase",
-    transport="local", default=True,
+    transport="local",
     options=OPTIONS,
     create=EnphaseLocal,
     kind="poll",

@@ -58,7 +58,8 @@ from typing import Any, Iterable, Mapping
 from ... import catalogue as cat
 from ...catalogue import JOULES_PER_WH
 from ...jsontext import label_text, loads
-from ...samples import DeviceInfo, ParseError, Reading, number_or_none
+from ...samples import (DeviceInfo, ParseError, Reading, checked_list, checked_object, kind_of, number_or_none,
+                        optional_list, optional_object)
 
 PHASES = ("l1", "l2", "l3")
 MW_TO_W = 1e-3
@@ -66,33 +67,12 @@ MW_TO_W = 1e-3
 # --- Small checked accessors ------------------------------------------------------------------
 
 
-def _num(value: Any, what: str) -> float | None:
-    try:
-        return number_or_none(value, what)
-    except OverflowError:
-        raise ParseError(f"{what}: number out of range") from None
-
-
-def _obj(value: Any, what: str) -> dict:
-    if not isinstance(value, dict):
-        raise ParseError(f"{what}: expected an object, got {_kind(value)}")
-    return value
-
-
-def _list(value: Any, what: str) -> list:
-    if not isinstance(value, list):
-        raise ParseError(f"{what}: expected a list, got {_kind(value)}")
-    return value
-
-
 def _opt_obj(parent: dict, key: str, what: str) -> dict | None:
-    value = parent.get(key)
-    return None if value is None else _obj(value, f"{what}.{key}")
+    return optional_object(parent.get(key), f"{what}.{key}")
 
 
 def _opt_list(parent: dict, key: str, what: str) -> list:
-    value = parent.get(key)
-    return [] if value is None else _list(value, f"{what}.{key}")
+    return optional_list(parent.get(key), f"{what}.{key}")
 
 
 def _opt_str(parent: dict, key: str, what: str) -> str | None:
@@ -100,7 +80,7 @@ def _opt_str(parent: dict, key: str, what: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ParseError(f"{what}.{key}: expected a string, got {_kind(value)}")
+        raise ParseError(f"{what}.{key}: expected a string, got {kind_of(value)}")
     return value
 
 
@@ -116,7 +96,7 @@ def _int(value: Any, what: str) -> int | None:
         return int(value)
     if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         return int(value.strip())
-    raise ParseError(f"{what}: expected an integer, got {_kind(value)}")
+    raise ParseError(f"{what}: expected an integer, got {kind_of(value)}")
 
 
 _DIGITS = re.compile(r"[0-9]{1,30}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
@@ -126,7 +106,7 @@ def _serial(value: Any, what: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ParseError(f"{what}: expected a serial number, got {_kind(value)}")
+        raise ParseError(f"{what}: expected a serial number, got {kind_of(value)}")
     if isinstance(value, int) and not -10**64 < value < 10**64:
         raise ParseError(f"{what}: number out of range")
     text = str(value).strip()
@@ -135,29 +115,23 @@ def _serial(value: Any, what: str) -> str | None:
     return label_text(text)  # a label value (inverter, battery)
 
 
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _wh(value: Any, what: str) -> float | None:
     """Lifetime Wh -> J; None for absent or negative (a counter cannot be negative)."""
-    number = _num(value, what)
+    number = number_or_none(value, what)
     if number is None or number < 0:
         return None
     return number * JOULES_PER_WH
 
 
 def _pf(value: Any, what: str) -> float | None:
-    number = _num(value, what)
+    number = number_or_none(value, what)
     if number is None or abs(number) > 1.0:
         return None  # impossible power factor: firmware fault, not a measurement
     return number
 
 
 def _timestamp(value: Any, what: str) -> float | None:
-    number = _num(value, what)
+    number = number_or_none(value, what)
     return number if number is not None and number > 0 else None
 
 
@@ -167,7 +141,7 @@ def _all_zero(row: dict, skip: Iterable[str], what: str) -> bool:
     for key, value in row.items():
         if key in skipped or isinstance(value, (dict, list, str)) or value is None:
             continue
-        if _num(value, f"{what}.{key}") != 0:
+        if number_or_none(value, f"{what}.{key}") != 0:
             return False
     return True
 
@@ -179,7 +153,7 @@ def _phase_rows(rows: list, phase_count: int | None, what: str) -> list[tuple[st
     """Per-phase rows (channels, lines) with the phases that do not exist left out."""
     if len(rows) > 3:
         raise ParseError(f"{what}: {len(rows)} phases; a meter has at most 3")
-    checked = [_obj(row, f"{what}[{i}]") for i, row in enumerate(rows)]
+    checked = [checked_object(row, f"{what}[{i}]") for i, row in enumerate(rows)]
     out = []
     for index, row in enumerate(checked):
         if phase_count:
@@ -222,7 +196,7 @@ def parse_info(body: bytes | str) -> GatewayInfo:
     elif isinstance(body, str):
         text = body
     else:
-        raise ParseError(f"/info: expected XML text, got {_kind(body)}")
+        raise ParseError(f"/info: expected XML text, got {kind_of(body)}")
     try:
         root = ET.fromstring(text.strip())
     except ET.ParseError as exc:
@@ -264,9 +238,9 @@ def parse_info(body: bytes | str) -> GatewayInfo:
 
 def parse_api_v1_production(payload: Any) -> Reading:
     """`GET /api/v1/production`: system production now (W) and since installation (Wh)."""
-    data = _obj(payload, "/api/v1/production")
+    data = checked_object(payload, "/api/v1/production")
     reading = Reading()
-    reading.add(cat.PRODUCTION_POWER, _num(data.get("wattsNow"), "wattsNow"))
+    reading.add(cat.PRODUCTION_POWER, number_or_none(data.get("wattsNow"), "wattsNow"))
     reading.add(cat.PRODUCTION_ENERGY, _wh(data.get("wattHoursLifetime"), "wattHoursLifetime"))
     return reading
 
@@ -276,20 +250,20 @@ def parse_api_v1_production(payload: Any) -> Reading:
 
 def parse_inverters(payload: Any) -> Reading:
     """`GET /api/v1/production/inverters`: each microinverter's last report (updated every 5 min)."""
-    rows = _list(payload, "/api/v1/production/inverters")
+    rows = checked_list(payload, "/api/v1/production/inverters")
     reading = Reading()
     seen: set[str] = set()
     for index, row in enumerate(rows):
         what = f"inverters[{index}]"
-        row = _obj(row, what)
+        row = checked_object(row, what)
         serial = _serial(row.get("serialNumber"), f"{what}.serialNumber")
         if serial is None:
             raise ParseError(f"{what}: no serialNumber")
         if serial in seen:
             raise ParseError(f"{what}: inverter {serial} listed twice")
         seen.add(serial)
-        reading.add(cat.INVERTER_POWER, _num(row.get("lastReportWatts"), f"{what}.lastReportWatts"), inverter=serial)
-        reading.add(cat.INVERTER_MAX_POWER, _num(row.get("maxReportWatts"), f"{what}.maxReportWatts"), inverter=serial)
+        reading.add(cat.INVERTER_POWER, number_or_none(row.get("lastReportWatts"), f"{what}.lastReportWatts"), inverter=serial)
+        reading.add(cat.INVERTER_MAX_POWER, number_or_none(row.get("maxReportWatts"), f"{what}.maxReportWatts"), inverter=serial)
         reading.add(cat.INVERTER_LAST_REPORT, _timestamp(row.get("lastReportDate"), f"{what}.lastReportDate"),
                     inverter=serial)
     return reading
@@ -308,12 +282,12 @@ def _in_use(entry: dict, what: str) -> bool:
     active = _int(entry.get("activeCount"), f"{what}.activeCount")
     if active is None or active > 0:
         return True
-    lifetime = _num(entry.get("whLifetime"), f"{what}.whLifetime")
+    lifetime = number_or_none(entry.get("whLifetime"), f"{what}.whLifetime")
     return lifetime is not None and lifetime > 0
 
 
 def _same_figures(a: Mapping, b: Mapping, keys: tuple[str, str], what: str) -> bool:
-    values = [(_num(a.get(k), f"{what}.{k}"), _num(b.get(k), f"{what}.{k}")) for k in keys]
+    values = [(number_or_none(a.get(k), f"{what}.{k}"), number_or_none(b.get(k), f"{what}.{k}")) for k in keys]
     return all(x is not None and x == y for x, y in values)
 
 
@@ -322,9 +296,9 @@ def parse_production_json(payload: Any, phase_count: int | None = None) -> Readi
 
     `phase_count`: phases the CTs monitor (`phaseCount` in `/ivp/meters`), to leave out the
     per-phase lines of phases that do not exist; None when unknown."""
-    data = _obj(payload, "/production.json")
-    production = [_obj(e, f"production[{i}]") for i, e in enumerate(_opt_list(data, "production", "/production.json"))]
-    consumption = [_obj(e, f"consumption[{i}]") for i, e in enumerate(_opt_list(data, "consumption", "/production.json"))]
+    data = checked_object(payload, "/production.json")
+    production = [checked_object(e, f"production[{i}]") for i, e in enumerate(_opt_list(data, "production", "/production.json"))]
+    consumption = [checked_object(e, f"consumption[{i}]") for i, e in enumerate(_opt_list(data, "consumption", "/production.json"))]
     _opt_list(data, "storage", "/production.json")  # shape check only: AC Battery data is not exported
 
     def pick(entries: list[dict], section: str, kind: str, measurement: str | None) -> tuple[dict, str] | None:
@@ -343,17 +317,17 @@ def parse_production_json(payload: Any, phase_count: int | None = None) -> Readi
     inverters = pick(production, "production", "inverters", None)
     if inverters and _in_use(*inverters):
         entry, what = inverters
-        reading.add(cat.MICROINVERTERS_POWER, _num(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(cat.MICROINVERTERS_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
         reading.add(cat.MICROINVERTERS_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
     ct_production = pick(production, "production", "eim", "production")
     source = ct_production or inverters
     if source:
         entry, what = source
-        reading.add(cat.PRODUCTION_POWER, _num(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(cat.PRODUCTION_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
         reading.add(cat.PRODUCTION_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
         if ct_production:
             for phase, line in _phase_rows(_opt_list(entry, "lines", what), phase_count, f"{what}.lines"):
-                reading.add(cat.PHASE_PRODUCTION_POWER, _num(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
+                reading.add(cat.PHASE_PRODUCTION_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
 
     total = pick(consumption, "consumption", "eim", "total-consumption")
     net = pick(consumption, "consumption", "eim", "net-consumption")
@@ -362,16 +336,16 @@ def parse_production_json(payload: Any, phase_count: int | None = None) -> Readi
             total = None  # firmware 8.3.5433: the "total" is a copy of net consumption
     if total:
         entry, what = total
-        reading.add(cat.CONSUMPTION_POWER, _num(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(cat.CONSUMPTION_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
         reading.add(cat.CONSUMPTION_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
         for phase, line in _phase_rows(_opt_list(entry, "lines", what), phase_count, f"{what}.lines"):
-            reading.add(cat.PHASE_CONSUMPTION_POWER, _num(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
+            reading.add(cat.PHASE_CONSUMPTION_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
     if net:
         # Net lifetime energy is import minus export, not a counter: not exported.
         entry, what = net
-        reading.add(cat.ACTIVE_POWER, _num(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(cat.ACTIVE_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
         for phase, line in _phase_rows(_opt_list(entry, "lines", what), phase_count, f"{what}.lines"):
-            reading.add(cat.PHASE_ACTIVE_POWER, _num(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
+            reading.add(cat.PHASE_ACTIVE_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
     return reading
 
 
@@ -381,7 +355,7 @@ def _nothing_produced(source: tuple[dict, str] | None, kind: str) -> bool:
     if source is None:
         return True
     entry, what = source
-    lifetime = _num(entry.get("whLifetime") if kind == "production" else entry.get("whDlvdCum"), what)
+    lifetime = number_or_none(entry.get("whLifetime") if kind == "production" else entry.get("whDlvdCum"), what)
     return not lifetime
 
 
@@ -397,7 +371,7 @@ def parse_production_html(body: bytes | str) -> Reading:
     14.6 MWh"). The lifetime is rounded to three digits, so it is only a last resort."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     if not isinstance(text, str):
-        raise ParseError(f"/production: expected HTML text, got {_kind(body)}")
+        raise ParseError(f"/production: expected HTML text, got {kind_of(body)}")
     figures = {m.group(1).lower(): (float(m.group(2)) * _PREFIX[m.group(3).lower()], m.group(4)) for m in _HTML_FIGURE.finditer(text)}
     now, lifetime = figures.get("currently"), figures.get("since installation")
     if now is None and lifetime is None:
@@ -416,7 +390,7 @@ def parse_production_page(body: bytes | str, phase_count: int | None = None) -> 
     if isinstance(text, str) and text.lstrip().startswith("<"):
         return parse_production_html(text)
     if not isinstance(text, str):
-        raise ParseError(f"/production: expected text, got {_kind(body)}")
+        raise ParseError(f"/production: expected text, got {kind_of(body)}")
     try:
         payload = loads(text, "/production")
     except ParseError:
@@ -433,7 +407,7 @@ def parse_pdm_energy(payload: Any) -> Reading:
     The microinverters' own figures ("pcu") are also given as the microinverter totals. The
     today and seven-day figures are not exported: they reset at the gateway's midnight, late or
     to odd values on some firmware, and `increase()` over the lifetime counters gives them."""
-    data = _obj(payload, "/ivp/pdm/energy")
+    data = checked_object(payload, "/ivp/pdm/energy")
     production = _opt_obj(data, "production", "/ivp/pdm/energy") or {}
     consumption = _opt_obj(data, "consumption", "/ivp/pdm/energy") or {}
     groups = {
@@ -444,23 +418,23 @@ def parse_pdm_energy(payload: Any) -> Reading:
     def counts(group: dict | None, what: str) -> bool:
         if group is None:
             return False
-        lifetime = _num(group.get("wattHoursLifetime"), f"{what}.wattHoursLifetime")
+        lifetime = number_or_none(group.get("wattHoursLifetime"), f"{what}.wattHoursLifetime")
         return lifetime is not None and lifetime > 0
 
     reading = Reading()
     pcu = groups["pcu"]
     if counts(pcu, "production.pcu"):
         assert pcu is not None
-        reading.add(cat.MICROINVERTERS_POWER, _num(pcu.get("wattsNow"), "production.pcu.wattsNow"))
+        reading.add(cat.MICROINVERTERS_POWER, number_or_none(pcu.get("wattsNow"), "production.pcu.wattsNow"))
         reading.add(cat.MICROINVERTERS_ENERGY, _wh(pcu.get("wattHoursLifetime"), "production.pcu.wattHoursLifetime"))
     chosen = "eim" if counts(groups["eim"], "production.eim") else "pcu"
     group = groups[chosen]
     if group is not None:
-        reading.add(cat.PRODUCTION_POWER, _num(group.get("wattsNow"), f"production.{chosen}.wattsNow"))
+        reading.add(cat.PRODUCTION_POWER, number_or_none(group.get("wattsNow"), f"production.{chosen}.wattsNow"))
         reading.add(cat.PRODUCTION_ENERGY, _wh(group.get("wattHoursLifetime"), f"production.{chosen}.wattHoursLifetime"))
     eim = _opt_obj(consumption, "eim", "consumption")
     if counts(eim, "consumption.eim"):
-        reading.add(cat.CONSUMPTION_POWER, _num(eim.get("wattsNow"), "consumption.eim.wattsNow"))
+        reading.add(cat.CONSUMPTION_POWER, number_or_none(eim.get("wattsNow"), "consumption.eim.wattsNow"))
         reading.add(cat.CONSUMPTION_ENERGY, _wh(eim.get("wattHoursLifetime"), "consumption.eim.wattHoursLifetime"))
     return reading
 
@@ -482,12 +456,12 @@ class MeterConfig:
 
 def parse_meters(payload: Any) -> dict[int, MeterConfig]:
     """`GET /ivp/meters`: the CTs, keyed by `eid` (the key of `/ivp/meters/readings`)."""
-    rows = _list(payload, "/ivp/meters")
+    rows = checked_list(payload, "/ivp/meters")
     meters: dict[int, MeterConfig] = {}
     used: dict[str, int] = {}
     for index, row in enumerate(rows):
         what = f"meters[{index}]"
-        row = _obj(row, what)
+        row = checked_object(row, what)
         eid = _int(row.get("eid"), f"{what}.eid")
         if eid is None:
             raise ParseError(f"{what}: no eid")
@@ -523,18 +497,18 @@ def parse_meter_readings(payload: Any, meters: Mapping[int, MeterConfig]) -> Rea
 
     Readings of CTs that `/ivp/meters` does not list, or lists as disabled, give no series: their
     role is unknown (firmware 8.3 lists an extra all-zero meter) or they are not installed."""
-    rows = _list(payload, "/ivp/meters/readings")
+    rows = checked_list(payload, "/ivp/meters/readings")
     reading = Reading()
     for index, row in enumerate(rows):
         what = f"readings[{index}]"
-        row = _obj(row, what)
+        row = checked_object(row, what)
         eid = _int(row.get("eid"), f"{what}.eid")
         if eid is None:
             raise ParseError(f"{what}: no eid")
         config = meters.get(eid)
         raw_channels = _opt_list(row, "channels", what)
         channels = _phase_rows(raw_channels, config.phase_count if config else None, f"{what}.channels")
-        values = {key: _num(row.get(key), f"{what}.{key}") for key in _CT_FIELDS}
+        values = {key: number_or_none(row.get(key), f"{what}.{key}") for key in _CT_FIELDS}
         if config is None or not config.enabled or not config.label:
             continue
         _add_ct(reading, config.label, row, values, channels, what)
@@ -563,11 +537,11 @@ def _add_ct(reading: Reading, meter: str, row: dict, values: dict, channels: lis
     reading.add(cat.CT_MEASUREMENT_TIME, _timestamp(values["timestamp"], f"{what}.timestamp"), meter=meter)
     for phase, channel in channels:
         cw = f"{what}.channels.{phase}"
-        reading.add(cat.CT_PHASE_ACTIVE_POWER, _num(channel.get("activePower"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_APPARENT_POWER, _num(channel.get("apparentPower"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_REACTIVE_POWER, _num(channel.get("reactivePower"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_VOLTAGE, _num(channel.get("voltage"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_CURRENT, _num(channel.get("current"), cw), meter=meter, phase=phase)
+        reading.add(cat.CT_PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), meter=meter, phase=phase)
+        reading.add(cat.CT_PHASE_APPARENT_POWER, number_or_none(channel.get("apparentPower"), cw), meter=meter, phase=phase)
+        reading.add(cat.CT_PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), meter=meter, phase=phase)
+        reading.add(cat.CT_PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), meter=meter, phase=phase)
+        reading.add(cat.CT_PHASE_CURRENT, number_or_none(channel.get("current"), cw), meter=meter, phase=phase)
         reading.add(cat.CT_PHASE_POWER_FACTOR, _pf(channel.get("pwrFactor"), cw), meter=meter, phase=phase)
         reading.add(cat.CT_PHASE_ENERGY_DELIVERED, _wh(channel.get("actEnergyDlvd"), cw), meter=meter, phase=phase)
         reading.add(cat.CT_PHASE_ENERGY_RECEIVED, _wh(channel.get("actEnergyRcvd"), cw), meter=meter, phase=phase)
@@ -587,11 +561,11 @@ def _add_grid(reading: Reading, row: dict, values: dict, channels: list[tuple[st
     reading.add(cat.MEASUREMENT_TIME, _timestamp(values["timestamp"], f"{what}.timestamp"))
     for phase, channel in channels:
         cw = f"{what}.channels.{phase}"
-        reading.add(cat.PHASE_ACTIVE_POWER, _num(channel.get("activePower"), cw), phase=phase)
-        reading.add(cat.PHASE_APPARENT_POWER, _num(channel.get("apparentPower"), cw), phase=phase)
-        reading.add(cat.PHASE_REACTIVE_POWER, _num(channel.get("reactivePower"), cw), phase=phase)
-        reading.add(cat.PHASE_VOLTAGE, _num(channel.get("voltage"), cw), phase=phase)
-        reading.add(cat.PHASE_CURRENT, _num(channel.get("current"), cw), phase=phase)
+        reading.add(cat.PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), phase=phase)
+        reading.add(cat.PHASE_APPARENT_POWER, number_or_none(channel.get("apparentPower"), cw), phase=phase)
+        reading.add(cat.PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), phase=phase)
+        reading.add(cat.PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), phase=phase)
+        reading.add(cat.PHASE_CURRENT, number_or_none(channel.get("current"), cw), phase=phase)
         reading.add(cat.PHASE_POWER_FACTOR, _pf(channel.get("pwrFactor"), cw), phase=phase)
 
 
@@ -603,11 +577,11 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None) -> Reading
 
     Reports are per role, like `/production.json`: production, net-consumption and the derived
     total-consumption; they map to the same names (see the module docstring)."""
-    reports = payload if isinstance(payload, list) else [_obj(payload, "/ivp/meters/reports")]
+    reports = payload if isinstance(payload, list) else [checked_object(payload, "/ivp/meters/reports")]
     by_type: dict[str, tuple[dict, str]] = {}
     for index, report in enumerate(reports):
         what = f"reports[{index}]"
-        report = _obj(report, what)
+        report = checked_object(report, what)
         kind = _opt_str(report, "reportType", what)
         cumulative = _opt_obj(report, "cumulative", what)
         if kind is None or cumulative is None:
@@ -617,8 +591,8 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None) -> Reading
         by_type[kind] = (report, what)
 
     def power(cumulative: dict, what: str) -> float | None:
-        value = _num(cumulative.get("actPower"), f"{what}.actPower")
-        return value if value is not None else _num(cumulative.get("currW"), f"{what}.currW")
+        value = number_or_none(cumulative.get("actPower"), f"{what}.actPower")
+        return value if value is not None else number_or_none(cumulative.get("currW"), f"{what}.currW")
 
     def lines(report: dict, what: str) -> list[tuple[str, dict]]:
         return _phase_rows(_opt_list(report, "lines", what), phase_count, f"{what}.lines")
@@ -655,18 +629,18 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None) -> Reading
 
 def parse_grid_reading(payload: Any, phase_count: int | None = None) -> Reading:
     """`GET /ivp/meters/gridReading`: per phase at the grid connection; negative = exporting."""
-    rows = _list(payload, "/ivp/meters/gridReading")
+    rows = checked_list(payload, "/ivp/meters/gridReading")
     reading = Reading()
     seen: set[str] = set()
     frequency: float | None = None
     for index, row in enumerate(rows):
         what = f"gridReading[{index}]"
-        row = _obj(row, what)
+        row = checked_object(row, what)
         raw = _opt_list(row, "channels", what)
         named: list[tuple[str, dict]] = []
         for ci, channel in enumerate(raw):
             cw = f"{what}.channels[{ci}]"
-            channel = _obj(channel, cw)
+            channel = checked_object(channel, cw)
             name = _opt_str(channel, "phase", cw)
             phase = name.strip().lower() if name else (PHASES[ci] if ci < 3 else None)
             if phase not in PHASES:
@@ -681,12 +655,12 @@ def parse_grid_reading(payload: Any, phase_count: int | None = None) -> Reading:
             zero = _all_zero(channel, _ROW_META, cw)
             if (phase_count and index_of >= phase_count) or (not phase_count and zero):
                 continue
-            reading.add(cat.PHASE_ACTIVE_POWER, _num(channel.get("activePower"), cw), phase=phase)
-            reading.add(cat.PHASE_REACTIVE_POWER, _num(channel.get("reactivePower"), cw), phase=phase)
-            reading.add(cat.PHASE_VOLTAGE, _num(channel.get("voltage"), cw), phase=phase)
-            reading.add(cat.PHASE_CURRENT, _num(channel.get("current"), cw), phase=phase)
+            reading.add(cat.PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), phase=phase)
+            reading.add(cat.PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), phase=phase)
+            reading.add(cat.PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), phase=phase)
+            reading.add(cat.PHASE_CURRENT, number_or_none(channel.get("current"), cw), phase=phase)
             if frequency is None:
-                frequency = _num(channel.get("freq"), f"{cw}.freq")
+                frequency = number_or_none(channel.get("freq"), f"{cw}.freq")
     reading.add(cat.FREQUENCY, frequency)
     return reading
 
@@ -700,7 +674,7 @@ _BATTERY_KEYS = ("soc", "enc_agg_soc", "acb_agg_soc", "enc_agg_energy", "acb_agg
 
 def livedata_updated_at(payload: Any) -> float | None:
     """When the gateway last refreshed the figures of `/ivp/livedata/status` (Unix time)."""
-    meters = _opt_obj(_obj(payload, "/ivp/livedata/status"), "meters", "/ivp/livedata/status")
+    meters = _opt_obj(checked_object(payload, "/ivp/livedata/status"), "meters", "/ivp/livedata/status")
     if meters is None:
         return None
     value = meters.get("last_update", meters.get("timestamp"))
@@ -721,7 +695,7 @@ def parse_livedata(payload: Any, now: float | None = None) -> Reading:
     `/ivp/meters/readings`, and `/production.json`), and a gateway without CTs reports zeros
     there that are not measurements; the generator section likewise holds zeros on systems
     without a generator that cannot be told from an idle one."""
-    data = _obj(payload, "/ivp/livedata/status")
+    data = checked_object(payload, "/ivp/livedata/status")
     meters = _opt_obj(data, "meters", "/ivp/livedata/status")
     reading = Reading()
     if meters is None:
@@ -734,12 +708,12 @@ def parse_livedata(payload: Any, now: float | None = None) -> Reading:
         group = _opt_obj(meters, section, "meters")
         if group is None:
             return None
-        value = _num(group.get("agg_p_mw"), f"meters.{section}.agg_p_mw")
+        value = number_or_none(group.get("agg_p_mw"), f"meters.{section}.agg_p_mw")
         return None if value is None else value * MW_TO_W
 
     for section in ("pv", "load", "grid", "generator"):
         milliwatts(section)  # shape check only (see above)
-    battery = {k: _num(meters.get(k), f"meters.{k}") for k in _BATTERY_KEYS}
+    battery = {k: number_or_none(meters.get(k), f"meters.{k}") for k in _BATTERY_KEYS}
     for key in ("soc", "enc_agg_soc", "acb_agg_soc"):
         value = battery[key]
         if value is not None and not 0 <= value <= 100:
@@ -769,35 +743,35 @@ def parse_ensemble_inventory(payload: Any) -> Reading:
     `temperature` is in degrees Celsius for batteries (the Enpower/System Controller reports
     Fahrenheit and is not exported). The aggregate state of charge is the capacity-weighted mean,
     given only when every battery reports both figures."""
-    groups = _list(payload, "/ivp/ensemble/inventory")
+    groups = checked_list(payload, "/ivp/ensemble/inventory")
     reading = Reading()
     seen: set[str] = set()
     weighted: list[tuple[float | None, float | None]] = []
     for gi, group in enumerate(groups):
         gw = f"inventory[{gi}]"
-        group = _obj(group, gw)
+        group = checked_object(group, gw)
         kind = _opt_str(group, "type", gw)
         devices = _opt_list(group, "devices", gw)
         if kind not in BATTERY_TYPES:
             continue
         for di, device in enumerate(devices):
             what = f"{gw}.devices[{di}]"
-            device = _obj(device, what)
+            device = checked_object(device, what)
             serial = _serial(device.get("serial_num"), f"{what}.serial_num")
             if serial is None:
                 raise ParseError(f"{what}: no serial_num")
             if serial in seen:
                 raise ParseError(f"{what}: battery {serial} listed twice")
             seen.add(serial)
-            percent = _num(device.get("percentFull"), f"{what}.percentFull")
+            percent = number_or_none(device.get("percentFull"), f"{what}.percentFull")
             if percent is not None and not 0 <= percent <= 100:
                 raise ParseError(f"{what}.percentFull: {percent} is not a percentage")
-            capacity = _num(device.get("encharge_capacity"), f"{what}.encharge_capacity")
+            capacity = number_or_none(device.get("encharge_capacity"), f"{what}.encharge_capacity")
             if capacity is not None and capacity <= 0:
                 capacity = None
             ratio = None if percent is None else percent / 100
             reading.add(cat.BATTERY_UNIT_STATE_OF_CHARGE, ratio, battery=serial)
-            reading.add(cat.BATTERY_UNIT_TEMPERATURE, _num(device.get("temperature"), f"{what}.temperature"), battery=serial)
+            reading.add(cat.BATTERY_UNIT_TEMPERATURE, number_or_none(device.get("temperature"), f"{what}.temperature"), battery=serial)
             reading.add(cat.BATTERY_UNIT_CAPACITY, None if capacity is None else capacity * JOULES_PER_WH, battery=serial)
             weighted.append((ratio, capacity))
     if weighted and all(r is not None and c is not None for r, c in weighted):
@@ -809,12 +783,12 @@ def parse_ensemble_inventory(payload: Any) -> Reading:
 def parse_device_list(payload: Any) -> Reading:
     """`GET /ivp/ensemble/device_list`: provisioned devices; batteries (type 13) give their
     capacity (Wh)."""
-    data = _obj(payload, "/ivp/ensemble/device_list")
+    data = checked_object(payload, "/ivp/ensemble/device_list")
     reading = Reading()
     seen: set[str] = set()
     for index, device in enumerate(_opt_list(data, "devices", "/ivp/ensemble/device_list")):
         what = f"devices[{index}]"
-        device = _obj(device, what)
+        device = checked_object(device, what)
         if _int(device.get("device_type"), f"{what}.device_type") != DEVICE_TYPE_BATTERY:
             continue
         serial = _serial(device.get("serial_number"), f"{what}.serial_number")
@@ -824,7 +798,7 @@ def parse_device_list(payload: Any) -> Reading:
             raise ParseError(f"{what}: battery {serial} listed twice")
         seen.add(serial)
         info = _opt_obj(device, "dev_info", what) or {}
-        capacity = _num(info.get("capacity"), f"{what}.dev_info.capacity")
+        capacity = number_or_none(info.get("capacity"), f"{what}.dev_info.capacity")
         if capacity is not None and capacity > 0:
             reading.add(cat.BATTERY_UNIT_CAPACITY, capacity * JOULES_PER_WH, battery=serial)
     return reading

@@ -225,7 +225,7 @@ class HomeWizardLocal:
 
 
 SPEC = register(TransportSpec(
-    vendor="homewizard", transport="local", options=OPTIONS, default=True,
+    vendor="homewizard", transport="local", options=OPTIONS,
     create=HomeWizardLocal, default_interval=10.0, min_interval=0.5,
     check_target=check_target,
     description="HomeWizard Energy P1 meter, kWh meters, water meter, socket, plug-in battery (API v1 and v2)",

@@ -18,7 +18,7 @@ from typing import Any
 from ... import catalogue as M
 from ...catalogue import JOULES_PER_GJ, JOULES_PER_KWH, Metric
 from ...jsontext import label_text
-from ...samples import DeviceInfo, ParseError, Reading, Sample, number_or_none
+from ...samples import DeviceInfo, ParseError, Reading, Sample, checked_object, number_or_none
 
 # (v1 field, v2 field, metric, labels, factor). A None field name: not sent by that API.
 _Row = tuple[str | None, str | None, Metric, dict[str, str], float]
@@ -112,12 +112,6 @@ CERT_KINDS = {
 }
 
 
-def _require_object(payload: Any, what: str) -> dict:
-    if not isinstance(payload, dict):
-        raise ParseError(f"{what}: expected a JSON object, got {type(payload).__name__}")
-    return payload
-
-
 # The rows of a table whose fields a body holds, by the body's keys: a device sends the same
 # keys poll after poll (and a fleet's devices mostly the same), so most rows it never sends are
 # not looked at. The rows keep the table's order.
@@ -165,7 +159,7 @@ def _add_table(reading: Reading, payload: dict, table: list[tuple[str, Metric, t
 
 def parse_device(payload: Any) -> DeviceInfo:
     """`GET /api`: product type, serial, firmware (and api_version, read by `api_version`)."""
-    data = _require_object(payload, "/api")
+    data = checked_object(payload, "/api")
     product = data.get("product_type")
     serial = data.get("serial")
     if not isinstance(product, str) or not isinstance(serial, str):
@@ -178,7 +172,7 @@ def parse_device(payload: Any) -> DeviceInfo:
 
 def api_version(payload: Any) -> int:
     """1 or 2 from `/api`'s `api_version` ("v1", "2.0.0", ...)."""
-    version = _require_object(payload, "/api").get("api_version")
+    version = checked_object(payload, "/api").get("api_version")
     if not isinstance(version, str):
         raise ParseError("/api: api_version missing")
     if version.lower().lstrip("v").startswith("1"):
@@ -190,7 +184,7 @@ def api_version(payload: Any) -> int:
 
 def parse_v1_data(payload: Any, tz: tzinfo | None = None) -> Reading:
     """`GET /api/v1/data` of any product (P1, kWh meters, socket, water meter)."""
-    data = _require_object(payload, "/api/v1/data")
+    data = checked_object(payload, "/api/v1/data")
     reading = Reading()
     _add_table(reading, data, _V1)
     _single_phase_voltage(reading, data, "active_voltage_v")
@@ -209,7 +203,7 @@ def parse_v1_data(payload: Any, tz: tzinfo | None = None) -> Reading:
 
 def parse_v2_measurement(payload: Any, tz: tzinfo | None = None) -> Reading:
     """`GET /api/measurement` (API v2) of any product."""
-    data = _require_object(payload, "/api/measurement")
+    data = checked_object(payload, "/api/measurement")
     reading = Reading()
     _add_table(reading, data, _V2)
     _single_phase_voltage(reading, data, "voltage_v")
@@ -221,7 +215,7 @@ def parse_v2_measurement(payload: Any, tz: tzinfo | None = None) -> Reading:
 
 def parse_v2_system(payload: Any) -> Reading:
     """`GET /api/system` (API v2): Wi-Fi signal and uptime."""
-    data = _require_object(payload, "/api/system")
+    data = checked_object(payload, "/api/system")
     reading = Reading()
     reading.add(M.WIFI_RSSI, number_or_none(data.get("wifi_rssi_db"), "wifi_rssi_db"))
     reading.add(M.DEVICE_UPTIME, number_or_none(data.get("uptime_s"), "uptime_s"))

@@ -237,9 +237,10 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Account settings from --target (in --config.file) or the flags; and the state directory."""
     if args.target:
         from ...config import ConfigError, load_config
+        from .. import registry
 
         try:
-            config = load_config(args.config_file)
+            config = load_config(args.config_file, vendors=registry)
         except ConfigError as exc:
             raise UsageError(f"invalid configuration {args.config_file}:\n  " + "\n  ".join(exc.problems)) from None
         target = config.target(args.target)

@@ -59,6 +59,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ...backoff import Backoff, Deadline
 from ...config import Option, Secret, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
@@ -131,6 +132,12 @@ class Quota:
 
     def describe(self) -> str:
         return ", ".join(limit.describe() for limit in self.limits)
+
+    def holdoff(self) -> Backoff:
+        """How long the call is held back after "nothing" answers: its shortest window first,
+        doubling while the cloud keeps answering nothing, at most MAX_HOLDOFF. Exact, no jitter:
+        the windows are the quota's own."""
+        return Backoff(base=min(limit.seconds for limit in self.limits), ceiling=MAX_HOLDOFF)
 
 
 class QuotaDeferred(PollError):
@@ -226,9 +233,9 @@ class CloudClient:
         """The cloud answered nothing: hold the call back, log, and the error to raise."""
         detail = ""
         if quota is not None:
-            shortest = min(limit.seconds for limit in quota.limits)
-            previous = self._holdoff.get(quota.key)
-            seconds = min(previous[1] * 2, MAX_HOLDOFF) if previous else shortest
+            policy, previous = quota.holdoff(), self._holdoff.get(quota.key)
+            # (the count of "nothing" answers is not stored, the last hold-off is)
+            seconds = policy.after(previous[1]) if previous else policy.delay(1)
             self._holdoff[quota.key] = [self.clock() + seconds, seconds]
             self._save()
             detail = f"; not asking again for {seconds / 60:.0f} min (quota {quota.describe()})"
@@ -402,20 +409,20 @@ class IammeterCloudAdapter:
 
     async def poll(self) -> Reading:
         async with self._lock:
-            started = asyncio.get_running_loop().time()
+            deadline = Deadline.from_now(self._timeout)
             if self._mode == "account":
-                meters = await self._account_meters(started)
+                meters = await self._account_meters(deadline)
             else:
-                meters = await self._meter_readings(started)
+                meters = await self._meter_readings(deadline)
             if self._analysis_on:
-                await self._refresh_analysis(list(self._sns or meters), started + self._timeout * ANALYSIS_SHARE)
+                await self._refresh_analysis(list(self._sns or meters), deadline)
             return self._assemble(meters)
 
     async def close(self) -> None:
         """Nothing to release: the HTTP session belongs to the daemon; the token stays stored."""
 
     # latest values -------------------------------------------------------------------------
-    async def _account_meters(self, started: float) -> dict[str, Reading]:
+    async def _account_meters(self, deadline: Deadline) -> dict[str, Reading]:
         quota = Quota(METERSDATA, self._account_scope, METERSDATA_LIMITS)
 
         async def fetch() -> dict[str, Reading]:
@@ -423,13 +430,13 @@ class IammeterCloudAdapter:
             return _parsed(lambda: cp.parse_metersdata(data, self._labels, self._installation,
                                                        set(self._sns) or None), "metersdata")
 
-        meters = await self._fresh("account", quota, started, fetch)
+        meters = await self._fresh("account", quota, deadline, fetch)
         missing = [sn for sn in self._sns if sn not in meters]
         if missing:
             self._log.info("iammeter_cloud_meters_missing", sns=missing)
         return meters
 
-    async def _meter_readings(self, started: float) -> dict[str, Reading]:
+    async def _meter_readings(self, deadline: Deadline) -> dict[str, Reading]:
         out: dict[str, Reading] = {}
         deferred: QuotaDeferred | None = None
         endpoint = "meterdata2" if self._advanced else "meterdata"
@@ -441,7 +448,7 @@ class IammeterCloudAdapter:
                 return _parsed(lambda: cp.parse_meterdata(data, sn, self.labels(sn)), f"{endpoint} {sn}")
 
             try:
-                out[sn] = await self._fresh(sn, quota, started, fetch)
+                out[sn] = await self._fresh(sn, quota, deadline, fetch)
             except QuotaDeferred as exc:
                 self._log.info("iammeter_cloud_meter_deferred", sn=sn, error=exc.message)
                 deferred = exc
@@ -449,14 +456,12 @@ class IammeterCloudAdapter:
             raise deferred
         return out
 
-    async def _fresh(self, key: str, quota: Quota, started: float, fetch: Callable[[], Awaitable[Any]]) -> Any:
+    async def _fresh(self, key: str, quota: Quota, deadline: Deadline, fetch: Callable[[], Awaitable[Any]]) -> Any:
         """A new answer if its quota allows (waiting a moment if that is all it takes), else the
         last one while it is younger than two intervals."""
         wait = self.client.wait_time(quota)
-        if wait > 0:
-            elapsed = asyncio.get_running_loop().time() - started
-            if wait <= min(SHORT_WAIT, self._timeout * SHORT_WAIT_SHARE - elapsed):
-                await self.sleep(wait)
+        if 0 < wait <= min(SHORT_WAIT, deadline.left(SHORT_WAIT_SHARE)):
+            await self.sleep(wait)
         try:
             value = await fetch()
         except QuotaDeferred as exc:
@@ -503,11 +508,10 @@ class IammeterCloudAdapter:
                                  lambda data, parse=parse, labels=labels: parse(data, labels), day))
         return jobs
 
-    async def _refresh_analysis(self, sns: list[str], deadline: float) -> None:
-        loop = asyncio.get_running_loop()
+    async def _refresh_analysis(self, sns: list[str], deadline: Deadline) -> None:
         calls = 0
         for key, quota, path, params, parse, day in self._jobs(sns):
-            budget = deadline - loop.time()
+            budget = deadline.left(ANALYSIS_SHARE)
             if calls >= MAX_ANALYSIS_CALLS or budget <= 0:
                 break
             if self.client.wait_time(quota) > 0:

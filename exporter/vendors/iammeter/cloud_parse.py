@@ -81,7 +81,7 @@ from ...catalogue import (
     Metric,
 )
 from ...jsontext import header_problem, label_text, loads
-from ...samples import DeviceInfo, ParseError, Reading, number_or_none
+from ...samples import DeviceInfo, ParseError, Reading, checked_object, kind_of, number_or_none
 from .parse import parse_monitorjson
 
 # The local parser's metric -> the account metric of the same quantity.
@@ -132,14 +132,14 @@ def unwrap(body: bytes, what: str = "answer") -> Any:
         raise NothingReturned(what)
     payload = loads(body, what)  # JsonError is a ParseError
     if not isinstance(payload, dict):
-        raise ParseError(f"{what}: expected a JSON object, got {_kind(payload)}")
+        raise ParseError(f"{what}: expected a JSON object, got {kind_of(payload)}")
     successful = payload.get("successful")
     message = payload.get("message")
     text = label_text(message.strip(), 200) if isinstance(message, str) else ""  # shown in messages
     if successful is False or (type(successful) is int and successful == 0):
         return _refused(text)
     if successful not in (None, True, 1):
-        raise ParseError(f"{what}: successful: expected true or false, got {_kind(successful)}")
+        raise ParseError(f"{what}: successful: expected true or false, got {kind_of(successful)}")
     if "data" not in payload:
         raise ParseError(f"{what}: no data in the answer")
     data = payload["data"]
@@ -165,7 +165,7 @@ class Login:
 
 def parse_login(data: Any) -> Login:
     """`POST /api/v1/user/login`: `{"id": 2025, "token": "...", "refreshToken": "..."}`."""
-    obj = _object(data, "login")
+    obj = checked_object(data, "login")
     token = obj.get("token")
     if not isinstance(token, str) or not token.strip():
         raise ParseError("login: no token in the answer")
@@ -173,7 +173,7 @@ def parse_login(data: Any) -> Login:
         raise ParseError("login: the token is not a plain string")
     account = obj.get("id")
     if isinstance(account, bool) or not isinstance(account, (str, int, type(None))):
-        raise ParseError(f"login: id: expected a number or text, got {_kind(account)}")
+        raise ParseError(f"login: id: expected a number or text, got {kind_of(account)}")
     if isinstance(account, int) and not -10**64 < account < 10**64:
         raise ParseError("login: id: number out of range")
     return Login(token.strip(), "" if account is None else label_text(str(account), 64))
@@ -215,7 +215,7 @@ def parse_meterdata(data: Any, sn: str, labels: MeterLabels) -> Reading:
     """`GET /site/meterdata/{sn}` (rows of 5) or `/site/meterdata2/{sn}` (rows of 6, with PF):
     `{"values": [[...], ...], "localTime": ..., "gmtTime": ...}`."""
     where = f"meterdata {sn}"
-    obj = _object(data, where)
+    obj = checked_object(data, where)
     raw = obj.get("values")
     if raw is None:
         raise ParseError(f"{where}: no values")
@@ -234,12 +234,12 @@ def parse_metersdata_list(data: Any) -> list[AccountMeter]:
     """`GET /site/metersdata`: one entry per meter of the account, `{"sn", "values", "gmtTime"}`;
     `values` is a flat row (single phase) or a list of rows. A meter listed twice is an error."""
     if not isinstance(data, list):
-        raise ParseError(f"metersdata: expected a list, got {_kind(data)}")
+        raise ParseError(f"metersdata: expected a list, got {kind_of(data)}")
     out: list[AccountMeter] = []
     seen: set[str] = set()
     for index, item in enumerate(data):
         where = f"metersdata[{index}]"
-        obj = _object(item, where)
+        obj = checked_object(item, where)
         sn = _sn(obj.get("sn"), f"{where}.sn")
         if sn in seen:
             raise ParseError(f"{where}: meter {sn} listed twice")
@@ -279,7 +279,7 @@ def parse_meterdatalist(data: Any, sn: str = "") -> list[HistoryPoint]:
     rows of 6). Points in time order; a time given twice keeps the last point."""
     where = f"meterdatalist {sn}".strip()
     if not isinstance(data, list):
-        raise ParseError(f"{where}: expected a list, got {_kind(data)}")
+        raise ParseError(f"{where}: expected a list, got {kind_of(data)}")
     points: dict[float, HistoryPoint] = {}
     for index, item in enumerate(data):
         at = f"{where}[{index}]"
@@ -300,7 +300,7 @@ def parse_meterdatalist(data: Any, sn: str = "") -> list[HistoryPoint]:
             for r, row in enumerate(rows):
                 _check_values(row, f"{at} row {r}")
         else:
-            raise ParseError(f"{at}: expected a row or an object, got {_kind(item)}")
+            raise ParseError(f"{at}: expected a row or an object, got {kind_of(item)}")
         points[moment] = HistoryPoint(moment, rows)
     return [points[t] for t in sorted(points)]
 
@@ -316,7 +316,7 @@ def history_reading(point: HistoryPoint, sn: str, labels: MeterLabels) -> Readin
 
 def parse_power_analysis(data: Any, labels: MeterLabels) -> Reading:
     """`GET /site/powerAnalysis`: average, daytime average (8:00-20:00), minimum, maximum (W)."""
-    obj = _object(data, "powerAnalysis")
+    obj = checked_object(data, "powerAnalysis")
     reading = Reading()
     kw = {"installation": labels.installation, "meter": labels.meter}
     for key, metric in (("average", ACCOUNT_AVERAGE_POWER), ("averageDaytime", ACCOUNT_DAYTIME_AVERAGE_POWER),
@@ -331,7 +331,7 @@ def parse_power_analysis(data: Any, labels: MeterLabels) -> Reading:
 
 def parse_offline_analysis(data: Any, labels: MeterLabels) -> Reading:
     """`GET /site/offlineAnalysis`: `offlineCount` minutes offline out of `totalCount`."""
-    obj = _object(data, "offlineAnalysis")
+    obj = checked_object(data, "offlineAnalysis")
     offline = number_or_none(obj.get("offlineCount"), "offlineAnalysis.offlineCount")
     total = number_or_none(obj.get("totalCount"), "offlineAnalysis.totalCount")
     if offline is not None and (offline < 0 or (total is not None and offline > total)):
@@ -350,13 +350,13 @@ def parse_energy_history(data: Any, place: str, today: date) -> Reading:
     """`GET /site/energyhistory` grouped by day: kWh per day and flow. The rows of `today`
     (day="current") and of the day before (day="previous") are kept, other days ignored."""
     if not isinstance(data, list):
-        raise ParseError(f"energyhistory {place}: expected a list, got {_kind(data)}")
+        raise ParseError(f"energyhistory {place}: expected a list, got {kind_of(data)}")
     days = {today: "current", today - timedelta(days=1): "previous"}
     seen: set[date] = set()
     reading = Reading()
     for index, item in enumerate(data):
         where = f"energyhistory {place}[{index}]"
-        obj = _object(item, where)
+        obj = checked_object(item, where)
         moment = _local_time(obj.get("time"), f"{where}.time")
         day = moment.date()
         if day in seen:
@@ -381,7 +381,7 @@ def parse_time(value: Any, what: str) -> float:
 
 def _local_time(value: Any, what: str) -> datetime:
     if not isinstance(value, str):
-        raise ParseError(f"{what}: expected a time, got {_kind(value)}")
+        raise ParseError(f"{what}: expected a time, got {kind_of(value)}")
     match = _TIME.match(value)
     if not match:
         raise ParseError(f"{what}: {value[:40]!r} is not a time")
@@ -399,7 +399,7 @@ def _optional_time(value: Any, what: str) -> float | None:
 def _rows(raw: Any, where: str, flat_allowed: bool) -> list[list[Any]]:
     """Rows in the local order from a list of rows or (flat_allowed) one unwrapped row."""
     if not isinstance(raw, list):
-        raise ParseError(f"{where}: expected a list, got {_kind(raw)}")
+        raise ParseError(f"{where}: expected a list, got {kind_of(raw)}")
     if not raw:
         return []
     if all(isinstance(item, list) for item in raw):
@@ -423,30 +423,16 @@ def _rows(raw: Any, where: str, flat_allowed: bool) -> list[list[Any]]:
 def _check_values(row: list[Any], where: str) -> None:
     for index, value in enumerate(row):
         if isinstance(value, (list, dict)):
-            raise ParseError(f"{where}[{index}]: expected a number, got {_kind(value)}")
+            raise ParseError(f"{where}[{index}]: expected a number, got {kind_of(value)}")
 
 
 def _sn(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ParseError(f"{what}: expected a serial number, got {_kind(value)}")
+        raise ParseError(f"{what}: expected a serial number, got {kind_of(value)}")
     text = str(value).strip()
     if not text or len(text) > 64 or not text.isprintable():
         raise ParseError(f"{what}: {text[:70]!r} is not a serial number")
     return text
-
-
-def _object(value: Any, what: str) -> dict:
-    if not isinstance(value, dict):
-        raise ParseError(f"{what}: expected an object, got {_kind(value)}")
-    return value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def labels_from(names: Iterable[str], installation: str) -> dict[str, MeterLabels]:

@@ -159,7 +159,7 @@ def create(target: TargetConfig, context: AdapterContext) -> IammeterHttpAdapter
 
 SPEC = register(TransportSpec(
     vendor="iammeter",
-    transport="http", default=True,
+    transport="http",
     options=OPTIONS,
     create=create,
     default_interval=10.0,

@@ -25,20 +25,14 @@ from ...config import Config, Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
 from ...jsontext import JsonError, label_text, loads
-from ...mqtt import (
-    DEFAULT_TOPIC,
-    BrokerConnection,
-    BrokerSettings,
-    topic_filter_problem,
-    wildcard_value,
-)
+from ...mqtt import BrokerConnection, BrokerSettings, topic_filter_problem, wildcard_value
 from ...push import normalize_id
-from ...samples import ParseError
+from ...samples import Emit, ParseError
 from ..registry import TransportSpec, register
-# Registered before this module whatever is imported first: the vendor's default transport is
-# the first one registered, and that must stay the local HTTP API.
-from . import http as _http  # noqa: F401,I001
 from .parse import parse_monitorjson
+
+# Where the meters publish, '+' standing for the SN: a broker's `topic` replaces it.
+DEFAULT_TOPIC = "device/+/realtime"
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_UNKNOWN_LOGGED = 100  # distinct unknown SNs logged once each; the counter counts them all
@@ -50,7 +44,6 @@ OPTIONS: dict[str, Option] = {
 
 _SN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
-Emit = Callable[[Any], None]  # a Reading, or a PollError for a failed message
 
 
 def check_target(options: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
@@ -91,7 +84,7 @@ class IammeterMqttRouter:
                  release: Callable[[], Awaitable[None]] | None = None) -> None:
         self.connection = connection
         self._release = release  # lets go of the shared connection
-        self.topic_filter = connection.settings.topic
+        self.topic_filter = connection.settings.topic or DEFAULT_TOPIC
         self.log = log
         self.routes: dict[str, Emit] = {}
         self._unknown_logged: set[str] = set()
@@ -244,6 +237,5 @@ SPEC = register(TransportSpec(
     min_interval=2.0,  # the fastest the firmware uploads
     check_target=check_target,
     check_config=check_config,
-    uses_sections=("mqtt_brokers",),
     description="IAMMETER meter in MQTT mode (device/<SN>/realtime on a broker of mqtt_brokers)",
 ))

@@ -86,7 +86,7 @@ from ...catalogue import (
     WIFI_SIGNAL,
 )
 from ...jsontext import label_text
-from ...samples import DeviceInfo, ParseError, Reading, number_or_none
+from ...samples import DeviceInfo, ParseError, Reading, kind_of, number_or_none
 from . import registers as reg
 
 MODEL_CODES: dict[int, str] = {
@@ -141,7 +141,7 @@ class ReactiveRow:
 def parse_monitorjson(payload: Any) -> Reading:
     """A Reading from the JSON of `/api/monitorjson`, `/monitorjson` or a pushed message."""
     if not isinstance(payload, dict):
-        raise ParseError(f"expected a JSON object, got {_kind(payload)}")
+        raise ParseError(f"expected a JSON object, got {kind_of(payload)}")
     key = _measurement_key(payload)
     if key is None:
         raise ParseError("no measurement: the answer has none of Data, Datas, data")
@@ -163,7 +163,7 @@ def _parse_measurement(payload: dict, key: str) -> Reading:
     if raw is None:
         raise ParseError(f"no measurement yet: {key} is null (the meter has just started)")
     if not isinstance(raw, list):
-        raise ParseError(f"{key}: expected a list, got {_kind(raw)}")
+        raise ParseError(f"{key}: expected a list, got {kind_of(raw)}")
 
     model = _model(payload, key, raw)
     if key == "Datas":
@@ -226,12 +226,12 @@ def _add_reactive(reading: Reading, payload: dict, phases: int) -> None:
     if ea is None:
         return
     if not isinstance(ea, dict):
-        raise ParseError(f"EA: expected an object, got {_kind(ea)}")
+        raise ParseError(f"EA: expected an object, got {kind_of(ea)}")
     raw = ea.get("Reactive")
     if raw is None:
         return
     if not isinstance(raw, list):
-        raise ParseError(f"EA.Reactive: expected a list, got {_kind(raw)}")
+        raise ParseError(f"EA.Reactive: expected a list, got {kind_of(raw)}")
     if phases == 1 and raw and not isinstance(raw[0], list):
         raw = [raw]  # a single-phase meter may send the one triple unwrapped
     # One row per phase; one more (a net row, by analogy with Datas) is tolerated and ignored.
@@ -255,10 +255,10 @@ def _add_reactive(reading: Reading, payload: dict, phases: int) -> None:
 def _row(item: Any, where: str) -> Row | None:
     """A Row, or None for a row of nulls."""
     if not isinstance(item, list):
-        raise ParseError(f"{where}: expected a row (list), got {_kind(item)}")
+        raise ParseError(f"{where}: expected a row (list), got {kind_of(item)}")
     if len(item) not in ROW_LENGTHS:
         raise ParseError(f"{where}: {len(item)} values, expected 5 or 7")
-    values = [_number(v, f"{where}[{i}]") for i, v in enumerate(item)]
+    values = [number_or_none(v, f"{where}[{i}]") for i, v in enumerate(item)]
     if all(v is None for v in values):
         return None
     return Row(*values)
@@ -266,10 +266,10 @@ def _row(item: Any, where: str) -> Row | None:
 
 def _reactive_row(item: Any, where: str) -> ReactiveRow | None:
     if not isinstance(item, list):
-        raise ParseError(f"{where}: expected a row (list), got {_kind(item)}")
+        raise ParseError(f"{where}: expected a row (list), got {kind_of(item)}")
     if len(item) != 3:
         raise ParseError(f"{where}: {len(item)} values, expected 3")
-    values = [_number(v, f"{where}[{i}]") for i, v in enumerate(item)]
+    values = [number_or_none(v, f"{where}[{i}]") for i, v in enumerate(item)]
     if all(v is None for v in values):
         return None
     return ReactiveRow(*values)
@@ -318,7 +318,7 @@ def _text(payload: dict, key: str) -> str:
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ParseError(f"{key}: expected text, got {_kind(value)}")
+        raise ParseError(f"{key}: expected text, got {kind_of(value)}")
     if isinstance(value, int) and not -10**64 < value < 10**64:
         raise ParseError(f"{key}: number out of range")
     return label_text(str(value).strip(), 64)  # a label value (model, serial, firmware)
@@ -330,22 +330,6 @@ def _joules(kwh: float | None) -> float | None:
 
 def _var_seconds(kvarh: float | None) -> float | None:
     return None if kvarh is None else kvarh * VAR_SECONDS_PER_KVARH
-
-
-def _number(value: Any, what: str) -> float | None:
-    """`number_or_none`, with integers too large for a float (valid JSON) as a parse error too."""
-    try:
-        return number_or_none(value, what)
-    except OverflowError:
-        raise ParseError(f"{what}: number out of range") from None
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
 
 
 # --- /api/monitor ---------------------------------------------------------------------------
@@ -362,7 +346,7 @@ def parse_monitor(payload: Any) -> Reading:
     if payload is None:
         return Reading()
     if not isinstance(payload, dict):
-        raise ParseError(f"expected a JSON object or null, got {_kind(payload)}")
+        raise ParseError(f"expected a JSON object or null, got {kind_of(payload)}")
     key = _measurement_key(payload)
     if key is not None and payload[key] is not None:
         reading = _parse_measurement(payload, key)
@@ -370,7 +354,7 @@ def parse_monitor(payload: Any) -> Reading:
         reading = Reading()
         if payload.get("SN") is not None or payload.get("model") is not None:
             reading.devices.append(_device(payload, _text(payload, "model")))
-    signal = _number(payload.get("sig"), "sig")
+    signal = number_or_none(payload.get("sig"), "sig")
     if signal is not None:
         if signal < 0:
             reading.add(WIFI_RSSI, signal)
@@ -408,14 +392,14 @@ class WifiData:
 def parse_wifidata(payload: Any) -> WifiData:
     """`GET /api/wifidata`. Every field is optional; the run mode may be a name or a number."""
     if not isinstance(payload, dict):
-        raise ParseError(f"wifidata: expected a JSON object, got {_kind(payload)}")
+        raise ParseError(f"wifidata: expected a JSON object, got {kind_of(payload)}")
     run_mode: Any = payload.get("runMode")
     if isinstance(run_mode, (int, float)) and not isinstance(run_mode, bool):
         run_mode = RUN_MODES.get(int(run_mode), str(int(run_mode)))
     else:
         run_mode = _text(payload, "runMode")
-    interval = _number(payload.get("uploadinterval", payload.get("uploadInterval")), "uploadinterval")
-    netmeter = _number(payload.get("netmeter"), "netmeter")
+    interval = number_or_none(payload.get("uploadinterval", payload.get("uploadInterval")), "uploadinterval")
+    netmeter = number_or_none(payload.get("netmeter"), "netmeter")
     return WifiData(
         firmware=_text(payload, "version"),
         serial=_text(payload, "SN"),
@@ -450,7 +434,7 @@ def parse_ratio(payload: Any) -> Reading:
             raise ParseError(f"ratio: no CT ratio in the answer{detail}")
     else:
         value = payload
-    ratio = _number(value, "CTratio")
+    ratio = number_or_none(value, "CTratio")
     if ratio is None or ratio <= 0:
         raise ParseError(f"CTratio: expected a positive number, got {value!r:.40}")
     reading = Reading()
@@ -527,7 +511,7 @@ def looks_single_phase(registers: Sequence[int]) -> bool:
 
 def _words(registers: Sequence[int], minimum: int) -> list[int]:
     if isinstance(registers, (str, bytes)) or not isinstance(registers, Sequence):
-        raise ParseError(f"registers: expected a list of 16-bit words, got {_kind(registers)}")
+        raise ParseError(f"registers: expected a list of 16-bit words, got {kind_of(registers)}")
     words = list(registers)
     if len(words) < minimum:
         raise ParseError(f"short read: {len(words)} registers, {minimum} needed")

@@ -5,37 +5,71 @@ plain HTTP; the firmware sends the body as text/plain).
 All push targets share the one listener of the `http_push:` section (`exporter/push.py`); a
 target claims the uploads that carry its SN. The meter's address field takes `host:port` with
 no path, so the listener accepts any path unless `http_push.path` names one.
+
+The answer is `{"successful":true,"message":"ok"}`: the meters upload to their cloud's
+`/api/v1/sensor/UploadSensor`, whose answer has that shape, and the push documents ask for no
+other; refusals carry `"successful":false` and a message.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterable
+import re
+from typing import Any, Iterable, Mapping
 
 from ... import logs
+from ...backoff import Backoff
 from ...config import Config, Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
-from ...push import PushListener, PushSettings, Sink, check_section, normalize_id, parse_listen, parse_networks
+from ...samples import Emit
+from ...serving import parse_listen_address
+from ...push import (
+    PushFormat,
+    PushListener,
+    PushSettings,
+    Sink,
+    check_section,
+    normalize_id,
+    parse_networks,
+)
 from ..registry import TransportSpec, register
-from . import http as _http  # noqa: F401  (registered first: http stays the default transport)
 from .mqtt import check_target
 from .parse import parse_monitorjson
 
-# After a failure to listen (port taken), the listener is tried again after this long, doubling.
-RETRY_LISTEN_AFTER = 1.0
-MAX_RETRY_LISTEN_AFTER = 60.0
+# After a failure to listen (port taken), the listener is tried again after 1 s, doubling up to
+# a minute. No jitter: the port is local, and the targets share one listener anyway.
+LISTEN_RETRY = Backoff(base=1.0, ceiling=60.0)
 
 OPTIONS: dict[str, Option] = {
     "sn": Option("str", required=True, help="the meter's serial number; uploads carrying another SN are refused"),
 }
+
+# The SN of a body that is not valid JSON (a truncated upload still names its meter).
+_SN_IN_BROKEN_JSON = re.compile(r'"SN"\s*:\s*"([^"\\]{1,64})"')
+
+
+def body_sn(document: Any) -> Any:
+    return document.get("SN") if isinstance(document, dict) else None
+
+
+def broken_body_sn(text: str) -> str | None:
+    match = _SN_IN_BROKEN_JSON.search(text)
+    return match.group(1) if match else None
+
+
+def reply(ok: bool, message: str) -> Mapping[str, Any]:
+    return {"successful": ok, "message": message}
+
+
+FORMAT = PushFormat(device_id=body_sn, reply=reply, device_id_in_text=broken_body_sn, id_name="SN")
 
 
 def check_config(config: Config) -> Iterable[tuple[tuple, str]]:
     section = config.sections.get("http_push") or {}
     if section.get("listen"):
         try:
-            parse_listen(section["listen"])
+            parse_listen_address(section["listen"], ":8088")
         except ValueError as exc:
             yield ("http_push", "listen"), str(exc)
     try:
@@ -70,7 +104,7 @@ class IammeterPushAdapter:
         self._key: tuple | None = None
         self._sink: Sink | None = None
 
-    async def run(self, emit: Callable[[Any], None]) -> None:
+    async def run(self, emit: Emit) -> None:
         try:
             settings = PushSettings.from_section(self._context.sections.get("http_push") or {})
         except PollError as exc:
@@ -79,17 +113,17 @@ class IammeterPushAdapter:
         store, shared = self._context.store, self._context.shared
 
         async def new_listener() -> PushListener:
-            return await PushListener(settings, logs.get(listener="http_push"), store).start()
+            return await PushListener(settings, logs.get(listener="http_push"), store, format=FORMAT).start()
 
-        delay = RETRY_LISTEN_AFTER
+        failures = 0
         while True:
             try:
                 listener = await shared.acquire(settings.key(), new_listener)
                 break
             except PollError as exc:  # the port is taken: say so, and try again later
                 emit(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_LISTEN_AFTER)
+                failures += 1
+                await asyncio.sleep(LISTEN_RETRY.delay(failures))
         self._sink = Sink(self.target.name, emit, parse_monitorjson)
         self.listener, self._key = listener, settings.key()
         listener.attach(self.sn, self._sink)
@@ -120,6 +154,5 @@ SPEC = register(TransportSpec(
     min_interval=2.0,  # the fastest the firmware uploads
     check_target=check_target,
     check_config=check_config,
-    uses_sections=("http_push",),
     description="IAMMETER meter in HTTP upload mode (POSTs to the http_push listener)",
 ))

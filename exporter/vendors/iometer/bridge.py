@@ -19,24 +19,28 @@ stream is opened again after the delay.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Mapping
 
 import aiohttp
 
+from ...backoff import Backoff, retry_forever
 from ...catalogue import IOMETER
 from ...config import Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
 from ...http import Response, request, status_error
 from ...jsontext import JsonError, label_text, loads
-from ...samples import ParseError, Reading
+from ...samples import Emit, ParseError, Reading
 from ..registry import TransportSpec, register
 from . import parse
 
 MAX_EVENT_BYTES = 1 << 20  # a bridge event is a few hundred bytes; more is a fault
+# The status stream may stay quiet while nothing changes; only readings must keep coming, so
+# the status stream is given this many times `stream_idle_timeout`.
+STATUS_IDLE_FACTOR = 10
 
 OPTIONS = {
     "host": Option("str", required=True, help="address of the bridge, optionally host:port"),
@@ -166,7 +170,8 @@ class IOmeterBridge:
         # mode as push. Polled, sse mode still streams (see _from_streams).
         self.kind = "push" if self.mode == "sse" else "poll"
         self.status_interval = float(target.option("status_interval", 60.0))
-        self.reconnect_delay = float(target.option("reconnect_delay", 1.0))
+        reconnect_delay = float(target.option("reconnect_delay", 1.0))
+        self.reconnects = Backoff.for_reconnects(reconnect_delay, max(target.max_backoff, reconnect_delay))
         self.idle_timeout = float(target.option("stream_idle_timeout", 60.0))
         self.status: Reading | None = None
         self.status_read_at: float | None = None
@@ -181,7 +186,7 @@ class IOmeterBridge:
         self._error_seq = 0
         self._news = asyncio.Event()
         self._streams: aiohttp.ClientSession | None = None
-        self._emit: Callable[[Reading | PollError], None] | None = None
+        self._emit: Emit | None = None
 
     # --- poll mode ---
     async def poll(self) -> Reading:
@@ -202,47 +207,30 @@ class IOmeterBridge:
         return response.json()
 
     # --- sse mode ---
-    async def run(self, emit: Callable[[Reading | PollError], None]) -> None:
+    async def run(self, emit: Emit) -> None:
+        """sse mode: both streams, each reopened after it breaks or ends (the reconnection
+        policy's delays). Poll mode is polled: the daemon never runs it."""
+        if self.mode != "sse":
+            raise RuntimeError("a bridge in poll mode is polled, not run")
         # Every failure goes to `emit` as a PollError: the target is down with its reason and
         # its error counter moves (a push adapter cannot raise into the daemon's loop).
         self._emit = emit
-        if self.mode != "sse":
-            await self._poll_forever(emit)
-            return
-        await asyncio.gather(self._stream_forever("reading", emit), self._stream_forever("status", emit))
+        await asyncio.gather(*(
+            retry_forever(partial(self._stream_once, name, emit), self.reconnects, partial(self._stream_failed, name))
+            for name in ("reading", "status")
+        ))
 
-    async def _poll_forever(self, emit: Callable[[Reading | PollError], None]) -> None:
-        """Poll mode run as a push adapter (if the daemon asks for one)."""
-        failures = 0
-        while True:
-            try:
-                async with asyncio.timeout(self.target.timeout):
-                    emit(await self.poll())
-                failures = 0
-            except (PollError, TimeoutError) as exc:
-                failures += 1
-                self._failed(exc if isinstance(exc, PollError) else PollError("timeout", "no answer in time"))
-            await asyncio.sleep(min(self.target.interval * 2 ** min(failures, 16), max(self.target.max_backoff, self.target.interval)))
+    def _stream_failed(self, name: str, exc: Exception) -> None:
+        if not isinstance(exc, PollError):  # a bug: said as such, and the stream is opened again
+            exc = PollError("internal", f"/v1/{name} event stream: internal error: {exc.__class__.__name__}")
+        self._failed(exc)
 
-    async def _stream_forever(self, name: str, emit: Callable[[Reading | PollError], None]) -> None:
-        delay = self.reconnect_delay
-        while True:
-            try:
-                delivered = await self._stream_once(name, emit)
-            except PollError as exc:
-                delivered = False
-                self._failed(exc)
-            if delivered:
-                delay = self.reconnect_delay  # it worked for a while: start over gently
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, max(self.target.max_backoff, self.reconnect_delay))
-
-    async def _stream_once(self, name: str, emit: Callable[[Reading | PollError], None]) -> bool:
-        """One connection to one event stream; True if it delivered at least one event. Every
-        way it can fail ends in a PollError with a reason."""
+    async def _stream_once(self, name: str, emit: Emit) -> bool:
+        """One connection to one event stream, until it ends: True once it delivered an event
+        (the next reconnection starts the backoff over). Every way it can fail ends in a
+        PollError with a reason."""
         url = f"{self.base}/v1/{name}"
-        # The status stream may stay quiet while nothing changes; only readings must keep coming.
-        idle = self.idle_timeout if name == "reading" else self.idle_timeout * 10
+        idle = self.idle_timeout if name == "reading" else self.idle_timeout * STATUS_IDLE_FACTOR
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.target.timeout, sock_read=idle)
         delivered = False
         self.streams_opened += 1
@@ -284,7 +272,7 @@ class IOmeterBridge:
         return delivered
 
     async def _read_events(self, content: aiohttp.StreamReader, url: str, name: str, idle: float,
-                           emit: Callable[[Reading | PollError], None]) -> bool:
+                           emit: Emit) -> bool:
         """Events until the stream ends; True if any was taken. A stream that keeps sending
         bytes (comments, a line that never ends) but no event for `idle` seconds is as good as
         silent: the socket's read timeout alone would never fire."""
@@ -309,7 +297,7 @@ class IOmeterBridge:
                 delivered = True
         return delivered
 
-    def _event(self, name: str, payload: Any, emit: Callable[[Reading | PollError], None]) -> None:
+    def _event(self, name: str, payload: Any, emit: Emit) -> None:
         try:
             if name == "status":
                 self.status = parse.parse_bridge_status(payload)
@@ -399,7 +387,7 @@ def parse_or_fail(parser: Callable[[Any], Reading], payload: Any, path: str) -> 
 
 
 SPEC = register(TransportSpec(
-    vendor=IOMETER, transport="local", options=OPTIONS, create=IOmeterBridge, default=True,
+    vendor=IOMETER, transport="local", options=OPTIONS, create=IOmeterBridge,
     kind="poll", default_interval=10.0, min_interval=1.0, check_target=check_target,
     description="IOmeter bridge, local API: /v1/reading and /v1/status, polled or as Server-Sent Events",
 ))

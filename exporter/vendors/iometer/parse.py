@@ -32,7 +32,8 @@ from ...catalogue import (
     Metric,
 )
 from ...jsontext import label_text
-from ...samples import DeviceInfo, ParseError, Reading, Sample, number_or_none
+from ...samples import (DeviceInfo, ParseError, Reading, Sample, checked_list, checked_object, number_or_none,
+                        optional_list, optional_object)
 from .obis import (
     ACCOUNT,
     LOCAL,
@@ -51,26 +52,6 @@ DEVICE_MODEL = "IOmeter"
 METER_MODEL = "electricity meter"
 
 # --- Small typed accessors -------------------------------------------------------------------
-
-
-def _obj(value: Any, what: str, required: bool = False) -> dict[str, Any] | None:
-    if value is None:
-        if required:
-            raise ParseError(f"{what}: missing")
-        return None
-    if not isinstance(value, dict):
-        raise ParseError(f"{what}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, what: str, required: bool = False) -> list[Any]:
-    if value is None:
-        if required:
-            raise ParseError(f"{what}: missing")
-        return []
-    if not isinstance(value, list):
-        raise ParseError(f"{what}: expected a list, got {type(value).__name__}")
-    return value
 
 
 def _text(value: Any, what: str, required: bool = False) -> str | None:
@@ -208,23 +189,23 @@ def add_device_state(
 
 def parse_bridge_reading(payload: Any) -> Reading:
     """`GET /v1/reading`: registers in base units, the measurement time, the meter number."""
-    obj = _obj(payload, "reading", required=True)
+    obj = checked_object(payload, "reading")
     assert obj is not None
     _check_typename(obj, "iometer.reading.", "reading")
     reading = Reading()
-    meter = _obj(obj.get("meter"), "meter")
+    meter = optional_object(obj.get("meter"), "meter")
     if meter is None:
         return reading  # no meter seen yet: nothing to export
     number = _text(meter.get("number"), "meter.number")
     if number:
         reading.devices.append(DeviceInfo(model=METER_MODEL, serial=number))
-    current = _obj(meter.get("reading"), "meter.reading")
+    current = optional_object(meter.get("reading"), "meter.reading")
     if current is None:
         return reading
     time = parse_time(current.get("time"), "meter.reading.time")
     registers = [
         _bridge_register(item, i)
-        for i, item in enumerate(_list(current.get("registers"), "meter.reading.registers"))
+        for i, item in enumerate(optional_list(current.get("registers"), "meter.reading.registers"))
     ]
     add_registers(reading, registers, LOCAL)
     reading.add(LOCAL.measurement_time, time)
@@ -232,7 +213,7 @@ def parse_bridge_reading(payload: Any) -> Reading:
 
 
 def _bridge_register(item: Any, index: int) -> Register:
-    obj = _obj(item, f"registers[{index}]", required=True)
+    obj = checked_object(item, f"registers[{index}]")
     assert obj is not None
     if obj.get("obis") is None:
         raise ParseError(f"registers[{index}]: no OBIS code")
@@ -241,21 +222,21 @@ def _bridge_register(item: Any, index: int) -> Register:
 
 def parse_bridge_status(payload: Any) -> Reading:
     """`GET /v1/status`: reader and gateway state, signal strengths, firmware versions."""
-    obj = _obj(payload, "status", required=True)
+    obj = checked_object(payload, "status")
     assert obj is not None
     _check_typename(obj, "iometer.status.", "status")
     reading = Reading()
     installation = _text(obj.get("installationId"), "installationId") or ""
-    meter = _obj(obj.get("meter"), "meter")
+    meter = optional_object(obj.get("meter"), "meter")
     number = _text(meter.get("number"), "meter.number") if meter else None
     if number:
         reading.devices.append(DeviceInfo(model=METER_MODEL, serial=number))
-    device = _obj(obj.get("device"), "device")
+    device = optional_object(obj.get("device"), "device")
     if device is None:
         return reading
     device_id = _text(device.get("id"), "device.id") or ""
-    bridge = _obj(device.get("bridge"), "device.bridge")
-    core = _obj(device.get("core"), "device.core")
+    bridge = optional_object(device.get("bridge"), "device.bridge")
+    core = optional_object(device.get("core"), "device.core")
     if bridge is not None:
         reading.add(WIFI_RSSI, bridge.get("rssi"))
         version = _text(bridge.get("version"), "device.bridge.version")
@@ -310,16 +291,16 @@ def _message(error: dict[str, Any]) -> str:
 
 def graphql_result(body: Any) -> GraphQLResult:
     """The `data` and `errors` of a GraphQL response body (HTTP or a subscription message)."""
-    obj = _obj(body, "GraphQL response", required=True)
+    obj = checked_object(body, "GraphQL response")
     assert obj is not None
     if "data" not in obj and "errors" not in obj:
         raise ParseError("GraphQL response: neither data nor errors")
-    data = _obj(obj.get("data"), "data")
+    data = optional_object(obj.get("data"), "data")
     errors = []
-    for i, error in enumerate(_list(obj.get("errors"), "errors")):
+    for i, error in enumerate(optional_list(obj.get("errors"), "errors")):
         if isinstance(error, str):
             error = {"message": error}
-        errors.append(_obj(error, f"errors[{i}]", required=True))
+        errors.append(checked_object(error, f"errors[{i}]"))
     return GraphQLResult(data, tuple(errors))  # type: ignore[arg-type]
 
 
@@ -342,40 +323,40 @@ class InstallationInfo:
 
 def parse_installations(data: Any) -> list[InstallationInfo]:
     """One page of the `installations` query (the `data` object of the response)."""
-    obj = _obj(data, "data", required=True)
+    obj = checked_object(data, "data")
     assert obj is not None
     return [
         _installation(item, f"installations[{i}]")
-        for i, item in enumerate(_list(obj.get("installations"), "installations", required=True))
+        for i, item in enumerate(checked_list(obj.get("installations"), "installations"))
     ]
 
 
 def _installation(item: Any, what: str) -> InstallationInfo:
-    obj = _obj(item, what, required=True)
+    obj = checked_object(item, what)
     assert obj is not None
     installation = _text(obj.get("id"), f"{what}.id", required=True)
     assert installation is not None
     meters = []
-    for i, raw in enumerate(_list(obj.get("meters"), f"{what}.meters")):
-        meter = _obj(raw, f"{what}.meters[{i}]", required=True)
+    for i, raw in enumerate(optional_list(obj.get("meters"), f"{what}.meters")):
+        meter = checked_object(raw, f"{what}.meters[{i}]")
         assert meter is not None
         meter_id = _text(meter.get("id"), f"{what}.meters[{i}].id", required=True)
         number = _text(meter.get("number"), f"{what}.meters[{i}].number") or ""
         meters.append(MeterInfo(meter_id or "", number, installation))
     devices = Reading()
     seen: set[str] = set()
-    raw_devices = list(_list(obj.get("devices"), f"{what}.devices"))
+    raw_devices = list(optional_list(obj.get("devices"), f"{what}.devices"))
     if obj.get("currentDevice") is not None:
         raw_devices.append(obj.get("currentDevice"))
     for i, raw in enumerate(raw_devices):
-        device = _obj(raw, f"{what}.devices[{i}]", required=True)
+        device = checked_object(raw, f"{what}.devices[{i}]")
         assert device is not None
         device_id = _text(device.get("id"), f"{what}.devices[{i}].id", required=True) or ""
         if device_id in seen:
             continue
         seen.add(device_id)
-        bridge = _obj(device.get("bridge"), f"{what}.devices[{i}].bridge")
-        core = _obj(device.get("core"), f"{what}.devices[{i}].core")
+        bridge = optional_object(device.get("bridge"), f"{what}.devices[{i}].bridge")
+        core = optional_object(device.get("core"), f"{what}.devices[{i}].core")
         add_device_state(devices, installation, device_id, bridge, core)
         devices.devices.append(DeviceInfo(DEVICE_MODEL, device_id, ""))
     return InstallationInfo(installation, tuple(meters), devices)
@@ -384,7 +365,7 @@ def _installation(item: Any, what: str) -> InstallationInfo:
 # --- Partner API: readings -------------------------------------------------------------------
 
 
-class MeterReading(NamedTuple):  # a tuple: one is made per message, and a dataclass costs 5x more
+class MeterReading(NamedTuple):  # a tuple: one is made per message, and a dataclass costs several times more
     key: str  # the meter's id, else its number
     number: str
     installation: str | None
@@ -393,23 +374,23 @@ class MeterReading(NamedTuple):  # a tuple: one is made per message, and a datac
 
 
 def parse_meter_reading(item: Any, what: str = "reading") -> MeterReading:
-    obj = _obj(item, what, required=True)
+    obj = checked_object(item, what)
     assert obj is not None
-    meter = _obj(obj.get("meter"), f"{what}.meter", required=True)
+    meter = checked_object(obj.get("meter"), f"{what}.meter")
     assert meter is not None
     meter_id = _text(meter.get("id"), f"{what}.meter.id")
     number = _text(meter.get("number"), f"{what}.meter.number")
     if not meter_id and not number:
         raise ParseError(f"{what}.meter: neither id nor number")
-    installation = _obj(meter.get("installation"), f"{what}.meter.installation")
+    installation = optional_object(meter.get("installation"), f"{what}.meter.installation")
     installation_id = _text(installation.get("id"), f"{what}.meter.installation.id") if installation else None
     time = parse_time(obj.get("time"), f"{what}.time")
     if time is None:
         raise ParseError(f"{what}.time: missing")
     registers = []
-    for i, raw in enumerate(_list(obj.get("values"), f"{what}.values", required=True)):
+    for i, raw in enumerate(checked_list(obj.get("values"), f"{what}.values")):
         if not isinstance(raw, dict):  # the error text is built only for a bad one
-            _obj(raw, f"{what}.values[{i}]", required=True)
+            checked_object(raw, f"{what}.values[{i}]")
         code = raw.get("obisCode")
         if code is None:
             raise ParseError(f"{what}.values[{i}]: no OBIS code")
@@ -421,13 +402,13 @@ def parse_meter_reading(item: Any, what: str = "reading") -> MeterReading:
 
 def parse_readings_page(data: Any, path: tuple[str, ...] = ("readings",)) -> tuple[list[MeterReading], str | None]:
     """A `readings` query result: its readings and the cursor of the next page (None: done)."""
-    obj = _obj(data, "data", required=True)
+    obj = checked_object(data, "data")
     for key in path:
-        obj = _obj(obj.get(key) if obj else None, key, required=True)
+        obj = checked_object(obj.get(key) if obj else None, key)
     assert obj is not None
     readings = [
         parse_meter_reading(item, f"readings[{i}]")
-        for i, item in enumerate(_list(obj.get("readings"), "readings.readings", required=True))
+        for i, item in enumerate(checked_list(obj.get("readings"), "readings.readings"))
     ]
     cursor = _text(obj.get("cursor"), "readings.cursor")
     return readings, cursor or None
@@ -435,7 +416,7 @@ def parse_readings_page(data: Any, path: tuple[str, ...] = ("readings",)) -> tup
 
 def parse_subscription(data: Any, field_name: str) -> MeterReading:
     """One `meterReadings` / `liveReadings` message (its `data` object)."""
-    obj = _obj(data, "data", required=True)
+    obj = checked_object(data, "data")
     assert obj is not None
     return parse_meter_reading(obj.get(field_name), field_name)
 

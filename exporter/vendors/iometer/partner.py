@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import ssl
 from typing import Any, Callable, Mapping
 
@@ -38,13 +37,14 @@ from graphql import print_ast
 from gql.transport.exceptions import TransportProtocolError, TransportQueryError, TransportServerError
 from gql.transport.websockets import WebsocketsTransport
 
+from ...backoff import Backoff, retry_forever
 from ...catalogue import IOMETER
 from ...config import Option, TargetConfig
 from ...context import AdapterContext
 from ...errors import PollError
 from ...http import request, status_error
 from ...jsontext import header_problem
-from ...samples import ParseError, Reading
+from ...samples import Emit, ParseError, Reading
 from ..registry import TransportSpec, register
 from . import parse
 from .auth import METHODS, Credentials
@@ -54,6 +54,8 @@ DEFAULT_ENDPOINT = "https://partner.prod.iometer.cloud/api/v1/query"
 MAX_REPLAY = 24 * 3600.0  # the API replays at most 24 h
 MAX_PAGES_PER_POLL = 200  # the rest of a long backlog comes with the next poll
 CLOSE_TIMEOUT = 1.0  # seconds a closing subscription waits for the server (a stop must end within 5)
+# A discovery walks every page of the installations: it may take this many request timeouts.
+DISCOVERY_TIMEOUTS = 10
 
 _DEVICE_FIELDS = """
 fragment DeviceState on Device {
@@ -189,11 +191,15 @@ class IOmeterPartner:
         self.lookback = min(float(option("lookback", 900.0)), MAX_REPLAY)
         self.discovery_interval = float(option("discovery_interval", 600.0))
         self.page_size = int(option("page_size", 100))
-        self.reconnect_delay = float(option("reconnect_delay", 1.0))
+        reconnect_delay = float(option("reconnect_delay", 1.0))
+        # Reconnections and retries of a failed discovery alike.
+        self.reconnects = Backoff.for_reconnects(reconnect_delay, max(target.max_backoff, reconnect_delay))
         self.min_emit_interval = float(option("min_emit_interval", 1.0))
         self.discovered_at: float | None = None
         self.discovered = asyncio.Event()
         self._discovery_done = asyncio.Event()  # set after every discovery
+        # Where failures go while `run` runs (the scheduler: up 0, reason, counter); before, to the log.
+        self._emit: Emit | None = None
         self.connections = 0  # subscription connections opened (for tests and logs)
         self.last_error: PollError | None = None
         self._pending: tuple[str | None, str] | None = None  # (startTime, cursor) of a cut walk
@@ -288,79 +294,62 @@ class IOmeterPartner:
         return self.store.snapshot()
 
     # --- push ---
-    async def run(self, emit: Callable[[Reading | PollError], None]) -> None:
-        self._emit = emit  # failures go to the scheduler as PollErrors: up 0, reason, counter
+    async def run(self, emit: Emit) -> None:
+        """Subscription mode: the subscription, reconnected after it ends or breaks, and the
+        discovery every `discovery_interval` (both with the reconnection policy's delays after
+        failures). Query mode is polled: the daemon never runs it."""
         if self.mode != "subscription":
-            await self._poll_forever(emit)
-            return
+            raise RuntimeError("a partner target in query mode is polled, not run")
+        self._emit = emit  # failures go to the scheduler as PollErrors: up 0, reason, counter
         tasks = [
             asyncio.create_task(self._emitter(emit)),
-            asyncio.create_task(self._discovery_loop()),
+            asyncio.create_task(retry_forever(self._discover_once, self.reconnects, self._discovery_failed,
+                                              every=self.discovery_interval)),
         ]
         try:
-            await self._subscription_loop()
+            await retry_forever(self._subscription, self.reconnects)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _poll_forever(self, emit: Callable[[Reading], None]) -> None:
-        failures = 0
-        while True:
-            try:
-                async with asyncio.timeout(self.target.timeout):
-                    emit(await self.poll())
-                failures = 0
-            except (PollError, TimeoutError) as exc:
-                failures += 1
-                self._failed(exc if isinstance(exc, PollError) else PollError("timeout", "no answer in time"))
-            ceiling = max(self.target.max_backoff, self.target.interval)
-            await asyncio.sleep(min(self.target.interval * 2 ** min(failures, 16), ceiling))
-
-    async def _emitter(self, emit: Callable[[Reading], None]) -> None:
+    async def _emitter(self, emit: Emit) -> None:
         while True:
             await self._changed.wait()
             self._changed.clear()
             emit(self.store.snapshot())
             await asyncio.sleep(self.min_emit_interval)
 
-    async def _discovery_loop(self) -> None:
-        failures = 0
-        while True:
-            try:
-                async with asyncio.timeout(self.target.timeout * 10):
-                    await self.discover()
-                failures = 0
-                self._changed.set()
-                delay = self.discovery_interval
-            except (PollError, TimeoutError) as exc:
-                failures += 1
-                self._failed(exc if isinstance(exc, PollError) else PollError("timeout", "discovery took too long"))
-                delay = min(self.reconnect_delay * 2 ** min(failures, 16), max(self.target.max_backoff, self.reconnect_delay))
-            await asyncio.sleep(delay)
+    async def _discover_once(self) -> bool:
+        async with asyncio.timeout(self.target.timeout * DISCOVERY_TIMEOUTS):
+            await self.discover()
+        self._changed.set()
+        return True
 
-    async def _subscription_loop(self) -> None:
-        delay = self.reconnect_delay
-        while True:
-            before = self.store.received
-            try:
-                await self._subscribe_once()
-                self.log.info("subscription ended by the server; reconnecting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # every way a WebSocket can fail; classified for the log
-                error = _classify(exc, self.ws_endpoint)
-                # A message that cannot be read breaks every connection the same way, even one
-                # that delivered replayed readings first: that is the target's failure.
-                if self.store.received > before and error.reason not in ("parse", "too_large"):
-                    # it worked and then broke: reconnecting is routine, not a failed target
-                    self.log.info("subscription lost; reconnecting", error=error.message)
-                else:
-                    self._failed(error)
-            if self.store.received > before:
-                delay = self.reconnect_delay  # it delivered: the next break starts over gently
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, max(self.target.max_backoff, self.reconnect_delay))
+    def _discovery_failed(self, exc: Exception) -> None:
+        if isinstance(exc, TimeoutError):
+            exc = PollError("timeout", "discovery took too long")
+        elif not isinstance(exc, PollError):  # a bug: said as such, and discovery tried again
+            exc = PollError("internal", f"discovery: internal error: {exc.__class__.__name__}")
+        self._failed(exc)
+
+    async def _subscription(self) -> bool:
+        """One subscription connection, until it ends: True if it delivered readings (a break
+        after that is routine, and the backoff starts over)."""
+        before = self.store.received
+        try:
+            await self._subscribe_once()
+            self.log.info("subscription ended by the server; reconnecting")
+        except Exception as exc:  # every way a WebSocket can fail; classified for the log
+            error = _classify(exc, self.ws_endpoint)
+            # A message that cannot be read breaks every connection the same way, even one
+            # that delivered replayed readings first: that is the target's failure.
+            if self.store.received > before and error.reason not in ("parse", "too_large"):
+                # it worked and then broke: reconnecting is routine, not a failed target
+                self.log.info("subscription lost; reconnecting", error=error.message)
+            else:
+                self._failed(error)
+        return self.store.received > before
 
     def _transport(self) -> "_PartnerTransport":
         # (two headers: WSSE wants a fresh nonce for each use)
@@ -440,9 +429,8 @@ class IOmeterPartner:
 
     def _failed(self, exc: PollError) -> None:
         self.last_error = exc
-        emit = getattr(self, "_emit", None)
-        if emit is not None:
-            emit(exc)  # the scheduler records and logs it
+        if self._emit is not None:
+            self._emit(exc)  # the scheduler records and logs it
         else:
             self.log.warning("partner api problem", reason=exc.reason, error=exc.message)
 

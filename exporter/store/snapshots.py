@@ -1,29 +1,23 @@
-"""The snapshot store: per target, the last good reading and the state of its polling.
-
-A successful poll (or push message) replaces the target's snapshot whole and re-renders its
-lines in the family cache; a failure only changes the target's own status series. Series of a
-target that has not succeeded for `stale_after` are removed by `expire()`, so a dead meter does
-not show a frozen value forever.
-"""
+"""Per target, the last good reading and the state of its polling; counters held and screened."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
 from array import array
 from itertools import islice
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import ProcessCollector
 
-from . import __version__
-from . import catalogue as M
-from .catalogue import Metric
-from .errors import REASONS, safe_message, safe_text
-from .exposition import FamilyCache, base_label_text, format_value, render_series, sample_line
-from .samples import DeviceInfo, Reading, Sample
+from .. import catalogue as M
+from ..catalogue import Metric
+from ..errors import REASONS, safe_message, safe_text
+from ..exposition import FamilyCache, base_label_text, render_series, sample_line
+from ..samples import DeviceInfo, Reading, Sample
+from .targetstate import TargetState
+from .selfmetrics import (BUILD_FAMILIES, PROCESS_FAMILIES, QUOTA_FAMILIES, build_fragments, info_lines,
+                          process_fragments, quota_fragments, status_fragments)
 
 # A counter reading lower than the one held is a firmware glitch until it has stayed lower for
 # this long; then it is taken as a replaced meter and the new value exported (a reset). The
@@ -31,9 +25,6 @@ from .samples import DeviceInfo, Reading, Sample
 # also read more than the old one).
 COUNTER_RESET_GRACE = 3600.0
 
-# The power a target's energy counters may imply (watts), unless its `max_power` says otherwise:
-# well above any house or business connection, far below what a forged or garbled value implies.
-DEFAULT_MAX_POWER = 1e7
 # No energy counter holds more than `max_power` gives in this long (a first value of 1e12 kWh
 # is refused rather than held against every real reading after it).
 CEILING_SECONDS = 100 * 365.25 * 86400
@@ -50,49 +41,6 @@ RETIRED_MIN = 256
 MAX_DEVICES = 20_000
 
 DEVICE_FAMILIES_KEY = "device"
-
-
-@dataclass(slots=True)  # 10,000 of them in a fleet: no per-object __dict__
-class TargetState:
-    name: str
-    vendor: str
-    stale_after: float
-    up: bool = False
-    last_success: float | None = None
-    last_attempt: float | None = None
-    last_error: str | None = None
-    last_reason: str | None = None
-    next_poll: float | None = None
-    poll_duration: float | None = None
-    polls: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    regressions: int = 0
-    # Values of readings not exported, by reason (SAMPLES_DROPPED); None while there are none.
-    dropped: dict[str, int] | None = None
-    max_power: float = DEFAULT_MAX_POWER  # watts: the fastest rise of its energy counters
-    devices: list[DeviceInfo] = field(default_factory=list)
-    has_series: bool = False
-    # The series of the last reading as exported (counters held): its metrics (one tuple
-    # shared by targets of a kind), a hash of their labels, the labels of its counters, and
-    # the values. The next poll is compared with them: only families whose values changed are
-    # rendered again (about a third of a meter's lines), and counters are held against them.
-    # The labels of every series are not kept: they are the biggest part of a target's state
-    # (1.3 kB of small tuples and strings from the device's answer for a P1 meter with its
-    # M-Bus meters), and a poll renders the families that changed from its own labels.
-    metrics: tuple[Metric, ...] = ()
-    shape: int = 0  # hash() of the labels of the series, in order
-    counter_labels: tuple[tuple, ...] = ()  # labels of the counters (_counter_positions order)
-    values: Any = None  # array("d"), or a list if a value does not fit one
-    # Counters not in the last reading, held in case they come back: (name, labels) -> value,
-    # oldest first (at most RETIRED_MIN, or the reading's number of counters).
-    retired: dict[tuple[str, tuple], float] | None = None
-    # While a counter reads out of line with the value held (lower, or rising faster than
-    # max_power allows): (name, labels) -> when that was first seen. Only counters of the last
-    # reading or retired ones.
-    disputed_since: dict[tuple[str, tuple], float] | None = None
-    device_families: tuple[Metric, ...] = ()
-    base: str = ""  # the target's labels, rendered once: vendor="...",device="..."
-    info_lines: bytes = b""  # device_info lines of `devices`
 
 
 # Targets of one kind export the same families and series: one tuple for all of them, and
@@ -260,25 +208,11 @@ class SnapshotStore:
         if now - self._process_at < min_age:
             return
         self._process_at = now
-        values = {s.name: s.value for family in self._process.collect() for s in family.samples}
-        fragments = {m: sample_line(m.name, (), values[m.name]) for m in M.PROCESS_METRICS if m.name in values}
-        try:
-            fragments[M.ASYNCIO_TASKS] = sample_line(M.ASYNCIO_TASKS.name, (), len(asyncio.all_tasks()))
-        except RuntimeError:  # no running loop (unit tests)
-            pass
-        self.cache.set_fragments("process", fragments, scope=(*M.PROCESS_METRICS, M.ASYNCIO_TASKS))
+        self.cache.set_fragments("process", process_fragments(self._process), scope=PROCESS_FAMILIES)
 
     def set_quota(self, windows) -> None:
         """Render the quota ledger's windows (`QuotaLedger.windows()`): calls left and allowed."""
-        fragments = {}
-        for metric, attr in ((M.QUOTA_REMAINING, "remaining"), (M.QUOTA_LIMIT, "limit")):
-            lines = "".join(
-                sample_line(metric.name, (("api", w.api), ("scope", w.scope), ("window", w.window)), getattr(w, attr))
-                for w in windows
-            )
-            if lines:
-                fragments[metric] = lines
-        self.cache.set_fragments("", fragments, scope=(M.QUOTA_REMAINING, M.QUOTA_LIMIT))
+        self.cache.set_fragments("", quota_fragments(windows), scope=QUOTA_FAMILIES)
 
     # --- read-only views (status page, /metrics?target=) ------------------------------------
     def target_lines(self, name: str) -> dict[Metric, str]:
@@ -298,49 +232,13 @@ class SnapshotStore:
 
     # --- rendering -------------------------------------------------------------------------
     def _info_lines(self, state: TargetState, devices: list[DeviceInfo]) -> bytes:
-        base = (("vendor", state.vendor), ("device", state.name))
-        lines = []
-        for info in devices:
-            pairs = base + ((("meter", info.meter),) if info.meter is not None else ()) + (
-                ("model", info.model), ("serial", info.serial), ("firmware", info.firmware))
-            lines.append(sample_line(M.DEVICE_INFO.name, pairs, 1))
-        return "".join(lines).encode()
+        return info_lines((("vendor", state.vendor), ("device", state.name)), devices)
 
     def _render_status(self, state: TargetState) -> None:
-        # Every poll renders these: f-strings on the pre-rendered labels (as sample_line would).
-        base = state.base
-        fragments = {
-            M.TARGET_UP: f"{M.TARGET_UP.name}{{{base}}} {1 if state.up else 0}\n".encode(),
-            M.POLLS: f"{M.POLLS.name}{{{base}}} {state.polls}\n".encode(),
-            M.COUNTER_REGRESSIONS: f"{M.COUNTER_REGRESSIONS.name}{{{base}}} {state.regressions}\n".encode(),
-        }
-        if state.last_success is not None:
-            fragments[M.LAST_SUCCESS] = (
-                f"{M.LAST_SUCCESS.name}{{{base}}} {format_value(round(state.last_success, 3))}\n".encode())
-        if state.poll_duration is not None:
-            fragments[M.POLL_DURATION] = (
-                f"{M.POLL_DURATION.name}{{{base}}} {format_value(round(state.poll_duration, 6))}\n".encode())
-        if state.errors:
-            pairs = (("vendor", state.vendor), ("device", state.name))
-            fragments[M.POLL_ERRORS] = "".join(
-                sample_line(M.POLL_ERRORS.name, pairs + (("reason", reason),), count)
-                for reason, count in sorted(state.errors.items())
-            ).encode()
-        if state.dropped:
-            pairs = (("vendor", state.vendor), ("device", state.name))
-            fragments[M.SAMPLES_DROPPED] = "".join(
-                sample_line(M.SAMPLES_DROPPED.name, pairs + (("reason", reason),), count)
-                for reason, count in sorted(state.dropped.items())
-            ).encode()
-        self.cache.set_fragments(state.name, fragments, scope=M.EXPORTER_SELF)
+        self.cache.set_fragments(state.name, status_fragments(state), scope=M.EXPORTER_SELF)
 
     def _render_global(self) -> None:
-        version = sys.version.split()[0]
-        self.cache.set_fragments("", {
-            M.BUILD_INFO: sample_line(M.BUILD_INFO.name, (("version", __version__), ("python_version", version)), 1),
-            M.CONFIG_RELOAD_OK: sample_line(M.CONFIG_RELOAD_OK.name, (), self.reload_ok),
-            M.CONFIG_RELOAD_TIME: sample_line(M.CONFIG_RELOAD_TIME.name, (), round(self.reload_time, 3)),
-        }, scope=(M.BUILD_INFO, M.CONFIG_RELOAD_OK, M.CONFIG_RELOAD_TIME))
+        self.cache.set_fragments("", build_fragments(self.reload_ok, self.reload_time), scope=BUILD_FAMILIES)
 
     def _series(self, state: TargetState, samples: list[Sample],
                 now: float) -> tuple[dict[Metric, bytes], bool, list[Notice] | None]:

@@ -1,47 +1,22 @@
-"""Rendering of the Prometheus text format 0.0.4 and OpenMetrics 1.0.
-
-Lines are rendered when a target's data changes, never on scrape. The cache holds, per metric
-family and per owner (a target, or the exporter itself), that owner's rendered sample lines as
-bytes; a scrape writes each family's header once and then the lines of every owner under it (a
-family must not be split, and a second `# TYPE` for one name would fail the scrape).
-
-At fleet scale (10,000 meters, ~50 MB of text) the work of a scrape is what a round of polls
-left behind, no more:
-
-- Owners have fixed slots, grouped in segments of `SEGMENT` slots; a family holds one list of
-  line blocks per segment. A poll swaps list items (no joining, no copying), and only when its
-  text really changed, which is about a third of a meter's lines.
-- A plain scrape joins each segment's list (C speed) and writes the chunks as they are; no
-  body-sized string is ever built.
-- A gzip scrape (what Prometheus asks for) is one gzip stream whose deflate data is the
-  concatenation of independently compressed segments (each ends on a full flush, so it starts
-  from an empty window and on a byte boundary; RFC 1951 allows any number of non-final blocks).
-  Each segment's compressed bytes are kept until its lines change, so a scrape compresses only
-  the segments polls touched; the stream's CRC-32 is kept per family and combined. A single
-  member, not concatenated gzip members: curl and some libraries read only the first member.
-- Large compressions run in worker threads (zlib releases the GIL), so polls go on meanwhile.
-"""
+"""The family cache: rendered sample lines per metric family and owner (a target, or the exporter
+itself), kept as bytes in fixed slots, with the gzip of each segment kept until its lines change
+(see the package's documentation for why)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import struct
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable
 
-from .catalogue import Metric
-from .errors import safe_text
-
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+from ..catalogue import Metric
+from .gzipframes import crc32_combine, deflate_piece, gzip_wrap
+from .text import EOF_LINE, headers
 
 SEGMENT = 256  # owner slots per segment: what one change makes a gzip scrape compress again
-GZIP_LEVEL = 1  # the body is highly repetitive: level 1 compresses 30x, at several times level 6's speed
 # Bytes to compress above which the work leaves the event loop: split over two worker threads
 # where two CPUs are free, else one (handing work to a thread costs more than small bodies take).
 THREAD_THRESHOLD = 4 * 1024 * 1024
@@ -51,207 +26,6 @@ THREAD_THRESHOLD_TWO_CPUS = 1024 * 1024
 # values are as old as their polls anyway), so four Prometheus servers cost about one.
 SHARE_ABOVE = 8 * 1024 * 1024
 SHARE_FOR = 1.0
-EOF_LINE = b"# EOF\n"
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, OS unknown
-_FINAL_BLOCK = b"\x03\x00"  # an empty, final, fixed-Huffman deflate block
-
-
-def escape_label_value(value: str) -> str:
-    if not value.isascii():  # text from a device may hold lone surrogates, which UTF-8 cannot carry
-        value = safe_text(value)
-    if "\\" in value or '"' in value or "\n" in value:
-        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    # The common cases first: whole numbers (counters, watts, joules from kWh with 3 decimals),
-    # then floats whose shortest form has at most 15 digits (which the rounding below keeps).
-    if value.__class__ is float:
-        if value.is_integer():
-            if -1e15 < value < 1e15:
-                return str(int(value))
-        elif value == value and value not in (_INF, _NINF):
-            text = repr(value)
-            if len(text) <= 16 and "e" not in text:
-                return text
-    elif value.__class__ is int and -10**15 < value < 10**15:
-        return str(value)
-    if value != value:  # NaN
-        return "NaN"
-    if value in (_INF, _NINF):
-        return "+Inf" if value > 0 else "-Inf"
-    # 15 significant digits drop the noise of unit conversions (2948.827 kWh * 3.6e6).
-    rounded = float(f"{value:.15g}")
-    if rounded.is_integer() and abs(rounded) < 1e15:
-        return str(int(rounded))
-    if rounded in (_INF, _NINF):  # the largest floats round up past the float range
-        return repr(float(value))
-    return repr(rounded)
-
-
-_INF, _NINF = float("inf"), float("-inf")
-
-
-def label_text(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in pairs)
-    return "{" + inner + "}" if inner else ""
-
-
-def sample_line(name: str, pairs: Iterable[tuple[str, str]], value: float) -> str:
-    return f"{name}{label_text(pairs)} {format_value(value)}\n"
-
-
-# Rendered `,name="value"` text of label tuples, shared by every target (most series carry the
-# same extra labels: phase, tariff, obis). Bounded: meter ids and the like make it grow, in
-# entries and (a device may send long ids) in the length of what is kept.
-_LABELS: dict[tuple, str] = {}
-_LABELS_MAX = 4096
-_LABELS_LONGEST = 256
-
-
-def extra_label_text(pairs: tuple[tuple[str, str], ...]) -> str:
-    """`,k="v",...` for labels that follow the base labels (empty for none)."""
-    text = _LABELS.get(pairs)
-    if text is None:
-        text = "".join(f',{k}="{escape_label_value(v)}"' for k, v in pairs)
-        if len(text) <= _LABELS_LONGEST:
-            if len(_LABELS) >= _LABELS_MAX:
-                _LABELS.clear()
-            _LABELS[pairs] = text
-    return text
-
-
-def base_label_text(pairs: Iterable[tuple[str, str]]) -> str:
-    """`k="v",...` of a target's own labels (vendor, device), rendered once per target."""
-    return ",".join(f'{k}="{escape_label_value(v)}"' for k, v in pairs)
-
-
-def render_lines(samples: Iterable, base: str) -> dict[Metric, bytes]:
-    """Samples grouped by family, rendered with the pre-rendered `base` labels in front."""
-    samples = list(samples)
-    return render_series([s.metric for s in samples], [s.labels for s in samples], [s.value for s in samples], base)
-
-
-def render_series(metrics, labels, values, base: str, only=None) -> dict[Metric, bytes]:
-    """Series given as parallel sequences, grouped by family and rendered with the
-    pre-rendered `base` labels in front; with `only`, just the families in it."""
-    out: dict[Metric, list[str]] = {}
-    for metric, pairs, value in zip(metrics, labels, values):
-        if only is not None and metric not in only:
-            continue
-        extra = extra_label_text(pairs) if pairs else ""
-        if base:
-            line = f"{metric.name}{{{base}{extra}}} {format_value(value)}\n"
-        elif extra:
-            line = f"{metric.name}{{{extra[1:]}}} {format_value(value)}\n"
-        else:
-            line = f"{metric.name} {format_value(value)}\n"
-        lines = out.get(metric)
-        if lines is None:
-            out[metric] = [line]
-        else:
-            lines.append(line)
-    return {metric: "".join(lines).encode() for metric, lines in out.items()}
-
-
-def render_samples(samples: Iterable, base: tuple[tuple[str, str], ...]) -> dict[Metric, str]:
-    """Group samples by family and render their lines with `base` labels in front."""
-    return {metric: lines.decode() for metric, lines in render_lines(samples, base_label_text(base)).items()}
-
-
-def is_info(metric: Metric) -> bool:
-    return metric.name.endswith("_info") and metric.kind == "gauge"
-
-
-def headers(metric: Metric) -> tuple[str, str]:
-    """(text 0.0.4 header, OpenMetrics header) of one family."""
-    text = f"# HELP {metric.name} {escape_help(metric.help)}\n# TYPE {metric.name} {metric.kind}\n"
-    if is_info(metric):
-        om_name, om_type = metric.name[: -len("_info")], "info"
-    else:
-        om_name, om_type = metric.om_name, metric.kind
-    om = f"# TYPE {om_name} {om_type}\n# HELP {om_name} {escape_help(metric.help)}\n"
-    return text, om
-
-
-# --- gzip of independently compressed pieces ----------------------------------------------------
-
-_local = threading.local()
-
-
-def deflate_piece(data: bytes) -> bytes:
-    """Raw deflate of `data` ending on a full flush: decodable with no history, byte aligned,
-    never final, so pieces concatenate in any order into one deflate stream."""
-    compressor = getattr(_local, "compressor", None)
-    if compressor is None:
-        compressor = _local.compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 9)
-    return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
-
-
-_POLY = 0xEDB88320  # CRC-32 (gzip), reflected
-
-
-def _multmodp(a: int, b: int) -> int:
-    """a * b modulo the CRC-32 polynomial (reflected bit order), as zlib computes it."""
-    m = 1 << 31
-    p = 0
-    while True:
-        if a & m:
-            p ^= b
-            if (a & (m - 1)) == 0:
-                return p
-        m >>= 1
-        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
-
-
-_X2N = [1 << 30]  # x^(2^n) mod p
-for _ in range(31):
-    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
-
-# Multiplying by x^(8 * 2^j) (appending 2^j zero bytes) is linear: per j, a table of its effect
-# on each byte of the CRC, built when first needed.
-_SHIFT_TABLES: dict[int, list[int]] = {}
-
-
-def _shift_table(j: int) -> list[int]:
-    table = _SHIFT_TABLES.get(j)
-    if table is None:
-        if j == 0:
-            factor = _X2N[3]
-            table = [_multmodp(factor, b << (8 * i)) for i in range(4) for b in range(256)]
-        else:  # twice the shift of j - 1: apply its table twice (much cheaper than _multmodp)
-            t = _shift_table(j - 1)
-            table = []
-            for i in range(4):
-                for b in range(256):
-                    v = b << (8 * i)
-                    v = t[v & 255] ^ t[256 + ((v >> 8) & 255)] ^ t[512 + ((v >> 16) & 255)] ^ t[768 + (v >> 24)]
-                    table.append(t[v & 255] ^ t[256 + ((v >> 8) & 255)] ^ t[512 + ((v >> 16) & 255)] ^ t[768 + (v >> 24)])
-        _SHIFT_TABLES[j] = table
-    return table
-
-
-def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
-    """CRC-32 of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine, which Python's zlib
-    module does not offer)."""
-    j = 0
-    while length2:
-        if length2 & 1:
-            t = _shift_table(j)
-            crc1 = t[crc1 & 255] ^ t[256 + ((crc1 >> 8) & 255)] ^ t[512 + ((crc1 >> 16) & 255)] ^ t[768 + (crc1 >> 24)]
-        length2 >>= 1
-        j += 1
-    return crc1 ^ crc2
-
-
-def gzip_wrap(pieces: list[bytes], crc: int, size: int) -> list[bytes]:
-    """A gzip member around deflate pieces of a body with this CRC-32 and length."""
-    return [_GZIP_HEADER, *pieces, _FINAL_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)]
 
 
 _executor: ThreadPoolExecutor | None = None
