@@ -16,7 +16,7 @@ import time
 
 from aiohttp import web
 
-from exporter.config import load_config
+from exporter.config.loader import load_config
 from exporter.daemon import Daemon
 from exporter.vendors import registry
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    from exporter import logs
+    from exporter.runtime import logs
 
     logs.setup(args.log_level, "logfmt")
     asyncio.run(run(args.config))

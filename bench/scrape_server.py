@@ -1,6 +1,6 @@
 """A process serving N targets' series for the /metrics latency benchmark, as one of:
 
-- `exporter`: the exporter's own store and web handler (`exporter.web.make_app`), filled with
+- `exporter`: the exporter's own store and web handler (`exporter.web.server.make_app`), filled with
   real P1 readings through `SnapshotStore.record_success`, the path a poll takes. `POST
   /bench/update` records the next reading of every target (or of `?count=` of them), so the next
   scrape pays for whatever a round of polls leaves to render.
@@ -22,11 +22,11 @@ import time
 
 from aiohttp import web
 
-from exporter.config import Config
+from exporter.config.loader import Config
 from exporter.daemon import Daemon
-from exporter.samples import DeviceInfo
+from exporter.model.samples import DeviceInfo
 from exporter.vendors.homewizard.parse import parse_v1_data
-from exporter.readout import target_body
+from exporter.web.readout import target_body
 
 from .meters import P1Meter
 
@@ -57,7 +57,7 @@ def build_daemon(count: int) -> tuple[Daemon, list[list]]:
 
 async def serve_exporter(count: int) -> None:
     from exporter.exposition import cache as exposition_cache
-    from exporter.web import make_app
+    from exporter.web.server import make_app
 
     # Every scrape here renders what changed since the last one: scrapes are not let to share a
     # render (as concurrent scrapers of a big fleet do; part 5 of the benchmark measures that).

@@ -18,10 +18,10 @@ from typing import Awaitable, Callable
 
 import yaml
 
-from exporter import logs
-from exporter.config import ConfigError, load_config
+from exporter.config.loader import ConfigError, load_config
 from exporter.daemon import Daemon
-from exporter.state import write_private_file
+from exporter.runtime import logs
+from exporter.runtime.state import write_private_file
 from exporter.vendors import registry
 
 

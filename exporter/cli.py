@@ -15,8 +15,9 @@ import stat
 import sys
 from typing import Any, Callable
 
-from . import __version__, logs
-from .config import ConfigError, load_config
+from . import __version__
+from .config.loader import ConfigError, load_config
+from .runtime import logs
 from .vendors import registry
 
 DEFAULT_CONFIG = "config.yaml"
@@ -36,7 +37,7 @@ def _common(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
 
 
 def _shard(value: str):
-    from .shard import parse_shard
+    from .runtime.shard import parse_shard
 
     try:
         return parse_shard(value)
@@ -45,7 +46,7 @@ def _shard(value: str):
 
 
 def _seconds(value: str) -> float:
-    from .config import parse_duration
+    from .config.loader import parse_duration
 
     try:
         seconds = parse_duration(value)
@@ -207,7 +208,7 @@ def check_config(path: str) -> int:
 
 
 def warn_if_world_readable(path: str, config, log) -> None:
-    from .config import Secret
+    from .config.loader import Secret
 
     # secrets sit in targets and in shared sections (an MQTT broker's password)
     items = [dict(t.options) for t in config.targets]
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(status) if inspect.iscoroutine(status) else status
 
     from .daemon import serve
-    from .serving import parse_listen_address
+    from .web.serving import parse_listen_address
 
     try:
         host, port = parse_listen_address(args.listen)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"energy-meter-exporter: --web.listen-address {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = load_or_exit(args.config_file)
-    from .webconfig import load_web_config
+    from .config.webconfig import load_web_config
 
     try:
         web_config = load_web_config(args.web_config)
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     warn_if_world_readable(args.config_file, config, log)
     log.info("starting", version=__version__, config=args.config_file)
-    from .serving import Limits
+    from .web.serving import Limits
 
     limits = Limits(head_timeout=args.read_header_timeout, max_connections=args.max_connections)
     return asyncio.run(serve(config, host, port, web_config, shard=args.shard, limits=limits,

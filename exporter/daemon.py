@@ -11,21 +11,21 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from . import logs
-from .config import Config, ConfigError, TargetConfig, load_config
-from .context import AdapterContext, SharedResources
-from .quota import QuotaLedger
-from .readout import status, target_body
-from .scheduler import TargetRunner
-from .gcpolicy import ManagedCollector
-from .serving import ConnectionGuard, GuardedSite, Limits, runner_options, warn_if_over_file_limit
-from .shard import Shard
-from .state import StateDirectory
+from .config.loader import Config, ConfigError, TargetConfig, load_config
+from .config.webconfig import WebConfig
+from .runtime import logs
+from .runtime.context import AdapterContext, SharedResources
+from .runtime.gcpolicy import ManagedCollector
+from .runtime.quota import QuotaLedger
+from .runtime.scheduler import TargetRunner
+from .runtime.shard import Shard
+from .runtime.state import StateDirectory
 from .store import SnapshotStore
 from .vendors import registry
-from .view import WebView
-from .web import make_app
-from .webconfig import WebConfig
+from .web.readout import status, target_body
+from .web.server import make_app
+from .web.serving import ConnectionGuard, GuardedSite, Limits, runner_options, warn_if_over_file_limit
+from .web.view import WebView
 
 SHUTDOWN_GRACE = 4.0  # seconds; SIGTERM must end the process within 5
 

@@ -30,10 +30,10 @@ import aiohttp
 import yaml
 
 from .console import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Console
-from .errors import PollError
-from .http import Response, request
-from .jsontext import label_text
-from .peercert import peer_fingerprint, unverified_context
+from .model.errors import PollError
+from .model.jsontext import label_text
+from .transport.http import Response, request
+from .transport.peercert import peer_fingerprint, unverified_context
 
 DEFAULT_PORTS = (80, 443)
 MAX_ENDPOINTS = 8192  # a /20 on two ports; more is most likely a typo

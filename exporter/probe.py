@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from . import logs
-from .config import Config
+from .config.loader import Config
 from .console import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Console, next_step
-from .context import AdapterContext
 from .daemon import make_session, new_runner
-from .errors import PollError
 from .exposition import render_samples
-from .quota import QuotaLedger
-from .state import StateDirectory
+from .model.errors import PollError
+from .runtime import logs
+from .runtime.context import AdapterContext
+from .runtime.quota import QuotaLedger
+from .runtime.state import StateDirectory
 from .store import SnapshotStore
 
 TICK = 0.25  # seconds between updates of the progress line

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from exporter.catalogue import markdown_table
+from exporter.model.catalogue import markdown_table
 from exporter.vendors.registry import options_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from exporter.config import Config, VendorCatalogue
-from exporter.config import load_config as _load_config
+from exporter.config.loader import Config, VendorCatalogue
+from exporter.config.loader import load_config as _load_config
 from exporter.vendors import registry
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from exporter.samples import Reading
+from exporter.model.samples import Reading
 from exporter.vendors.enphase import parse
 
 # File name (the endpoint's path with '/' -> '_') -> parser taking (payload, meters).

@@ -7,7 +7,7 @@ from datetime import timezone
 from pathlib import Path
 from typing import Iterator
 
-from exporter.samples import Reading
+from exporter.model.samples import Reading
 from exporter.vendors.homewizard import parse
 
 

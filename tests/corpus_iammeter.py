@@ -6,14 +6,9 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from exporter.samples import Reading
-from exporter.vendors.iammeter.parse import (
-    decode_single_phase,
-    decode_three_phase,
-    parse_monitor,
-    parse_monitorjson,
-    parse_ratio,
-)
+from exporter.model.samples import Reading
+from exporter.vendors.iammeter.parse import (decode_single_phase, decode_three_phase, parse_monitor, parse_monitorjson,
+                                             parse_ratio)
 
 
 def readings(conformance_root: Path) -> Iterator[tuple[str, Reading]]:
@@ -47,8 +42,8 @@ def cloud_documented() -> Iterator[tuple[str, Reading]]:
     the cloud simulator): there is no capture of that API."""
     from datetime import date
 
-    from simulators import iammeter_cloud as seed
     from exporter.vendors.iammeter import cloud_parse as cp
+    from simulators import iammeter_cloud as seed
 
     labels = cp.MeterLabels("", "meter")
     for sn, reading in cp.parse_metersdata(seed.SEED_METERSDATA["data"], {}).items():

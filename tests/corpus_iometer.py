@@ -15,11 +15,11 @@ from typing import Iterator
 
 from graphql import print_ast
 
-from exporter.samples import Reading
-from simulators.iometer import THREE_PHASE_READING
-from simulators.iometer_partner import PartnerApiSimulator, demo_installations, demo_values
+from exporter.model.samples import Reading
 from exporter.vendors.iometer import parse
 from exporter.vendors.iometer.partner import INSTALLATIONS, READINGS
+from simulators.iometer import THREE_PHASE_READING
+from simulators.iometer_partner import PartnerApiSimulator, demo_installations, demo_values
 
 SIMULATED_BRIDGE = "iometer-local/(simulator) three-phase reading"
 SIMULATED_ACCOUNT = "iometer-partner/(simulator) account with two installations"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-
 from .conftest import LoopThread, free_port, http_get, wait_until
+
 
 class PrometheusServer:
     """Prometheus scraping one exporter every second; optionally with rule files and an
@@ -158,10 +158,11 @@ class DemoStack:
         self.config = None
 
     def start(self) -> "DemoStack":
-        from .configs import load_config
-        from exporter.daemon import Daemon
         from demo import PARTICIPANTS, config_document
-        from exporter.state import write_private_file
+        from exporter.daemon import Daemon
+        from exporter.runtime.state import write_private_file
+
+        from .configs import load_config
 
         async def up() -> None:
             for start in PARTICIPANTS:

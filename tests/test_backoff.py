@@ -20,16 +20,16 @@ import aiohttp
 import pytest
 import structlog
 
-from exporter import mqtt
-from exporter.backoff import RECONNECT_SPREAD, Backoff, Deadline, poll_spread, retry_forever
-from exporter.config import TargetConfig
-from exporter.context import AdapterContext, SharedResources
-from exporter.errors import PollError
-from exporter.logs import get as get_log
-from exporter.samples import Reading
-from exporter.scheduler import TargetRunner
-from exporter.state import StateDirectory
+from exporter.config.loader import TargetConfig
+from exporter.model.errors import PollError
+from exporter.model.samples import Reading
+from exporter.runtime.backoff import RECONNECT_SPREAD, Backoff, Deadline, poll_spread, retry_forever
+from exporter.runtime.context import AdapterContext, SharedResources
+from exporter.runtime.logs import get as get_log
+from exporter.runtime.scheduler import TargetRunner
+from exporter.runtime.state import StateDirectory
 from exporter.store import SnapshotStore
+from exporter.transport import mqtt
 from exporter.vendors.iammeter import push as iam_push
 from exporter.vendors.iometer import bridge as iometer_bridge
 from exporter.vendors.iometer import partner as iometer_partner

@@ -14,17 +14,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from exporter import catalogue as M
-from exporter.exposition import cache as exposition_cache
-from exporter.config import Config
+from exporter.config.loader import Config
 from exporter.daemon import Daemon
 from exporter.exposition import FamilyCache
+from exporter.exposition import cache as exposition_cache
 from exporter.exposition.cache import SEGMENT
 from exporter.exposition.gzipframes import crc32_combine
-from exporter.samples import DeviceInfo, Reading
-from exporter.scheduler import LagRing
+from exporter.model import catalogue as M
+from exporter.model.samples import DeviceInfo, Reading
+from exporter.runtime.scheduler import LagRing
 from exporter.store import COUNTER_RESET_GRACE, SnapshotStore
-from exporter.web import make_app
+from exporter.web.server import make_app
 
 from .conftest import require_binary, wait_until
 from .prometheus import PrometheusServer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter import catalogue as M
+from exporter.model import catalogue as M
 
 ROOT = Path(__file__).resolve().parents[1]
 

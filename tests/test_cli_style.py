@@ -16,9 +16,9 @@ import pytest
 
 from exporter.cli import build_parser
 from exporter.console import NEXT_STEPS, PLAIN_EVERY, Console
-from exporter.errors import REASONS
-from simulators.homewizard import HomeWizardSimulator
+from exporter.model.errors import REASONS
 from exporter.vendors.homewizard.pairing import pair_command
+from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import free_port
 

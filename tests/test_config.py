@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.config import ConfigError, Secret, parse_duration
+from exporter.config.loader import ConfigError, Secret, parse_duration
 
 from .configs import load_config
 
@@ -222,7 +222,7 @@ def test_a_transport_module_imported_first_does_not_change_the_default_transport
     """)
     code = textwrap.dedent(f"""
         import exporter.vendors.iammeter.mqtt, exporter.vendors.iometer.partner
-        from exporter.config import load_config
+        from exporter.config.loader import load_config
         from exporter.vendors import registry
         config = load_config({str(path)!r}, environ={{}}, vendors=registry)
         print([t.transport for t in config.targets])
@@ -236,7 +236,7 @@ class _OneVendor:
     """A catalogue of one made-up vendor with one transport and one shared section."""
 
     def __init__(self) -> None:
-        from exporter.config import Option, SectionSpec
+        from exporter.config.loader import Option, SectionSpec
 
         self.spec = SimpleNamespace(
             vendor="acme", transport="lan", kind="poll", default_interval=20.0, min_interval=5.0,
@@ -266,8 +266,8 @@ class _OneVendor:
 
 
 def test_the_loader_checks_against_the_catalogue_it_is_handed(tmp_path):
-    from exporter.config import VendorCatalogue
-    from exporter.config import load_config as load
+    from exporter.config.loader import VendorCatalogue
+    from exporter.config.loader import load_config as load
     from exporter.vendors import registry
 
     catalogue = _OneVendor()
@@ -320,7 +320,7 @@ YAML_SAMPLES = [
 @pytest.mark.parametrize("text", YAML_SAMPLES + [Path(__file__).parents[1].joinpath("config.example.yaml").read_text()],
                          ids=[f"sample{i}" for i in range(len(YAML_SAMPLES))] + ["config.example.yaml"])
 def test_yaml_read_from_events_and_from_the_node_tree_agree(text, monkeypatch):
-    from exporter import config
+    from exporter.config import loader as config
 
     events = config.load_yaml(text, "f.yaml")
     monkeypatch.setattr(config, "_load_yaml_events", lambda text, filename: None)
@@ -346,7 +346,7 @@ _DOCUMENTS = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_
 def test_yaml_readers_agree_on_any_plain_document(document, flow):
     """The event reader (fast, for plain YAML) and the node tree (for anchors, aliases, merges
     and tags) give the same data and the same line of every key."""
-    from exporter import config
+    from exporter.config import loader as config
 
     text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True, sort_keys=False)
     events = config._load_yaml_events(text, "f.yaml")
@@ -381,7 +381,7 @@ def test_duplicate_keys_and_bad_yaml_name_their_line_either_way(tmp_path):
     ("a: 1\nb: !nope x\n", "f.yaml:2: not valid YAML: could not determine a constructor for the tag '!nope'"),
 ], ids=["deep", "date", "huge_int", "date_key", "unknown_tag"])
 def test_both_yaml_readers_refuse_alike(text, expected, monkeypatch):
-    from exporter import config
+    from exporter.config import loader as config
 
     with pytest.raises(ConfigError) as by_events:
         config.load_yaml(text, "f.yaml")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import demo
-from exporter.catalogue import METRICS_BY_NAME
+from exporter.model.catalogue import METRICS_BY_NAME
 
 from .conftest import ROOT, LoopThread, free_port, require_binary, wait_until
 from .prometheus import DemoStack, PrometheusServer
@@ -176,7 +176,7 @@ def test_energy_is_shown_in_kwh():
 def test_queries_name_only_catalogue_metrics():
     for name, panel, t in queries():
         for metric, _ in selectors(t["expr"]):
-            assert metric in METRICS_BY_NAME, f"{name}: {panel['title']!r}: {metric} is not in exporter/catalogue.py"
+            assert metric in METRICS_BY_NAME, f"{name}: {panel['title']!r}: {metric} is not in exporter/model/catalogue.py"
 
 
 def test_panels_do_not_overlap():
@@ -305,7 +305,7 @@ def run_query(prom: PrometheusServer, t: dict, expr: str) -> tuple[bool, str]:
 
 @pytest.fixture(scope="module")
 def demo_prometheus(tmp_path_factory):
-    from exporter.quota import Limit
+    from exporter.runtime.quota import Limit
 
     prometheus_bin = require_binary("prometheus")
     tmp_path = tmp_path_factory.mktemp("dashboards")

@@ -10,16 +10,16 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from exporter import catalogue as M
-from exporter.config import Secret, TargetConfig
-from exporter.context import AdapterContext
-from exporter.errors import PollError
-from exporter.logs import get as get_log
-from simulators.enphase import (DEFAULT_FIRMWARE, PACKAGED, EnlightenSimulator, GatewaySimulator, TokenIssuer,
-                                         firmware_folder, start_demo)
-from exporter.state import StateDirectory
+from exporter.config.loader import Secret, TargetConfig
+from exporter.model import catalogue as M
+from exporter.model.errors import PollError
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.logs import get as get_log
+from exporter.runtime.state import StateDirectory
 from exporter.vendors.enphase.local import SPEC, EnphaseLocal, check_target, parse_window
 from exporter.vendors.enphase.token import TokenStore
+from simulators.enphase import (DEFAULT_FIRMWARE, PACKAGED, EnlightenSimulator, GatewaySimulator, TokenIssuer,
+                                firmware_folder, start_demo)
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "enphase"
 USER, PASSWORD = "owner@example.com", "correct horse"

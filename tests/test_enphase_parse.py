@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as M
-from exporter.samples import ParseError, Reading
+from exporter.model import catalogue as M
+from exporter.model.samples import ParseError, Reading
 from exporter.vendors.enphase import parse
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"

@@ -9,10 +9,10 @@ import stat
 import aiohttp
 import pytest
 
-from exporter.errors import PollError
-from simulators.enphase import EnlightenSimulator, TokenIssuer
-from exporter.state import StateDirectory
+from exporter.model.errors import PollError
+from exporter.runtime.state import StateDirectory
 from exporter.vendors.enphase.token import TokenError, TokenStore, decode_claims, fetch_token, token_info
+from simulators.enphase import EnlightenSimulator, TokenIssuer
 
 SERIAL = "202439990001"
 USER, PASSWORD = "owner@example.com", "correct horse"

@@ -38,16 +38,15 @@ import pytest
 from aiohttp import web
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from .configs import load_config
 from exporter.daemon import Daemon
-from exporter.backoff import RETRIES_BEFORE_BACKOFF
+from exporter.runtime.backoff import RETRIES_BEFORE_BACKOFF
 from simulators import hostile
 from simulators.faultproxy import FaultProxy
 from simulators.homewizard import HomeWizardSimulator
-from simulators.iometer_partner import (LEGACY_WS, PartnerApiSimulator, demo_installations, demo_values,
-                                                 format_obis)
+from simulators.iometer_partner import LEGACY_WS, PartnerApiSimulator, demo_installations, demo_values, format_obis
 from simulators.tls import new_authority
 
+from .configs import load_config
 from .conftest import async_wait_until, daemon_beside_control, free_port, require_binary, sample_value
 
 INTERVAL = 0.5
@@ -457,7 +456,7 @@ def test_mqtt_reconnections_come_within_the_shortest_interval_of_the_brokers_tar
     one of its intervals after the broker is back."""
     import structlog
 
-    from exporter.mqtt import BrokerConnection, BrokerSettings
+    from exporter.transport.mqtt import BrokerConnection, BrokerSettings
 
     connection = BrokerConnection(BrokerSettings.from_section({"name": "b", "host": "h", "reconnect_delay": 1.0}),
                                   structlog.get_logger())
@@ -520,9 +519,9 @@ CLOUD_PASSWORD = "cloud-pass-94c2"
 
 
 async def iammeter_cloud_rig(tmp_path, monkeypatch) -> Rig:
-    from exporter.quota import Limit
-    from simulators.iammeter_cloud import CloudLimits, IammeterCloudSimulator, parse_utc
+    from exporter.runtime.quota import Limit
     from exporter.vendors.iammeter import cloud
+    from simulators.iammeter_cloud import CloudLimits, IammeterCloudSimulator, parse_utc
 
     # metersdata at the matrix's pace; a "nothing" answer holds the call back for this window,
     # doubling, as the real quota's 5 minutes do at the default interval of 5 minutes.

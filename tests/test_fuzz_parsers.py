@@ -3,7 +3,7 @@
 Inputs are JSON documents shaped like the vendors' (their field names, nested a little, strings
 with control characters and lone-surrogate escapes, absurd numbers), then mutated byte by byte,
 plus raw bytes. Each goes the way its transport takes it: through the one JSON decoder
-(`exporter.jsontext.loads`), then into the vendor's parser. Property: a value or the module's own
+(`exporter.model.jsontext.loads`), then into the vendor's parser. Property: a value or the module's own
 error (ParseError, or a PollError), never another exception, never a hang; and whatever a
 parser keeps as a label value or device identity is fit for the exposition (encodable as UTF-8,
 no control characters, bounded length).
@@ -21,9 +21,9 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.errors import PollError
-from exporter.jsontext import MAX_LABEL_CHARS, JsonError, loads
-from exporter.samples import DeviceInfo, ParseError, Reading
+from exporter.model.errors import PollError
+from exporter.model.jsontext import MAX_LABEL_CHARS, JsonError, loads
+from exporter.model.samples import DeviceInfo, ParseError, Reading
 from exporter.vendors.enphase import parse as enphase
 from exporter.vendors.enphase import token as enphase_token
 from exporter.vendors.homewizard import parse as homewizard
@@ -32,8 +32,8 @@ from exporter.vendors.iammeter import parse as iammeter
 from exporter.vendors.iammeter import registers
 from exporter.vendors.iometer import obis
 from exporter.vendors.iometer import parse as iometer
-from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 from exporter.vendors.iometer.bridge import SseDecoder, SseEvent
+from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -454,7 +454,7 @@ def test_enphase_token_claims_take_anything(token):
         return
     assert info.expires_at == info.expires_at and abs(info.expires_at) != float("inf")
     # a token that decodes can travel in a header
-    from exporter.jsontext import header_problem
+    from exporter.model.jsontext import header_problem
 
     assert header_problem(f"Bearer {info.token}") is None
 
@@ -543,7 +543,7 @@ class _Connection:
     """What the MQTT router needs of a broker connection."""
 
     def __init__(self) -> None:
-        from exporter.mqtt import BrokerSettings
+        from exporter.transport.mqtt import BrokerSettings
 
         self.settings = BrokerSettings(name="b", host="127.0.0.1", port=1883)
         self.last_error = None
@@ -583,7 +583,7 @@ def test_mqtt_payloads_become_a_reading_or_a_counted_refusal(payload, topic):
 @FUZZ
 @given(body=raw_bodies | mutated(shaped("iammeter")) | shaped("iammeter").map(_dump))
 def test_push_bodies_are_answered_never_raised(body):
-    from exporter.push import PushListener, PushSettings, Sink
+    from exporter.transport.http_push import PushListener, PushSettings, Sink
     from exporter.vendors.iammeter.push import FORMAT
 
     listener = PushListener(PushSettings(host="127.0.0.1", port=0), structlog.get_logger(), format=FORMAT)

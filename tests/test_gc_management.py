@@ -8,11 +8,11 @@ import asyncio
 import gc
 import textwrap
 
-from exporter import gcpolicy
-from .configs import load_config
 from exporter.daemon import Daemon
+from exporter.runtime import gcpolicy
 from simulators.homewizard import HomeWizardSimulator
 
+from .configs import load_config
 from .conftest import async_wait_until
 
 MANAGED = 2**30  # the third threshold while full passes run on the daemon's timer

@@ -5,15 +5,15 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from exporter import catalogue as M
-from exporter.config import Secret, TargetConfig
-from exporter.context import AdapterContext
-from exporter.errors import PollError
-from exporter.logs import get as get_log
+from exporter.config.loader import Secret, TargetConfig
+from exporter.model import catalogue as M
+from exporter.model.errors import PollError
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.logs import get as get_log
+from exporter.runtime.state import StateDirectory
+from exporter.vendors.homewizard.local import HomeWizardLocal
 from simulators.homewizard import HomeWizardSimulator
 from simulators.tls import new_authority
-from exporter.state import StateDirectory
-from exporter.vendors.homewizard.local import HomeWizardLocal
 
 from .conftest import free_port
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as M
-from exporter.samples import ParseError, Reading
+from exporter.model import catalogue as M
+from exporter.model.samples import ParseError, Reading
 from exporter.vendors.homewizard import parse
 
 from .corpus_homewizard import readings

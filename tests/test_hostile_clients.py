@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from .configs import load_config
+from exporter.config.webconfig import load_web_config
 from exporter.daemon import Daemon
-from exporter.serving import Limits
+from exporter.web.serving import Limits
 from simulators.homewizard import HomeWizardSimulator
 from simulators.iammeter_push import HttpPushMeter
-from exporter.webconfig import load_web_config
 
+from .configs import load_config
 from .conftest import (ExporterProcess, async_wait_until, free_port, http_get, sample_value, start_push_daemon,
                        wait_until)
 
@@ -233,7 +233,7 @@ async def test_at_the_connection_limit_waiting_connections_make_room(tmp_path):
 
 
 async def test_a_client_that_stops_reading_the_metrics_is_dropped(tmp_path, monkeypatch):
-    from exporter import web
+    from exporter.web import server as web
 
     monkeypatch.setattr(web, "SEND_TIMEOUT", 1.0)
     daemon = await start_daemon(tmp_path, Limits())

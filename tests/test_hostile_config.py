@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import daemon as daemon_module
-from exporter.config import _CEILINGS, COMMON_OPTIONS, MAX_DEPTH, MAX_FILE_BYTES, Config, ConfigError, Option
+from exporter.config.loader import _CEILINGS, COMMON_OPTIONS, MAX_DEPTH, MAX_FILE_BYTES, Config, ConfigError, Option
 from exporter.daemon import Daemon
 
 from .configs import load_config

@@ -14,12 +14,12 @@ import pytest
 from aiohttp import web
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
-from exporter import catalogue as M
-from .configs import load_config
 from exporter.daemon import Daemon
-from simulators.homewizard import HomeWizardSimulator
+from exporter.model import catalogue as M
 from exporter.store import RETIRED_MIN
+from simulators.homewizard import HomeWizardSimulator
 
+from .configs import load_config
 from .conftest import async_wait_until, free_port
 
 INTERVAL = 0.2  # the hostile meter's

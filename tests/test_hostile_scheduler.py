@@ -9,12 +9,12 @@ import json
 
 import pytest
 
-from exporter import catalogue as M
-from exporter import scheduler
-from exporter.config import ConfigError, TargetConfig
-from exporter.errors import PollError
-from exporter.samples import Reading, Sample
-from exporter.scheduler import TargetRunner
+from exporter.config.loader import ConfigError, TargetConfig
+from exporter.model import catalogue as M
+from exporter.model.errors import PollError
+from exporter.model.samples import Reading, Sample
+from exporter.runtime import scheduler
+from exporter.runtime.scheduler import TargetRunner
 from exporter.store import SnapshotStore
 
 from .configs import load_config

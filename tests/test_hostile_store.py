@@ -13,16 +13,15 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter import catalogue as M
-from exporter.exposition import text as exposition_text
-from exporter.store import snapshots as store_module
-from exporter.catalogue import JOULES_PER_KWH
-from exporter.errors import MAX_MESSAGE, PollError, safe_text
 from exporter.exposition import format_value
-from exporter.samples import DeviceInfo, Reading, Sample
-from exporter.scheduler import LogThrottle
-from exporter.store import (CEILING_SECONDS, COUNTER_RESET_GRACE, DEFAULT_MAX_POWER, RETIRED_MIN,
-                            SnapshotStore)
+from exporter.exposition import text as exposition_text
+from exporter.model import catalogue as M
+from exporter.model.catalogue import JOULES_PER_KWH
+from exporter.model.errors import MAX_MESSAGE, PollError, safe_text
+from exporter.model.samples import DeviceInfo, Reading, Sample
+from exporter.runtime.scheduler import LogThrottle
+from exporter.store import CEILING_SECONDS, COUNTER_RESET_GRACE, DEFAULT_MAX_POWER, RETIRED_MIN, SnapshotStore
+from exporter.store import snapshots as store_module
 
 from .conftest import sample_value
 

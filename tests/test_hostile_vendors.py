@@ -21,16 +21,16 @@ import pytest
 import structlog
 from aiohttp import web
 
-from exporter.config import Secret, TargetConfig
-from exporter.context import AdapterContext
+from exporter.config.loader import Secret, TargetConfig
 from exporter.daemon import Daemon
-from exporter.errors import PollError
-from simulators.homewizard import HomeWizardSimulator
-from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
-from exporter.state import StateDirectory
+from exporter.model.errors import PollError
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.state import StateDirectory
 from exporter.vendors.homewizard.local import OPTIONS as HW_OPTIONS
 from exporter.vendors.homewizard.local import HomeWizardLocal
 from exporter.vendors.iometer.bridge import SseDecoder
+from simulators.homewizard import HomeWizardSimulator
+from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 
 from .conftest import async_wait_until, daemon_beside_control, sample_value
 
@@ -290,8 +290,8 @@ async def test_an_enphase_token_with_a_line_break_fails_each_poll_as_config(tmp_
 
 
 async def test_partner_credentials_that_cannot_travel_in_a_header_are_a_config_error(tmp_path):
-    from simulators.iometer_partner import PartnerApiSimulator, demo_installations
     from exporter.vendors.iometer.partner import IOmeterPartner
+    from simulators.iometer_partner import PartnerApiSimulator, demo_installations
 
     from .test_iometer_partner import make_target
 
@@ -516,7 +516,7 @@ async def test_a_deeply_nested_mqtt_payload_is_a_parse_error(tmp_path):
 
 
 async def test_a_deeply_nested_push_body_is_refused_as_malformed(tmp_path):
-    from exporter.push import PushListener, PushSettings
+    from exporter.transport.http_push import PushListener, PushSettings
     from exporter.vendors.iammeter.push import FORMAT
 
     listener = await PushListener(PushSettings(host="127.0.0.1", port=0, max_body_bytes=1 << 20),
@@ -535,8 +535,9 @@ async def test_a_deeply_nested_push_body_is_refused_as_malformed(tmp_path):
 
 
 def test_embedded_bridge_documents_decode():
-    from exporter.jsontext import loads
     import json
+
+    from exporter.model.jsontext import loads
 
     for document in (EMBEDDED_READING, EMBEDDED_STATUS):
         assert loads(json.dumps(document).encode()) == document

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 import structlog
 
-from exporter import quota
 from exporter.cli import main
-from simulators.iammeter_cloud import IammeterCloudSimulator
-from exporter.state import StateDirectory
+from exporter.runtime import quota
+from exporter.runtime.state import StateDirectory
 from exporter.vendors.iammeter import backfill, cloud
+from simulators.iammeter_cloud import IammeterCloudSimulator
 
 from .conftest import free_port, require_binary
 

@@ -13,16 +13,16 @@ import pytest
 import structlog
 from aiohttp import web
 
-from exporter import catalogue as c
-from exporter import quota
-from exporter.config import ConfigError, TargetConfig
-from exporter.context import AdapterContext
-from exporter.errors import PollError
-from simulators import iammeter_cloud as seed
-from simulators.iammeter_cloud import IammeterCloudSimulator
-from exporter.state import StateDirectory
+from exporter.config.loader import ConfigError, TargetConfig
+from exporter.model import catalogue as c
+from exporter.model.errors import PollError
+from exporter.runtime import quota
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import cloud
+from simulators import iammeter_cloud as seed
+from simulators.iammeter_cloud import IammeterCloudSimulator
 
 from .configs import load_config
 from .conftest import sample_value

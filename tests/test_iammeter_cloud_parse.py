@@ -9,10 +9,10 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from exporter import catalogue as c
-from exporter.samples import ParseError
-from simulators import iammeter_cloud as seed
+from exporter.model import catalogue as c
+from exporter.model.samples import ParseError
 from exporter.vendors.iammeter import cloud_parse as cp
+from simulators import iammeter_cloud as seed
 
 KWH = 3.6e6
 LABELS = cp.MeterLabels("home", "kitchen")

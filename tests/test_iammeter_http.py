@@ -11,13 +11,13 @@ import pytest
 import structlog
 from aiohttp import web
 
-from exporter import catalogue as c
-from exporter.config import TargetConfig
-from exporter.context import AdapterContext
-from exporter.errors import PollError
-from simulators.iammeter import IammeterHttpSimulator
-from exporter.state import StateDirectory
+from exporter.config.loader import TargetConfig
+from exporter.model import catalogue as c
+from exporter.model.errors import PollError
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.state import StateDirectory
 from exporter.vendors.iammeter import http as iam_http
+from simulators.iammeter import IammeterHttpSimulator
 
 KWH = 3.6e6
 

@@ -9,15 +9,15 @@ import aiohttp
 import pytest
 import structlog
 
-from exporter import catalogue as c
-from exporter.config import TargetConfig
-from exporter.context import AdapterContext
-from exporter.errors import REASONS, PollError
-from exporter.samples import Reading
-from simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
-from exporter.state import StateDirectory
+from exporter.config.loader import TargetConfig
+from exporter.model import catalogue as c
+from exporter.model.errors import REASONS, PollError
+from exporter.model.samples import Reading
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.state import StateDirectory
 from exporter.vendors.iammeter import http as iam_http
 from exporter.vendors.iammeter import modbus as iam_modbus
+from simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
 
 KWH = 3.6e6
 # What one register step is worth, per metric (Modbus is coarser than the JSON).

@@ -12,17 +12,17 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as c
-from exporter.config import ConfigError, Secret, TargetConfig
-from exporter.context import AdapterContext, SharedResources
+from exporter.config.loader import ConfigError, Secret, TargetConfig
 from exporter.daemon import Daemon
-from exporter.mqtt import BrokerSettings, PacketSizeGuard, topic_filter_problem, topic_matches, wildcard_value
-from exporter.scheduler import TargetRunner
+from exporter.model import catalogue as c
+from exporter.runtime.context import AdapterContext, SharedResources
+from exporter.runtime.scheduler import TargetRunner
+from exporter.runtime.state import StateDirectory
+from exporter.store import SnapshotStore
+from exporter.transport.mqtt import BrokerSettings, PacketSizeGuard, topic_filter_problem, topic_matches, wildcard_value
+from exporter.vendors.iammeter import mqtt as iam_mqtt
 from simulators import hostile
 from simulators.iammeter_push import MosquittoBroker, MqttMeter, mosquitto_passwd_binary
-from exporter.state import StateDirectory
-from exporter.store import SnapshotStore
-from exporter.vendors.iammeter import mqtt as iam_mqtt
 
 from .configs import load_config
 from .conftest import async_wait_until, require_binary, sample_value

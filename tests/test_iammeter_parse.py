@@ -11,14 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as c
-from exporter.samples import ParseError, Reading
-from exporter.vendors.iammeter.parse import (
-    parse_monitor,
-    parse_monitorjson,
-    parse_ratio,
-    parse_wifidata,
-)
+from exporter.model import catalogue as c
+from exporter.model.samples import ParseError, Reading
+from exporter.vendors.iammeter.parse import parse_monitor, parse_monitorjson, parse_ratio, parse_wifidata
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 KWH = 3.6e6

@@ -11,15 +11,15 @@ import aiohttp
 import pytest
 import structlog
 
-from exporter import catalogue as c
-from exporter.config import ConfigError, TargetConfig
-from exporter.context import AdapterContext, SharedResources
+from exporter.config.loader import ConfigError, TargetConfig
 from exporter.daemon import Daemon
-from exporter.scheduler import TargetRunner
-from simulators.iammeter_push import HttpPushMeter
-from exporter.state import StateDirectory
+from exporter.model import catalogue as c
+from exporter.runtime.context import AdapterContext, SharedResources
+from exporter.runtime.scheduler import TargetRunner
+from exporter.runtime.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import push as iam_push
+from simulators.iammeter_push import HttpPushMeter
 
 from .configs import load_config
 from .conftest import async_wait_until, free_port, sample_value

@@ -6,15 +6,11 @@ import json
 
 import pytest
 
-from exporter import catalogue as c
-from exporter.samples import ParseError
+from exporter.model import catalogue as c
+from exporter.model.samples import ParseError
+from exporter.vendors.iammeter.parse import (decode_single_phase, decode_three_phase, looks_single_phase,
+                                             parse_monitorjson)
 from simulators.iammeter import encode_single_phase, encode_three_phase, meter_state
-from exporter.vendors.iammeter.parse import (
-    decode_single_phase,
-    decode_three_phase,
-    looks_single_phase,
-    parse_monitorjson,
-)
 
 KWH = 3.6e6
 

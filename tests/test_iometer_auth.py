@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from exporter.config import Secret
+from exporter.config.loader import Secret
+from exporter.vendors.iometer.auth import (Credentials, basic_header, created_timestamp, parse_wsse, password_digest,
+                                           wsse_header)
 from simulators.iometer_partner import PartnerApiSimulator
-from exporter.vendors.iometer.auth import (
-    Credentials,
-    basic_header,
-    created_timestamp,
-    parse_wsse,
-    password_digest,
-    wsse_header,
-)
 
 # From the seed document (iometer-partner-graphql-api.txt), section Authentication.
 WSSE_PARTNER = "0da56783-39b2-4b43-adaa-301d247fcd59"

@@ -12,15 +12,15 @@ import aiohttp
 import pytest
 import structlog
 
-from exporter import catalogue as c
-from exporter.config import TargetConfig
-from exporter.context import AdapterContext
-from exporter.errors import PollError
-from exporter.samples import ParseError, Reading
-from simulators.iometer import EMBEDDED_READING, BridgeSimulator
-from exporter.state import StateDirectory
+from exporter.config.loader import TargetConfig
+from exporter.model import catalogue as c
+from exporter.model.errors import PollError
+from exporter.model.samples import ParseError, Reading
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.state import StateDirectory
 from exporter.vendors import registry
 from exporter.vendors.iometer.bridge import OPTIONS, IOmeterBridge, SseDecoder, SseEvent
+from simulators.iometer import EMBEDDED_READING, BridgeSimulator
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter import catalogue as c
-from exporter.samples import ParseError, Reading
+from exporter.model import catalogue as c
+from exporter.model.samples import ParseError, Reading
 from exporter.vendors.iometer.obis import ACCOUNT, LOCAL, Obis, add_registers, normalize, register
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as c
-from exporter.samples import DeviceInfo, ParseError, Reading
-from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS, THREE_PHASE_READING
+from exporter.model import catalogue as c
+from exporter.model.samples import DeviceInfo, ParseError, Reading
 from exporter.vendors.iometer import parse
+from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS, THREE_PHASE_READING
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 INSTALLATION = "658c2b34-2017-45f2-a12b-731235f8bb97"

@@ -15,23 +15,17 @@ from aiohttp import web
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
-from exporter import catalogue as c
-from exporter.config import TargetConfig
-from exporter.context import AdapterContext
-from exporter.errors import PollError
-from exporter.samples import Reading
-from simulators.iometer_partner import (
-    LEGACY_WS,
-    TRANSPORT_WS,
-    PartnerApiSimulator,
-    SimInstallation,
-    demo_installations,
-    demo_values,
-)
-from exporter.state import StateDirectory
+from exporter.config.loader import TargetConfig
+from exporter.model import catalogue as c
+from exporter.model.errors import PollError
+from exporter.model.samples import Reading
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.state import StateDirectory
 from exporter.vendors import registry
 from exporter.vendors.iometer.auth import basic_header
 from exporter.vendors.iometer.partner import METER_READINGS, OPTIONS, IOmeterPartner, check_target
+from simulators.iometer_partner import (LEGACY_WS, TRANSPORT_WS, PartnerApiSimulator, SimInstallation,
+                                        demo_installations, demo_values)
 
 
 def make_target(sim: PartnerApiSimulator | None, **options: Any) -> TargetConfig:

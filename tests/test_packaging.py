@@ -89,7 +89,7 @@ def test_the_wheel_carries_the_exporter_and_its_files_only(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.split("/")[0] in OUTSIDE + ("tests",)]
     assert not [n for n in names if n.startswith("exporter/") and n.split("/")[1] in OUTSIDE]
-    page = [n for n in names if n.startswith("exporter/web_assets/")]
+    page = [n for n in names if n.startswith("exporter/web/assets/")]
     assert {Path(n).name for n in page} >= {"status.html", "status.js"}
     assert any(n.startswith("exporter/vendors/homewizard/") and n.endswith(".pem") for n in names)
     assert "exporter/cli.py" in names and "exporter/vendors/enphase/parse.py" in names

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from exporter.errors import PollError
-from exporter.http import Response
-from exporter.plainhttp import PlainHttpConnection
+from exporter.model.errors import PollError
+from exporter.transport.http import Response
+from exporter.transport.plainhttp import PlainHttpConnection
 from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import ExporterProcess, free_port, http_get, sample_value, wait_until

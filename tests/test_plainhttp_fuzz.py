@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.errors import PollError
-from exporter.http import Response
-from exporter.plainhttp import _Protocol
+from exporter.model.errors import PollError
+from exporter.transport.http import Response
+from exporter.transport.plainhttp import _Protocol
 
 MAX_BYTES = 4096
 

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as M
-from exporter.errors import PollError
-from exporter.samples import ParseError, Reading
+from exporter.model import catalogue as M
+from exporter.model.errors import PollError
+from exporter.model.samples import ParseError, Reading
 from exporter.store import SnapshotStore
 from exporter.vendors.enphase import parse as enphase
 from exporter.vendors.homewizard import parse as homewizard

@@ -18,15 +18,14 @@ import textwrap
 import aiohttp
 import pytest
 
-from exporter import catalogue as c
-from exporter import statuspage
-from .configs import load_config
 from exporter.daemon import Daemon
+from exporter.model import catalogue as c
+from exporter.web import statuspage
 from simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
 from simulators.tls import new_authority
 
-from .conftest import (async_wait_until, free_port, push_listener_config, sample_value, start_push_daemon,
-                       wait_listening)
+from .configs import load_config
+from .conftest import async_wait_until, free_port, push_listener_config, sample_value, start_push_daemon, wait_listening
 
 SN = "3E0BAF87"
 TRAP_HOST = "127.0.0.77"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.errors import PollError
-from exporter.quota import Limit, QuotaLedger
-from exporter.state import StateDirectory
+from exporter.model.errors import PollError
+from exporter.runtime.quota import Limit, QuotaLedger
+from exporter.runtime.state import StateDirectory
 from exporter.store import SnapshotStore
 
 from .conftest import sample_value
@@ -92,7 +92,7 @@ def test_remaining_is_exported(tmp_path):
 def test_a_damaged_ledger_holds_no_call_back(tmp_path, content):
     """A ledger file with NaN or far-future call times (hand-edited, damaged) or nested past the
     recursion limit neither stops the start nor defers cloud calls forever."""
-    from exporter.quota import LEDGER_FILE
+    from exporter.runtime.quota import LEDGER_FILE
 
     (tmp_path / LEDGER_FILE).write_text(content)
     ledger = QuotaLedger(StateDirectory(tmp_path), Clock())

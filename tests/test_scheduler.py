@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from exporter import catalogue as M
-from exporter.config import TargetConfig
-from exporter.errors import PollError
-from exporter.logs import get as get_log
-from exporter.samples import Reading
-from exporter.scheduler import TargetRunner
+from exporter.config.loader import TargetConfig
+from exporter.model import catalogue as M
+from exporter.model.errors import PollError
+from exporter.model.samples import Reading
+from exporter.runtime.logs import get as get_log
+from exporter.runtime.scheduler import TargetRunner
 from exporter.store import SnapshotStore
 
 

@@ -209,6 +209,7 @@ import pytest  # noqa: E402
 @pytest.mark.parametrize("mode,warned", [(0o644, True), (0o640, True), (0o600, False)])
 def test_a_config_with_inline_secrets_readable_by_others_draws_a_warning(tmp_path, text, mode, warned):
     from exporter.cli import warn_if_world_readable
+
     from .configs import load_config
 
     path = _config_file(tmp_path, text, mode)
@@ -234,7 +235,7 @@ def _mode(path: Path) -> int:
 
 
 def test_state_directory_and_token_files_are_private(tmp_path):
-    from exporter.state import StateDirectory, write_private_file
+    from exporter.runtime.state import StateDirectory, write_private_file
 
     previous = os.umask(0o022)  # a common umask: the files must be private regardless
     try:
@@ -254,9 +255,9 @@ async def test_vendor_token_stores_are_private(tmp_path):
     import aiohttp
     import structlog
 
-    from exporter.config import Secret, TargetConfig
-    from exporter.context import AdapterContext
-    from exporter.state import StateDirectory
+    from exporter.config.loader import Secret, TargetConfig
+    from exporter.runtime.context import AdapterContext
+    from exporter.runtime.state import StateDirectory
     from exporter.vendors.enphase.local import EnphaseLocal
     from exporter.vendors.iammeter.cloud import IammeterCloudAdapter as IammeterCloud
 

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 
 from exporter import cli
-from exporter.config import TargetConfig
+from exporter.config.loader import TargetConfig
 from exporter.daemon import Daemon
-from exporter.shard import Shard, parse_shard, shard_of
-from simulators.homewizard import HomeWizardSimulator
+from exporter.runtime.shard import Shard, parse_shard, shard_of
 from exporter.vendors import load_all, registry
+from simulators.homewizard import HomeWizardSimulator
 
 from .configs import load_config
 

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 import structlog
 
-from exporter import catalogue as M
-from exporter.config import Secret, TargetConfig
-from exporter.context import AdapterContext
-from exporter.samples import Reading
-from exporter.state import StateDirectory
+from exporter.config.loader import Secret, TargetConfig
+from exporter.model import catalogue as M
+from exporter.model.samples import Reading
+from exporter.runtime.context import AdapterContext
+from exporter.runtime.state import StateDirectory
 from exporter.vendors.homewizard.local import HomeWizardLocal
 from exporter.vendors.iometer.partner import OPTIONS, IOmeterPartner
 from simulators.homewizard import PRODUCTS, HomeWizardSimulator

@@ -11,13 +11,13 @@ import subprocess
 import sys
 import time
 
-from exporter.quota import Limit, QuotaLedger
-from exporter.state import StateDirectory
+from exporter.runtime.quota import Limit, QuotaLedger
+from exporter.runtime.state import StateDirectory
 
 WRITER = """
 import sys, time
-from exporter.quota import Limit, QuotaLedger
-from exporter.state import StateDirectory
+from exporter.runtime.quota import Limit, QuotaLedger
+from exporter.runtime.state import StateDirectory
 clock = [1_800_000_000.0]
 ledger = QuotaLedger(StateDirectory(sys.argv[1]), lambda: clock[0])
 limits = (Limit(10**9, 86400, "day"),)

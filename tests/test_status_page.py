@@ -16,14 +16,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .configs import load_config
 from exporter.daemon import Daemon
-from exporter.quota import Limit
+from exporter.runtime.quota import Limit
+from exporter.vendors.enphase.token import token_info
 from simulators.enphase import GatewaySimulator
 from simulators.homewizard import HomeWizardSimulator
 from simulators.iammeter import IammeterHttpSimulator
-from exporter.vendors.enphase.token import token_info
 
+from .configs import load_config
 from .conftest import async_wait_until
 
 

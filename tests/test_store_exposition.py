@@ -8,11 +8,11 @@ import subprocess
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter import catalogue as M
 from exporter.exposition import format_value
-from exporter.samples import DeviceInfo, Reading
+from exporter.model import catalogue as M
+from exporter.model.samples import DeviceInfo, Reading
 from exporter.store import COUNTER_RESET_GRACE, SnapshotStore
-from exporter.web import wants_gzip, wants_openmetrics
+from exporter.web.server import wants_gzip, wants_openmetrics
 
 from .conftest import require_binary, sample_value
 

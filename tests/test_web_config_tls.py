@@ -9,9 +9,9 @@ import ssl
 import aiohttp
 import pytest
 
-from exporter.config import ConfigError
+from exporter.config.loader import ConfigError
+from exporter.config.webconfig import load_web_config
 from exporter.daemon import Daemon
-from exporter.webconfig import load_web_config
 from simulators.tls import new_authority
 
 from .configs import load_config

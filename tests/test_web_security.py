@@ -21,13 +21,13 @@ import aiohttp
 import bcrypt
 import pytest
 
-from exporter import webconfig
-from .configs import load_config
+from exporter.config import webconfig
+from exporter.config.webconfig import load_web_config
 from exporter.daemon import Daemon
 from simulators.homewizard import HomeWizardSimulator
 from simulators.tls import new_authority
-from exporter.webconfig import load_web_config
 
+from .configs import load_config
 from .conftest import ExporterProcess, free_port, sample_value
 
 PASSWORD = "correct horse battery staple"

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..catalogue import Metric
+from ..model.catalogue import Metric
 from .gzipframes import crc32_combine, deflate_piece, gzip_wrap
 from .text import EOF_LINE, headers
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..catalogue import Metric
-from ..errors import safe_text
+from ..model.catalogue import Metric
+from ..model.errors import safe_text
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -11,11 +11,10 @@ from typing import Iterable
 from prometheus_client import ProcessCollector
 
 from .. import __version__
-from .. import catalogue as M
-from ..catalogue import Metric
 from ..exposition import format_value, sample_line
-from ..samples import DeviceInfo
-
+from ..model import catalogue as M
+from ..model.catalogue import Metric
+from ..model.samples import DeviceInfo
 from .targetstate import TargetState
 
 PROCESS_FAMILIES = (*M.PROCESS_METRICS, M.ASYNCIO_TASKS)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import time
 from array import array
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from prometheus_client import ProcessCollector
 
-from .. import catalogue as M
-from ..catalogue import Metric
-from ..errors import REASONS, safe_message, safe_text
 from ..exposition import FamilyCache, base_label_text, render_series, sample_line
-from ..samples import DeviceInfo, Reading, Sample
-from .targetstate import TargetState
+from ..model import catalogue as M
+from ..model.catalogue import Metric
+from ..model.errors import REASONS, safe_message, safe_text
+from ..model.samples import DeviceInfo, Reading, Sample
 from .selfmetrics import (BUILD_FAMILIES, PROCESS_FAMILIES, QUOTA_FAMILIES, build_fragments, info_lines,
                           process_fragments, quota_fragments, status_fragments)
+from .targetstate import TargetState
 
 # A counter reading lower than the one held is a firmware glitch until it has stayed lower for
 # this long; then it is taken as a replaced meter and the new value exported (a reset). The

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalogue import Metric
-from ..samples import DeviceInfo
+from ..model.catalogue import Metric
+from ..model.samples import DeviceInfo
 
 # The power a target's energy counters may imply (watts), unless its `max_power` says otherwise:
 # well above any house or business connection, far below what a forged or garbled value implies.

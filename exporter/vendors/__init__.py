@@ -21,8 +21,8 @@ VENDORS: tuple[str, ...] = ("homewizard", "iometer", "iammeter", "enphase")
 # Top-level sections of the configuration shared by targets -> the module that declares it
 # (as `SECTION`): the transports' own, which know no vendor.
 SECTIONS: dict[str, str] = {
-    "mqtt_brokers": "exporter.mqtt",
-    "http_push": "exporter.push",
+    "mqtt_brokers": "exporter.transport.mqtt",
+    "http_push": "exporter.transport.http_push",
 }
 
 

@@ -6,7 +6,7 @@ recognises its devices, its helper commands); a transport module declares one `T
 the first time its transport is asked for.
 
 This module is the vendor catalogue the core is handed: `load_config(..., vendors=registry)`
-(see exporter.config.VendorCatalogue), the probes of `discover`, the commands of the command line.
+(see exporter.config.loader.VendorCatalogue), the probes of `discover`, the commands of the command line.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Iterable, Literal, Mapping, Protocol
 
-from ..config import SectionSpec
+from ..config.loader import SectionSpec
 from . import SECTIONS, VENDORS, load_all, load_module, load_section, load_vendor
 
 if TYPE_CHECKING:
     import argparse
 
-    from ..config import Config, Option, TargetConfig
-    from ..context import AdapterContext
+    from ..config.loader import Config, Option, TargetConfig
     from ..discover import DeviceProbe
-    from ..samples import Emit, Reading
+    from ..model.samples import Emit, Reading
+    from ..runtime.context import AdapterContext
 
 
 class PollAdapter(Protocol):

@@ -21,10 +21,10 @@ from typing import TextIO
 import aiohttp
 
 from ...console import Console, next_step
-from ...errors import PollError
-from ...http import request
-from ...peercert import colon_hex, peer_fingerprint
-from ...state import write_private_file
+from ...model.errors import PollError
+from ...runtime.state import write_private_file
+from ...transport.http import request
+from ...transport.peercert import colon_hex, peer_fingerprint
 from . import parse
 from .local import _split_host
 from .token import ENLIGHTEN_URL, TOKEN_URL, TOKEN_WEB_PAGE, fetch_token

@@ -1,6 +1,6 @@
 """HTTP Digest authentication (RFC 7616) for gateways with firmware below 7.
 
-`exporter.http.request` takes headers, not aiohttp middlewares, so the few lines of Digest live
+`exporter.transport.http.request` takes headers, not aiohttp middlewares, so the few lines of Digest live
 here: answer the challenge of a 401, then keep reusing its nonce (with a rising nonce count)
 so that later requests need no extra round trip until the gateway asks again.
 """
@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from ...jsontext import header_problem
+from ...model.jsontext import header_problem
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from ...discover import Device, DeviceProbe, Endpoint, Prober
-from ...peercert import colon_hex
-from ...samples import ParseError
+from ...model.samples import ParseError
+from ...transport.peercert import colon_hex
 from . import parse as en
 
 

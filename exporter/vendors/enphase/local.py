@@ -42,14 +42,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 
-from ...backoff import Backoff
-from ...catalogue import TOKEN_EXPIRY
-from ...config import Option, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...http import Response, request, status_error
-from ...peercert import colon_hex, peer_fingerprint
-from ...samples import ParseError, Reading
+from ...config.loader import Option, TargetConfig
+from ...model.catalogue import TOKEN_EXPIRY
+from ...model.errors import PollError
+from ...model.samples import ParseError, Reading
+from ...runtime.backoff import Backoff
+from ...runtime.context import AdapterContext
+from ...transport.http import Response, request, status_error
+from ...transport.peercert import colon_hex, peer_fingerprint
 from ..registry import TransportSpec, register
 from . import parse
 from .digest import DigestAuth

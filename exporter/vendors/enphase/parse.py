@@ -55,11 +55,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ... import catalogue as cat
-from ...catalogue import JOULES_PER_WH
-from ...jsontext import label_text, loads
-from ...samples import (DeviceInfo, ParseError, Reading, checked_list, checked_object, kind_of, number_or_none,
-                        optional_list, optional_object)
+from ...model import catalogue as cat
+from ...model.catalogue import JOULES_PER_WH
+from ...model.jsontext import label_text, loads
+from ...model.samples import (DeviceInfo, ParseError, Reading, checked_list, checked_object, kind_of, number_or_none,
+                              optional_list, optional_object)
 
 PHASES = ("l1", "l2", "l3")
 MW_TO_W = 1e-3

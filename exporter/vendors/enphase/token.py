@@ -27,10 +27,10 @@ from typing import Any
 
 import aiohttp
 
-from ...errors import PollError
-from ...http import request
-from ...jsontext import label_text, loads
-from ...state import StateDirectory
+from ...model.errors import PollError
+from ...model.jsontext import label_text, loads
+from ...runtime.state import StateDirectory
+from ...transport.http import request
 
 ENLIGHTEN_URL = "https://enlighten.enphaseenergy.com"
 TOKEN_URL = "https://entrez.enphaseenergy.com"
@@ -141,7 +141,7 @@ async def fetch_token(
     """Log in to Enlighten and ask the token service for a token for gateway `serial`.
 
     Raises PollError: `unauthorized` (login refused), `config` (multi-factor authentication on
-    the account, or no serial), and the transport reasons of `exporter.http.request`. Messages
+    the account, or no serial), and the transport reasons of `exporter.transport.http.request`. Messages
     carry neither the password, the session id nor the token."""
     if not serial:
         raise PollError("config", "the gateway serial is unknown; set `serial` to fetch a token")

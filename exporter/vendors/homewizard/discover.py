@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ...discover import Device, DeviceProbe, Endpoint, Prober, json_body
-from ...samples import ParseError
+from ...model.samples import ParseError
 from . import parse as hw
 
 # Product types -> a target name a person would pick.

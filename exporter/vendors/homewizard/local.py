@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ...config import Option, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
 from ... import __version__
-from ...http import Response, request
-from ...plainhttp import PlainHttpConnection
-from ...samples import DeviceInfo, ParseError, Reading
+from ...config.loader import Option, TargetConfig
+from ...model.errors import PollError
+from ...model.samples import DeviceInfo, ParseError, Reading
+from ...runtime.context import AdapterContext
+from ...transport.http import Response, request
+from ...transport.plainhttp import PlainHttpConnection
 from ..registry import TransportSpec, register
 from . import parse
 

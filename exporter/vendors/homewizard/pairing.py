@@ -16,9 +16,9 @@ from pathlib import Path
 
 import aiohttp
 
-from ...errors import PollError
-from ...http import request
-from ...state import write_private_file
+from ...model.errors import PollError
+from ...runtime.state import write_private_file
+from ...transport.http import request
 from . import parse
 from .local import BUNDLED_CA
 

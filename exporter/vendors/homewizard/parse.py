@@ -15,10 +15,10 @@ from datetime import datetime, tzinfo
 from functools import lru_cache
 from typing import Any
 
-from ... import catalogue as M
-from ...catalogue import JOULES_PER_GJ, JOULES_PER_KWH, Metric
-from ...jsontext import label_text
-from ...samples import DeviceInfo, ParseError, Reading, Sample, checked_object, number_or_none
+from ...model import catalogue as M
+from ...model.catalogue import JOULES_PER_GJ, JOULES_PER_KWH, Metric
+from ...model.jsontext import label_text
+from ...model.samples import DeviceInfo, ParseError, Reading, Sample, checked_object, number_or_none
 
 # (v1 field, v2 field, metric, labels, factor). A None field name: not sent by that API.
 _Row = tuple[str | None, str | None, Metric, dict[str, str], float]

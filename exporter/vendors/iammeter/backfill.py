@@ -34,9 +34,9 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ...catalogue import BASE_LABELS, IAMMETER, Metric
-from ...errors import PollError
-from ...samples import ParseError
+from ...model.catalogue import BASE_LABELS, IAMMETER, Metric
+from ...model.errors import PollError
+from ...model.samples import ParseError
 from . import cloud_parse as cp
 
 MAX_POINTS = 2000  # per call (seed)
@@ -236,7 +236,7 @@ class UsageError(Exception):
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Account settings from --target (in --config.file) or the flags; and the state directory."""
     if args.target:
-        from ...config import ConfigError, load_config
+        from ...config.loader import ConfigError, load_config
         from .. import registry
 
         try:
@@ -262,7 +262,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         password = os.environ.get("IAMMETER_PASSWORD", "")
     if not password:
         raise UsageError("no password: give --password-file or set IAMMETER_PASSWORD")
-    from ...config import Secret
+    from ...config.loader import Secret
 
     return {"username": args.username, "password": Secret(password), "base_url": args.base_url, "sns": (), "names": (),
             "installation": "", "timezone": "", "device": None}, args.state_directory or "state"
@@ -314,9 +314,9 @@ def backfill_command(args: argparse.Namespace) -> int:
 async def _run(plan: Plan, settings: Mapping[str, Any], state_path: str, output: Path) -> int:
     import aiohttp
 
-    from ... import logs
-    from ...quota import QuotaLedger
-    from ...state import StateDirectory
+    from ...runtime import logs
+    from ...runtime.quota import QuotaLedger
+    from ...runtime.state import StateDirectory
     from .cloud import DEFAULT_BASE_URL, METERSDATA, METERSDATA_LIMITS, CloudClient, Quota
 
     state = StateDirectory(state_path)

@@ -23,7 +23,7 @@ login 5 per hour and 30 per day per IP; `meterdata` 12 per hour (288 per day) pe
 together with `meterdata2`; `metersdata` 1 per 5 minutes per account; `powerAnalysis` and
 `offlineAnalysis` 5 per day per SN each; `energyhistory` (no published quota) at most once an
 hour per place. Every call, logins included, is first recorded in the persisted quota ledger
-(`exporter.quota`), so a restart or a crash loop cannot spend a quota twice: a daemon restarted
+(`exporter.runtime.quota`), so a restart or a crash loop cannot spend a quota twice: a daemon restarted
 20 times in an hour reuses its stored token, and even without it makes at most 5 logins.
 A call that does not fit yet is not made: when the wait is short (the poll came a moment early)
 the poll waits for it; otherwise the poll returns the meters' last values if they are younger
@@ -59,15 +59,15 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ...backoff import Backoff, Deadline
-from ...config import Option, Secret, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...http import request, status_error
-from ...jsontext import header_problem
-from ...quota import Limit, QuotaLedger
-from ...samples import ParseError, Reading
-from ...state import StateDirectory
+from ...config.loader import Option, Secret, TargetConfig
+from ...model.errors import PollError
+from ...model.jsontext import header_problem
+from ...model.samples import ParseError, Reading
+from ...runtime.backoff import Backoff, Deadline
+from ...runtime.context import AdapterContext
+from ...runtime.quota import Limit, QuotaLedger
+from ...runtime.state import StateDirectory
+from ...transport.http import request, status_error
 from ..registry import TransportSpec, register
 from . import cloud_parse as cp
 

@@ -38,50 +38,20 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Collection, Iterable, Mapping
 
-from ...catalogue import (
-    ACCOUNT_ACTIVE_POWER,
-    ACCOUNT_AVERAGE_POWER,
-    ACCOUNT_DAYTIME_AVERAGE_POWER,
-    ACCOUNT_ENERGY_EXPORTED,
-    ACCOUNT_ENERGY_IMPORTED,
-    ACCOUNT_FREQUENCY,
-    ACCOUNT_MAXIMUM_POWER,
-    ACCOUNT_MEASUREMENT_TIME,
-    ACCOUNT_MINIMUM_POWER,
-    ACCOUNT_NET_ACTIVE_POWER,
-    ACCOUNT_NET_ENERGY_EXPORTED,
-    ACCOUNT_NET_ENERGY_IMPORTED,
-    ACCOUNT_OFFLINE_TIME,
-    ACCOUNT_PHASE_ACTIVE_POWER,
-    ACCOUNT_PHASE_CURRENT,
-    ACCOUNT_PHASE_ENERGY_EXPORTED,
-    ACCOUNT_PHASE_ENERGY_IMPORTED,
-    ACCOUNT_PHASE_POWER_FACTOR,
-    ACCOUNT_PHASE_VOLTAGE,
-    ACCOUNT_POWER_FACTOR,
-    ACTIVE_POWER,
-    ENERGY_EXPORTED,
-    ENERGY_IMPORTED,
-    FREQUENCY,
-    JOULES_PER_KWH,
-    NET_ACTIVE_POWER,
-    NET_ENERGY_EXPORTED,
-    NET_ENERGY_IMPORTED,
-    PHASE_ACTIVE_POWER,
-    PHASE_CURRENT,
-    PHASE_ENERGY_EXPORTED,
-    PHASE_ENERGY_IMPORTED,
-    PHASE_POWER_FACTOR,
-    PHASE_VOLTAGE,
-    PLACE_DAILY_GRID_EXPORT,
-    PLACE_DAILY_GRID_IMPORT,
-    PLACE_DAILY_SELF_USE,
-    PLACE_DAILY_YIELD,
-    POWER_FACTOR,
-    Metric,
-)
-from ...jsontext import header_problem, label_text, loads
-from ...samples import DeviceInfo, ParseError, Reading, checked_object, kind_of, number_or_none
+from ...model.catalogue import (ACCOUNT_ACTIVE_POWER, ACCOUNT_AVERAGE_POWER, ACCOUNT_DAYTIME_AVERAGE_POWER,
+                                ACCOUNT_ENERGY_EXPORTED, ACCOUNT_ENERGY_IMPORTED, ACCOUNT_FREQUENCY,
+                                ACCOUNT_MAXIMUM_POWER, ACCOUNT_MEASUREMENT_TIME, ACCOUNT_MINIMUM_POWER,
+                                ACCOUNT_NET_ACTIVE_POWER, ACCOUNT_NET_ENERGY_EXPORTED, ACCOUNT_NET_ENERGY_IMPORTED,
+                                ACCOUNT_OFFLINE_TIME, ACCOUNT_PHASE_ACTIVE_POWER, ACCOUNT_PHASE_CURRENT,
+                                ACCOUNT_PHASE_ENERGY_EXPORTED, ACCOUNT_PHASE_ENERGY_IMPORTED,
+                                ACCOUNT_PHASE_POWER_FACTOR, ACCOUNT_PHASE_VOLTAGE, ACCOUNT_POWER_FACTOR, ACTIVE_POWER,
+                                ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY, JOULES_PER_KWH, NET_ACTIVE_POWER,
+                                NET_ENERGY_EXPORTED, NET_ENERGY_IMPORTED, PHASE_ACTIVE_POWER, PHASE_CURRENT,
+                                PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED, PHASE_POWER_FACTOR, PHASE_VOLTAGE,
+                                PLACE_DAILY_GRID_EXPORT, PLACE_DAILY_GRID_IMPORT, PLACE_DAILY_SELF_USE,
+                                PLACE_DAILY_YIELD, POWER_FACTOR, Metric)
+from ...model.jsontext import header_problem, label_text, loads
+from ...model.samples import DeviceInfo, ParseError, Reading, checked_object, kind_of, number_or_none
 from .parse import parse_monitorjson
 
 # The local parser's metric -> the account metric of the same quantity.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from ...discover import Device, DeviceProbe, Endpoint, Prober, header, json_body
-from ...samples import ParseError
+from ...model.samples import ParseError
 from . import parse as iam
 
 

@@ -20,11 +20,11 @@ import base64
 import re
 from typing import Any, Iterable, Mapping
 
-from ...config import Option, Secret, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...http import request, status_error
-from ...samples import DeviceInfo, ParseError, Reading, Sample
+from ...config.loader import Option, Secret, TargetConfig
+from ...model.errors import PollError
+from ...model.samples import DeviceInfo, ParseError, Reading, Sample
+from ...runtime.context import AdapterContext
+from ...transport.http import request, status_error
 from ..registry import TransportSpec, register
 from .parse import WifiData, parse_monitorjson, parse_ratio, parse_wifidata
 

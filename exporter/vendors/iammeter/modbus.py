@@ -25,10 +25,10 @@ from typing import Any, Iterable, Mapping
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from ...config import Option, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...samples import ParseError, Reading
+from ...config.loader import Option, TargetConfig
+from ...model.errors import PollError
+from ...model.samples import ParseError, Reading
+from ...runtime.context import AdapterContext
 from ..registry import TransportSpec, register
 from . import registers as reg
 from .parse import THREE_PHASE_MODELS, decode_single_phase, decode_three_phase, looks_single_phase

@@ -20,14 +20,14 @@ import asyncio
 import re
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
-from ... import logs
-from ...config import Config, Option, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...jsontext import JsonError, label_text, loads
-from ...mqtt import BrokerConnection, BrokerSettings, topic_filter_problem, wildcard_value
-from ...push import normalize_id
-from ...samples import Emit, ParseError
+from ...config.loader import Config, Option, TargetConfig
+from ...model.errors import PollError
+from ...model.jsontext import JsonError, label_text, loads
+from ...model.samples import Emit, ParseError
+from ...runtime import logs
+from ...runtime.context import AdapterContext
+from ...transport.http_push import normalize_id
+from ...transport.mqtt import BrokerConnection, BrokerSettings, topic_filter_problem, wildcard_value
 from ..registry import TransportSpec, register
 from .parse import parse_monitorjson
 

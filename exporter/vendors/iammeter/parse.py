@@ -58,35 +58,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ...catalogue import (
-    ACTIVE_POWER,
-    CT_RATIO,
-    DEVICE_UPTIME,
-    ENERGY_EXPORTED,
-    ENERGY_IMPORTED,
-    FREQUENCY,
-    JOULES_PER_KWH,
-    NET_ACTIVE_POWER,
-    NET_ENERGY_EXPORTED,
-    NET_ENERGY_IMPORTED,
-    PHASE_ACTIVE_POWER,
-    PHASE_CURRENT,
-    PHASE_ENERGY_EXPORTED,
-    PHASE_ENERGY_IMPORTED,
-    PHASE_POWER_FACTOR,
-    PHASE_REACTIVE_ENERGY_CAPACITIVE,
-    PHASE_REACTIVE_ENERGY_INDUCTIVE,
-    PHASE_REACTIVE_POWER,
-    PHASE_VOLTAGE,
-    POWER_FACTOR,
-    REACTIVE_ENERGY_CAPACITIVE,
-    REACTIVE_ENERGY_INDUCTIVE,
-    REACTIVE_POWER,
-    WIFI_RSSI,
-    WIFI_SIGNAL,
-)
-from ...jsontext import label_text
-from ...samples import DeviceInfo, ParseError, Reading, kind_of, number_or_none
+from ...model.catalogue import (ACTIVE_POWER, CT_RATIO, DEVICE_UPTIME, ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY,
+                                JOULES_PER_KWH, NET_ACTIVE_POWER, NET_ENERGY_EXPORTED, NET_ENERGY_IMPORTED,
+                                PHASE_ACTIVE_POWER, PHASE_CURRENT, PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED,
+                                PHASE_POWER_FACTOR, PHASE_REACTIVE_ENERGY_CAPACITIVE, PHASE_REACTIVE_ENERGY_INDUCTIVE,
+                                PHASE_REACTIVE_POWER, PHASE_VOLTAGE, POWER_FACTOR, REACTIVE_ENERGY_CAPACITIVE,
+                                REACTIVE_ENERGY_INDUCTIVE, REACTIVE_POWER, WIFI_RSSI, WIFI_SIGNAL)
+from ...model.jsontext import label_text
+from ...model.samples import DeviceInfo, ParseError, Reading, kind_of, number_or_none
 from . import registers as reg
 
 MODEL_CODES: dict[int, str] = {

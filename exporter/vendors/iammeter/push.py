@@ -2,7 +2,7 @@
 of the user's choosing every upload interval (port 443 means HTTPS to the meter, any other port
 plain HTTP; the firmware sends the body as text/plain).
 
-All push targets share the one listener of the `http_push:` section (`exporter/push.py`); a
+All push targets share the one listener of the `http_push:` section (`exporter/transport/http_push.py`); a
 target claims the uploads that carry its SN. The meter's address field takes `host:port` with
 no path, so the listener accepts any path unless `http_push.path` names one.
 
@@ -17,22 +17,15 @@ import asyncio
 import re
 from typing import Any, Iterable, Mapping
 
-from ... import logs
-from ...backoff import Backoff
-from ...config import Config, Option, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...samples import Emit
-from ...serving import parse_listen_address
-from ...push import (
-    PushFormat,
-    PushListener,
-    PushSettings,
-    Sink,
-    check_section,
-    normalize_id,
-    parse_networks,
-)
+from ...config.loader import Config, Option, TargetConfig
+from ...model.errors import PollError
+from ...model.samples import Emit
+from ...runtime import logs
+from ...runtime.backoff import Backoff
+from ...runtime.context import AdapterContext
+from ...transport.http_push import (PushFormat, PushListener, PushSettings, Sink, check_section, normalize_id,
+                                    parse_networks)
+from ...web.serving import parse_listen_address
 from ..registry import TransportSpec, register
 from .mqtt import check_target
 from .parse import parse_monitorjson

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from ...config import Secret
+from ...config.loader import Secret
 
 METHODS = ("basic", "wsse")
 

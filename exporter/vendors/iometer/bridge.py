@@ -26,14 +26,14 @@ from typing import Any, Callable, Mapping
 
 import aiohttp
 
-from ...backoff import Backoff, retry_forever
-from ...catalogue import IOMETER
-from ...config import Option, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...http import Response, request, status_error
-from ...jsontext import JsonError, label_text, loads
-from ...samples import Emit, ParseError, Reading
+from ...config.loader import Option, TargetConfig
+from ...model.catalogue import IOMETER
+from ...model.errors import PollError
+from ...model.jsontext import JsonError, label_text, loads
+from ...model.samples import Emit, ParseError, Reading
+from ...runtime.backoff import Backoff, retry_forever
+from ...runtime.context import AdapterContext
+from ...transport.http import Response, request, status_error
 from ..registry import TransportSpec, register
 from . import parse
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ...discover import Device, DeviceProbe, Endpoint, Prober, json_body
-from ...samples import ParseError
+from ...model.samples import ParseError
 from . import parse as io
 
 

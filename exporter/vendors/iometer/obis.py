@@ -41,37 +41,16 @@ from dataclasses import dataclass, field
 from math import copysign, isfinite
 from typing import Any, Container, Iterable, Mapping, NamedTuple
 
-from ...catalogue import (
-    ACCOUNT_ACTIVE_POWER,
-    ACCOUNT_ENERGY_EXPORTED,
-    ACCOUNT_ENERGY_IMPORTED,
-    ACCOUNT_FREQUENCY,
-    ACCOUNT_MEASUREMENT_TIME,
-    ACCOUNT_OBIS_VALUE,
-    ACCOUNT_PHASE_ACTIVE_POWER,
-    ACCOUNT_PHASE_CURRENT,
-    ACCOUNT_PHASE_POWER_FACTOR,
-    ACCOUNT_PHASE_VOLTAGE,
-    ACCOUNT_POWER_FACTOR,
-    ACCOUNT_TARIFF_ENERGY_EXPORTED,
-    ACCOUNT_TARIFF_ENERGY_IMPORTED,
-    ACTIVE_POWER,
-    ENERGY_EXPORTED,
-    ENERGY_IMPORTED,
-    FREQUENCY,
-    MEASUREMENT_TIME,
-    OBIS_VALUE,
-    PHASE_ACTIVE_POWER,
-    PHASE_CURRENT,
-    PHASE_POWER_FACTOR,
-    PHASE_VOLTAGE,
-    POWER_FACTOR,
-    TARIFF_ENERGY_EXPORTED,
-    TARIFF_ENERGY_IMPORTED,
-    Metric,
-)
-from ...jsontext import label_text
-from ...samples import ParseError, Reading, Sample, number_or_none
+from ...model.catalogue import (ACCOUNT_ACTIVE_POWER, ACCOUNT_ENERGY_EXPORTED, ACCOUNT_ENERGY_IMPORTED,
+                                ACCOUNT_FREQUENCY, ACCOUNT_MEASUREMENT_TIME, ACCOUNT_OBIS_VALUE,
+                                ACCOUNT_PHASE_ACTIVE_POWER, ACCOUNT_PHASE_CURRENT, ACCOUNT_PHASE_POWER_FACTOR,
+                                ACCOUNT_PHASE_VOLTAGE, ACCOUNT_POWER_FACTOR, ACCOUNT_TARIFF_ENERGY_EXPORTED,
+                                ACCOUNT_TARIFF_ENERGY_IMPORTED, ACTIVE_POWER, ENERGY_EXPORTED, ENERGY_IMPORTED,
+                                FREQUENCY, MEASUREMENT_TIME, OBIS_VALUE, PHASE_ACTIVE_POWER, PHASE_CURRENT,
+                                PHASE_POWER_FACTOR, PHASE_VOLTAGE, POWER_FACTOR, TARIFF_ENERGY_EXPORTED,
+                                TARIFF_ENERGY_IMPORTED, Metric)
+from ...model.jsontext import label_text
+from ...model.samples import ParseError, Reading, Sample, number_or_none
 
 # --- Normalization ---------------------------------------------------------------------------
 

@@ -18,33 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Collection, Mapping, NamedTuple
 
-from ...catalogue import (
-    DUPLICATE_READINGS,
-    GATEWAY_CONNECTED,
-    READER_ATTACHED,
-    READER_BATTERY,
-    READER_CONNECTED,
-    READER_PIN_STATE,
-    READER_POWER_SOURCE,
-    READER_RSSI,
-    READINGS_RECEIVED,
-    WIFI_RSSI,
-    Metric,
-)
-from ...jsontext import label_text
-from ...samples import (DeviceInfo, ParseError, Reading, Sample, checked_list, checked_object, number_or_none,
-                        optional_list, optional_object)
-from .obis import (
-    ACCOUNT,
-    LOCAL,
-    Held,
-    Register,
-    add_registers,
-    checked_registers,
-    normalize,
-    register,
-    register_samples,
-)
+from ...model.catalogue import (DUPLICATE_READINGS, GATEWAY_CONNECTED, READER_ATTACHED, READER_BATTERY,
+                                READER_CONNECTED, READER_PIN_STATE, READER_POWER_SOURCE, READER_RSSI, READINGS_RECEIVED,
+                                WIFI_RSSI, Metric)
+from ...model.jsontext import label_text
+from ...model.samples import (DeviceInfo, ParseError, Reading, Sample, checked_list, checked_object, number_or_none,
+                              optional_list, optional_object)
+from .obis import (ACCOUNT, LOCAL, Held, Register, add_registers, checked_registers, normalize, register,
+                   register_samples)
 
 BRIDGE_MODEL = "IOmeter bridge"
 CORE_MODEL = "IOmeter core"

@@ -20,7 +20,7 @@ device states and the counters `energy_meter_exporter_readings_received_total` /
 replay cannot move a counter backwards. Emits are spaced at least `min_emit_interval` apart;
 readings arriving meanwhile are all in the next one.
 
-Queries go through the daemon's HTTP session (`exporter.http`, bounded bodies); the subscription
+Queries go through the daemon's HTTP session (`exporter.transport.http`, bounded bodies); the subscription
 has its own WebSocket. The Authorization header (Basic, or WSSE with a fresh nonce) is sent on
 every request, on the WebSocket upgrade and in the `connection_init` payload.
 """
@@ -33,18 +33,18 @@ import ssl
 from typing import Any, Callable, Mapping
 
 from gql import Client, GraphQLRequest, gql
-from graphql import print_ast
 from gql.transport.exceptions import TransportProtocolError, TransportQueryError, TransportServerError
 from gql.transport.websockets import WebsocketsTransport
+from graphql import print_ast
 
-from ...backoff import Backoff, retry_forever
-from ...catalogue import IOMETER
-from ...config import Option, TargetConfig
-from ...context import AdapterContext
-from ...errors import PollError
-from ...http import request, status_error
-from ...jsontext import header_problem
-from ...samples import Emit, ParseError, Reading
+from ...config.loader import Option, TargetConfig
+from ...model.catalogue import IOMETER
+from ...model.errors import PollError
+from ...model.jsontext import header_problem
+from ...model.samples import Emit, ParseError, Reading
+from ...runtime.backoff import Backoff, retry_forever
+from ...runtime.context import AdapterContext
+from ...transport.http import request, status_error
 from ..registry import TransportSpec, register
 from . import parse
 from .auth import METHODS, Credentials

@@ -35,12 +35,12 @@ from typing import Any, Callable, Mapping
 
 import aiomqtt
 
-from . import catalogue as M
-from .backoff import Backoff
-from .config import Option, Secret, SectionSpec
-from .errors import PollError
-from .jsontext import label_text
-from .serving import Throttle
+from ..config.loader import Option, Secret, SectionSpec
+from ..model import catalogue as M
+from ..model.errors import PollError
+from ..model.jsontext import label_text
+from ..runtime.backoff import Backoff
+from ..web.serving import Throttle
 
 # A connection that held for this long counts as good: the backoff starts again from the
 # beginning after it drops. A broker that accepts and then drops at once (a client id used
@@ -544,5 +544,5 @@ def _clean(text: str, settings: BrokerSettings) -> str:
 
 
 # paho's own debug lines (one per ping) are of no use to the exporter's users; its warnings are.
-_QUIET_LOGGER = logging.getLogger("exporter.mqtt.client")
+_QUIET_LOGGER = logging.getLogger("exporter.transport.mqtt.client")
 _QUIET_LOGGER.setLevel(logging.WARNING)

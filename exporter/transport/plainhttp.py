@@ -5,7 +5,7 @@ Polling thousands of devices a second from one core, the general-purpose client'
 machinery (URL objects, cookie jar, connector bookkeeping, stream readers) cost more than the
 whole rest of a poll. A device's local API needs none of it: a GET, a small body with a length
 (or chunked, or ended by closing the connection), the same connection next time. Failures map to
-`PollError` with the wording of `exporter.http.request`.
+`PollError` with the wording of `exporter.transport.http.request`.
 
 Answers are parsed by llhttp (through httptools) as the bytes arrive, so a slow or hostile device
 costs time linear in what it sends and nothing is scanned twice. Whatever the device sends ends the
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
-from .errors import PollError
+from ..model.errors import PollError
 from .http import MAX_BODY_BYTES, Response
 
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers; a device's are a few hundred bytes

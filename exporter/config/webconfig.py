@@ -38,7 +38,7 @@ from typing import Any
 import bcrypt
 from aiohttp import web
 
-from .config import ConfigError, Checker, load_yaml, type_name, read_config_text
+from .loader import Checker, ConfigError, load_yaml, read_config_text, type_name
 
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,

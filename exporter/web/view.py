@@ -3,7 +3,7 @@
 The web layer gets these callables and documents and nothing else: not the configuration
 (which holds secrets), not the runners, the store or the ledger. The documents carry only names,
 vendors, the `host` option, states, times, error messages (which never hold secrets, see
-`exporter/errors.py`), device identities, quota counts and token expiry times.
+`exporter/model/errors.py`), device identities, quota counts and token expiry times.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from . import logs
+from ..runtime import logs
 
 DEFAULT_HEAD_TIMEOUT = 10.0  # seconds
 DEFAULT_MAX_CONNECTIONS = 512  # as Prometheus's own --web.max-connections

@@ -16,8 +16,8 @@ import urllib.parse
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from ..exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from . import statuspage
-from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from .view import WebView
 
 

@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import aiohttp
 
-from .errors import PollError
-from .jsontext import JsonError, header_problem, label_text, loads
+from ..model.errors import PollError
+from ..model.jsontext import JsonError, header_problem, label_text, loads
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # no meter answers with more; a bigger body is a fault
 

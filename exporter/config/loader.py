@@ -192,7 +192,7 @@ COMMON_OPTIONS: dict[str, Option] = {
     "stale_after": Option("duration", help="series of a failing target disappear after this long"),
     "jitter": Option("float", default=0.1, minimum=0.0, maximum=1.0,
                      help="random spread of poll times, as a fraction of the interval"),
-    # Default 1e7 (10 MW) in exporter/store.py; kept in the target's options only when set.
+    # Default 1e7 (10 MW) in exporter/store/targetstate.py; kept in the target's options only when set.
     "max_power": Option("float", minimum=1.0, help="watts: energy counters rising faster than this are refused"),
 }
 GENERAL_DEFAULTS = {"timeout": 5.0}

@@ -1,12 +1,12 @@
 """The status page (`/`), rendered from the status document of `/api/v1/targets`.
 
 Every row is rendered here, once: the page works without JavaScript (it then reloads itself
-every 30 s), and its script (web_assets/status.js) fetches the page again every few seconds and
+every 30 s), and its script (assets/status.js) fetches the page again every few seconds and
 swaps in the rows, the summary and the reload note, so the table updates in place. Between
 fetches the script only re-ages the times, which cells carry as `data-at` and `data-format`.
 Narrow screens get one card per target instead of a wide table.
 
-The document holds no secrets (see exporter/view.py), and neither does the page.
+The document holds no secrets (see exporter/web/view.py), and neither does the page.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEFAULT_REFRESH = 5.0  # seconds between the script's refreshes
 TOKEN_WARN = 14 * 86400.0  # token expiry shown as a warning below this
 DASH = "\u2014"
 
-_ASSETS = resources.files(__package__).joinpath("web_assets")
+_ASSETS = resources.files(__package__).joinpath("assets")
 PAGE = Template(_ASSETS.joinpath("status.html").read_text(encoding="utf-8"))
 SCRIPT = _ASSETS.joinpath("status.js").read_text(encoding="utf-8")
 

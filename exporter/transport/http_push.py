@@ -38,11 +38,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 from aiohttp import web
 
-from . import catalogue as M
-from .config import Option, Secret, SectionSpec
-from .errors import PollError
-from .serving import DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, Limits, parse_listen_address, runner_options
-from .samples import ParseError, Reading
+from ..config.loader import Option, Secret, SectionSpec
+from ..model import catalogue as M
+from ..model.errors import PollError
+from ..model.samples import ParseError, Reading
+from ..web.serving import (DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, Limits, parse_listen_address,
+                           runner_options)
 
 LISTENER = "http_push"
 DEFAULT_MAX_BODY = 64 * 1024
@@ -306,7 +307,7 @@ class PushListener:
     def receive(self, body: bytes) -> web.Response:
         """Route one body to its target (the part of the work that needs no socket)."""
         try:
-            from .jsontext import loads as decode_json  # one decoder for devices: depth, NaN, surrogates
+            from ..model.jsontext import loads as decode_json  # one decoder for devices: depth, NaN, surrogates
             document = decode_json(body, "body")
         except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
             # the whole body (at most max_body_bytes): the id may follow a long poisoned field

@@ -3,7 +3,7 @@
 A target's polls run one after the other, so there is never more than one request in flight to
 a device (weak Wi-Fi chips fall over with more). Polls keep to a fixed grid (interval, with a
 random phase and a little jitter, so a fleet does not poll in lock-step); after a failure the
-delay grows exponentially up to `max_backoff` (`exporter.backoff`'s poll policy).
+delay grows exponentially up to `max_backoff` (`exporter.runtime.backoff`'s poll policy).
 
 Waiting targets cost no task: one timetable per event loop holds every target's next due time
 and starts each poll as a short task of its own. (A sleeping task per target costs a coroutine,
@@ -22,11 +22,11 @@ import weakref
 from array import array
 from typing import Any
 
+from ..config.loader import TargetConfig
+from ..model.errors import PollError, safe_message
+from ..model.samples import ParseError, Reading
+from ..store import DEFAULT_MAX_POWER, Notice, SnapshotStore
 from .backoff import Backoff, poll_spread
-from .config import TargetConfig
-from .errors import PollError, safe_message
-from .samples import ParseError, Reading
-from .store import DEFAULT_MAX_POWER, Notice, SnapshotStore
 
 # The first poll of a target waits a random part of its interval, at most this long.
 FIRST_POLL_SPREAD = 10.0

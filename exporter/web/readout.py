@@ -1,4 +1,4 @@
-"""What the web layer reads of a running exporter (see exporter/view.py), built from the
+"""What the web layer reads of a running exporter (see exporter/web/view.py), built from the
 configuration, the store and the quota ledger: each target's status, and one target's series.
 
 Only what may be shown leaves here: of a target's options, its `host` and the plain values a
@@ -11,13 +11,13 @@ import time
 import urllib.parse
 from typing import Callable, Iterable
 
-from . import __version__
-from . import catalogue as M
-from .config import Secret, TargetConfig
-from .console import next_step
-from .exposition import headers
-from .quota import WindowState
-from .store import SnapshotStore
+from .. import __version__
+from ..config.loader import Secret, TargetConfig
+from ..console import next_step
+from ..exposition import headers
+from ..model import catalogue as M
+from ..runtime.quota import WindowState
+from ..store import SnapshotStore
 from .view import Device, QuotaWindow, Status, TargetStatus
 
 

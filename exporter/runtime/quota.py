@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .errors import PollError
+from ..model.errors import PollError
 from .state import StateDirectory
 
 LEDGER_FILE = "quota-ledger.json"

@@ -1,4 +1,4 @@
-// The server renders every row (exporter/statuspage.py). This script fetches the page again every
+// The server renders every row (exporter/web/statuspage.py). This script fetches the page again every
 // few seconds and swaps in its live parts, and between fetches re-ages the times that cells
 // carry as data-at (Unix seconds) and data-format, relative to the server's clock.
 (function () {

@@ -42,7 +42,7 @@ RECONNECT_SPREAD = 0.1
 
 
 class PollTiming(Protocol):
-    """What a poll policy reads of a target (`exporter.config.TargetConfig` has it)."""
+    """What a poll policy reads of a target (`exporter.config.loader.TargetConfig` has it)."""
 
     @property
     def interval(self) -> float: ...

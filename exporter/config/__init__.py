@@ -1,0 +1,1 @@
+"""The configuration: the YAML loader with its line map and checks, and --web.config.file."""
