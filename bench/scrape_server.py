@@ -82,7 +82,7 @@ async def serve_exporter(count: int) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    series = daemon.store.cache.encoded(False, False).count(b"\n") - 2 * len(daemon.store.cache._families)
+    series = b"".join(daemon.store.cache.chunks(False)).count(b"\n") - 2 * len(daemon.store.cache._families)
     print(f"READY {port} {series}", flush=True)
     await asyncio.Event().wait()
 
@@ -94,7 +94,7 @@ def families_of(count: int) -> tuple[list[tuple[str, str, str, list]], dict[str,
 
     daemon, _ = build_daemon(count)
     per_target = {target_name(i): target_body(daemon.store, target_name(i), False) for i in range(count)}
-    text = daemon.store.cache.encoded(False, False).decode()
+    text = b"".join(daemon.store.cache.chunks(False)).decode()
     families = [
         (f.name, f.type, f.documentation, [(s.name, dict(s.labels), s.value) for s in f.samples])
         for f in text_string_to_metric_families(text)

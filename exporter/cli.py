@@ -102,9 +102,9 @@ def _titles(titles: list[str]) -> str:
 def _discover_arguments(p: argparse.ArgumentParser) -> None:
     from .discover import DEFAULT_CONCURRENCY, DEFAULT_MDNS_SECONDS, DEFAULT_TIMEOUT
 
-    probes = registry.discovery_probes()
-    announcing = ", ".join(pr.title for pr in probes if pr.services)
-    silent = [pr.title for pr in probes if not pr.services]
+    identifiers = registry.identifiers()
+    announcing = ", ".join(i.title for i in identifiers if i.services)
+    silent = [i.title for i in identifiers if not i.services]
     p.description = (f"Listen for meters that announce themselves ({announcing}) and probe addresses given with "
                      f"--scan ({_titles(silent + ['the others'])}); print YAML targets.")
     p.add_argument("--scan", action="append", metavar="ADDRESSES",
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "discover":
         from .discover import discover_command
 
-        return asyncio.run(discover_command(args, registry.discovery_probes()))
+        return asyncio.run(discover_command(args, registry.identifiers()))
     if args.command in registry.commands():  # a vendor's helper command: COMMAND VENDOR ...
         status = registry.load_command(args.vendor, args.command).run(args)
         return asyncio.run(status) if inspect.iscoroutine(status) else status

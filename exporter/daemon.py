@@ -105,9 +105,9 @@ class Daemon:
             fresh()
             return target_body(store, name, openmetrics) if name in store.targets else None
 
-        def kind(name: str) -> str:
+        def delivery(name: str) -> str:
             runner = self.runners.get(name)
-            return runner.kind if runner is not None else "poll"
+            return runner.delivery if runner is not None else "poll"
 
         # self.config and self.ledger are read at each call: a reload replaces them.
         return WebView(
@@ -115,7 +115,7 @@ class Daemon:
             metrics_gzip=lambda openmetrics: fresh().cache.gzip_chunks(openmetrics),
             target_metrics=one_target,
             ready=self.ready,
-            status=lambda: status(self.config.targets, store, self.ledger.windows(), kind),
+            status=lambda: status(self.config.targets, store, self.ledger.windows(), delivery),
             reload=self.reload if lifecycle else None,
         )
 
@@ -208,7 +208,7 @@ def new_runner(target: TargetConfig, ctx: AdapterContext) -> TargetRunner:
         raise LookupError(f"{target.name}: no adapter for vendor {target.vendor!r}, transport {target.transport!r}")
     adapter = spec.create(target, ctx)
     # A transport may poll or stream depending on the target's options (`mode: sse`).
-    return TargetRunner(target, adapter, ctx.store, ctx.log, kind=getattr(adapter, "kind", spec.kind))
+    return TargetRunner(target, adapter, ctx.store, ctx.log, delivery=getattr(adapter, "delivery", spec.delivery))
 
 
 # An idle connection to a device is kept this long: longer than the usual poll intervals (10 s,

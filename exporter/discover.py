@@ -7,7 +7,7 @@ Two ways to find a device:
   connections at once. Devices that do not announce themselves are found this way.
 
 Every candidate is then asked who it is, with the requests the exporter itself uses and
-without credentials. Each vendor says how (its `DeviceProbe`, in
+without credentials. Each vendor says how (its `DeviceIdentifier`, in
 exporter/vendors/<vendor>/discover.py, handed in by the command line): this module knows no
 vendor. HTTPS is used without certificate checks here: only identity is read and nothing secret
 is sent. The result is YAML: a `targets:` list with what was learnt (model, serial, firmware,
@@ -36,7 +36,7 @@ from .transport.http import Response, request
 from .transport.peercert import peer_fingerprint, unverified_context
 
 DEFAULT_PORTS = (80, 443)
-MAX_ENDPOINTS = 8192  # a /20 on two ports; more is most likely a typo
+MAX_ADDRESSES = 8192  # a /20 on two ports; more is most likely a typo
 DEFAULT_TIMEOUT = 3.0
 DEFAULT_CONCURRENCY = 32
 DEFAULT_MDNS_SECONDS = 5.0
@@ -48,8 +48,8 @@ MAX_BODY = 256 * 1024  # identity answers are small; a big one is some other dev
 
 
 @dataclass(frozen=True, order=True)
-class Endpoint:
-    host: str  # an address or a name, without brackets
+class Address:
+    host: str  # an IP address or a name, without brackets
     port: int
 
     @property
@@ -76,29 +76,29 @@ def parse_ports(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ports))
 
 
-def parse_scan(specs: Iterable[str], ports: Iterable[int] = DEFAULT_PORTS) -> list[Endpoint]:
-    """Endpoints from `--scan` values: networks (`192.168.1.0/24`), addresses, names, each
+def parse_scan(specs: Iterable[str], ports: Iterable[int] = DEFAULT_PORTS) -> list[Address]:
+    """Addresses from `--scan` values: networks (`192.168.1.0/24`), addresses, names, each
     optionally with `:port` (then only that port), comma-separated or repeated."""
     ports = tuple(ports)
-    out: dict[Endpoint, None] = {}
+    out: dict[Address, None] = {}
     for spec in specs:
         for item in (s.strip() for s in spec.split(",")):
             if not item:
                 continue
-            for endpoint in _endpoints(item, ports):
-                out[endpoint] = None
-                if len(out) > MAX_ENDPOINTS:
-                    raise ValueError(f"--scan: more than {MAX_ENDPOINTS} address and port pairs; "
+            for address in _addresses(item, ports):
+                out[address] = None
+                if len(out) > MAX_ADDRESSES:
+                    raise ValueError(f"--scan: more than {MAX_ADDRESSES} address and port pairs; "
                                      "scan a smaller network (a /24 is 254 addresses)")
     return list(out)
 
 
-def _endpoints(item: str, ports: tuple[int, ...]) -> list[Endpoint]:
+def _addresses(item: str, ports: tuple[int, ...]) -> list[Address]:
     if "://" in item:
         raise ValueError(f"--scan {item!r}: give addresses without a scheme or path, e.g. 192.168.1.50 or meter.local:8080")
     if item.count(":") > 1 and not item.startswith("["):  # a bare IPv6 address (no port)
         try:
-            return [Endpoint(str(ipaddress.IPv6Address(item)), p) for p in ports]
+            return [Address(str(ipaddress.IPv6Address(item)), p) for p in ports]
         except ValueError:
             raise ValueError(f"--scan {item!r}: not an IPv6 address (write one with a port as [fd00::5]:80)") from None
     if "/" in item:
@@ -106,11 +106,11 @@ def _endpoints(item: str, ports: tuple[int, ...]) -> list[Endpoint]:
             network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"--scan {item!r}: not a network (expected e.g. 192.168.1.0/24)") from None
-        if network.num_addresses > MAX_ENDPOINTS:
+        if network.num_addresses > MAX_ADDRESSES:
             raise ValueError(f"--scan {item!r}: {network.num_addresses} addresses is too many; "
                              "scan a smaller network (a /24 is 254 addresses)")
         hosts = list(network.hosts()) or [network.network_address]
-        return [Endpoint(str(h), p) for h in hosts for p in ports]
+        return [Address(str(h), p) for h in hosts for p in ports]
     match = _HOST_PORT.match(item)
     if not match:
         raise ValueError(f"--scan {item!r}: expected an address, a name, host:port or a network such as 192.168.1.0/24")
@@ -124,8 +124,8 @@ def _endpoints(item: str, ports: tuple[int, ...]) -> list[Endpoint]:
     if port is not None:
         if not 0 < int(port) < 65536:
             raise ValueError(f"--scan {item!r}: port {port} is out of range")
-        return [Endpoint(host, int(port))]
-    return [Endpoint(host, p) for p in ports]
+        return [Address(host, int(port))]
+    return [Address(host, p) for p in ports]
 
 
 # --- what is found -------------------------------------------------------------------------------------
@@ -176,13 +176,13 @@ class Announcement:
 
 
 @dataclass(frozen=True)
-class DeviceProbe:
+class DeviceIdentifier:
     """How one vendor's devices are found and told apart (exporter/vendors/<vendor>/discover.py)."""
 
     vendor: str
-    # Asks one endpoint whether it is one of the vendor's devices: (prober, endpoint, scheme,
+    # Asks one address whether it is one of the vendor's devices: (prober, address, scheme,
     # base URL) -> the device, or None when the answer is not the vendor's.
-    identify: Callable[["Prober", Endpoint, str, str], Awaitable[Device | None]]
+    identify: Callable[["Prober", Address, str, str], Awaitable[Device | None]]
     title: str = ""  # the vendor's name as people write it (filled in from its declaration)
     schemes: tuple[str, ...] = ("http", "https")  # what its devices speak
     # mDNS service types its devices announce -> the scheme the announced port speaks (None: find out)
@@ -199,12 +199,12 @@ class DeviceProbe:
 
 
 class Prober:
-    """Asks one endpoint who it is; one request at a time per device (weak Wi-Fi chips)."""
+    """Asks one address who it is; one request at a time per device (weak Wi-Fi chips)."""
 
-    def __init__(self, session: aiohttp.ClientSession, timeout: float, probes: Sequence[DeviceProbe]) -> None:
+    def __init__(self, session: aiohttp.ClientSession, timeout: float, identifiers: Sequence[DeviceIdentifier]) -> None:
         self.session = session
         self.timeout = timeout
-        self.probes = tuple(probes)
+        self.identifiers = tuple(identifiers)
         self.insecure = unverified_context()
 
     async def get(self, url: str, headers: dict[str, str] | None = None) -> Response | None:
@@ -216,36 +216,36 @@ class Prober:
         except (PollError, asyncio.TimeoutError):
             return None
 
-    async def reachable(self, endpoint: Endpoint) -> bool:
+    async def reachable(self, address: Address) -> bool:
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(endpoint.host, endpoint.port), self.timeout)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(address.host, address.port), self.timeout)
         except (OSError, asyncio.TimeoutError):
             return False
         writer.close()
         await _closed(writer)
         return True
 
-    async def tls_fingerprint(self, endpoint: Endpoint) -> str | None:
-        """SHA-256 of the certificate the endpoint presents, or None if it speaks no TLS."""
-        return await peer_fingerprint(endpoint.host, endpoint.port, self.timeout, self.insecure)
+    async def tls_fingerprint(self, address: Address) -> str | None:
+        """SHA-256 of the certificate the address presents, or None if it speaks no TLS."""
+        return await peer_fingerprint(address.host, address.port, self.timeout, self.insecure)
 
-    async def scheme(self, endpoint: Endpoint) -> str:
-        if endpoint.port == 80:
+    async def scheme(self, address: Address) -> str:
+        if address.port == 80:
             return "http"
-        if endpoint.port == 443:
+        if address.port == 443:
             return "https"
-        return "https" if await self.tls_fingerprint(endpoint) else "http"
+        return "https" if await self.tls_fingerprint(address) else "http"
 
-    async def identify(self, endpoint: Endpoint, scheme: str | None = None, vendor: str | None = None) -> Device | None:
-        scheme = scheme or await self.scheme(endpoint)
-        base = f"{scheme}://{endpoint.netloc}"
-        probes = [p for p in self.probes if scheme in p.schemes]
+    async def identify(self, address: Address, scheme: str | None = None, vendor: str | None = None) -> Device | None:
+        scheme = scheme or await self.scheme(address)
+        base = f"{scheme}://{address.netloc}"
+        identifiers = [i for i in self.identifiers if scheme in i.schemes]
         if vendor is not None:  # an mDNS announcement says which vendor to ask first
-            probes.sort(key=lambda p: p.vendor != vendor)
-        for probe in probes:
-            device = await probe.identify(self, endpoint, scheme, base)
+            identifiers.sort(key=lambda i: i.vendor != vendor)
+        for identifier in identifiers:
+            device = await identifier.identify(self, address, scheme, base)
             if device is not None:
-                device.title = probe.title
+                device.title = identifier.title
                 return device
         return None
 
@@ -274,9 +274,9 @@ async def _closed(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-def _titles(probes: Iterable[DeviceProbe]) -> str:
+def _titles(identifiers: Iterable[DeviceIdentifier]) -> str:
     """"A, B and C"."""
-    titles = [p.title or p.vendor for p in probes]
+    titles = [i.title or i.vendor for i in identifiers]
     return ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else "".join(titles)
 
 
@@ -325,20 +325,21 @@ async def browse(seconds: float, interfaces: list[str] | None = None,
     return [r for r in results if isinstance(r, Announcement) and r.addresses]
 
 
-def _services(probes: Iterable[DeviceProbe]) -> dict[str, tuple[DeviceProbe, str | None]]:
-    """mDNS service type -> (its vendor's probe, the scheme the announced port speaks)."""
-    return {service: (probe, scheme) for probe in probes for service, scheme in probe.services.items()}
+def _services(identifiers: Iterable[DeviceIdentifier]) -> dict[str, tuple[DeviceIdentifier, str | None]]:
+    """mDNS service type -> (its vendor's identifier, the scheme the announced port speaks)."""
+    return {service: (identifier, scheme)
+            for identifier in identifiers for service, scheme in identifier.services.items()}
 
 
-def from_announcement(a: Announcement, probes: Iterable[DeviceProbe]) -> Device:
+def from_announcement(a: Announcement, identifiers: Iterable[DeviceIdentifier]) -> Device:
     """What the announcement alone says, for a device that does not answer the identity request."""
-    probe, scheme = _services(probes).get(a.service_type, (None, "http"))
-    endpoint = Endpoint(a.addresses[0], a.port)
-    device = Device(probe.vendor if probe else "unknown", endpoint.target_host(scheme or "http"))
-    if probe is not None:
-        device.title = probe.title
-        if probe.announced is not None:
-            probe.announced(device, a.properties, scheme)
+    identifier, scheme = _services(identifiers).get(a.service_type, (None, "http"))
+    address = Address(a.addresses[0], a.port)
+    device = Device(identifier.vendor if identifier else "unknown", address.target_host(scheme or "http"))
+    if identifier is not None:
+        device.title = identifier.title
+        if identifier.announced is not None:
+            identifier.announced(device, a.properties, scheme)
     device.notes.append("announced itself but did not answer: is it busy or updating? run `probe` once it is configured")
     return device
 
@@ -348,7 +349,7 @@ def from_announcement(a: Announcement, probes: Iterable[DeviceProbe]) -> Device:
 
 @dataclass
 class Options:
-    scan: list[Endpoint] = field(default_factory=list)
+    scan: list[Address] = field(default_factory=list)
     mdns: bool = True
     mdns_seconds: float = DEFAULT_MDNS_SECONDS
     interfaces: list[str] | None = None
@@ -356,23 +357,24 @@ class Options:
     concurrency: int = DEFAULT_CONCURRENCY
 
 
-async def discover(options: Options, probes: Sequence[DeviceProbe], console: Console | None = None) -> list[Device]:
-    """The devices found, each recognised by one of `probes` (one per vendor)."""
+async def discover(options: Options, identifiers: Sequence[DeviceIdentifier],
+                   console: Console | None = None) -> list[Device]:
+    """The devices found, each recognised by one of `identifiers` (one per vendor)."""
     console = console or Console(interactive=False)
     devices: dict[tuple[str, str], Device] = {}
     connector = aiohttp.TCPConnector(limit=options.concurrency, force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        prober = Prober(session, options.timeout, probes)
+        prober = Prober(session, options.timeout, identifiers)
         if options.mdns:
             await _from_mdns(options, prober, console, devices)
         if options.scan:
             await _from_scan(options, prober, console, devices)
-    return _named(list(devices.values()), probes)
+    return _named(list(devices.values()), identifiers)
 
 
 async def _from_mdns(options: Options, prober: Prober, console: Console, devices: dict) -> None:
-    services = _services(prober.probes)
-    announcing = [p for p in prober.probes if p.services]
+    services = _services(prober.identifiers)
+    announcing = [i for i in prober.identifiers if i.services]
     if not announcing:
         return
     console.say(f"Listening for {_titles(announcing)} mDNS announcements for {options.mdns_seconds:g}s ...")
@@ -386,13 +388,13 @@ async def _from_mdns(options: Options, prober: Prober, console: Console, devices
     if announcements:
         console.say(f"{len(announcements)} announced; asking each who it is ...")
     for a in announcements:
-        probe, scheme = services.get(a.service_type, (None, None))
+        identifier, scheme = services.get(a.service_type, (None, None))
         device = None
         for address in a.addresses:
-            device = await prober.identify(Endpoint(address, a.port), scheme, probe.vendor if probe else None)
+            device = await prober.identify(Address(address, a.port), scheme, identifier.vendor if identifier else None)
             if device is not None:
                 break
-        announced = from_announcement(a, prober.probes)
+        announced = from_announcement(a, prober.identifiers)
         if device is None:
             device = announced
         else:  # what the device would not tell (its local API is off), its announcement may
@@ -401,40 +403,41 @@ async def _from_mdns(options: Options, prober: Prober, console: Console, devices
                     setattr(device, key, getattr(announced, key))
             for key, value in announced.options.items():
                 device.options.setdefault(key, value)
-        _add(devices, device, "mDNS", prober.probes)
+        _add(devices, device, "mDNS", prober.identifiers)
 
 
 async def _from_scan(options: Options, prober: Prober, console: Console, devices: dict) -> None:
-    endpoints = options.scan
-    hosts = len({e.host for e in endpoints})
-    console.say(f"Scanning {hosts} address{'es' if hosts != 1 else ''} ({len(endpoints)} address:port pairs, "
+    addresses = options.scan
+    hosts = len({e.host for e in addresses})
+    console.say(f"Scanning {hosts} address{'es' if hosts != 1 else ''} ({len(addresses)} address:port pairs, "
                 f"{options.concurrency} at a time) ...")
     done = 0
     found = 0
     semaphore = asyncio.Semaphore(options.concurrency)
 
-    async def one(endpoint: Endpoint) -> None:
+    async def one(address: Address) -> None:
         nonlocal done, found
         try:
             async with semaphore:
-                if await prober.reachable(endpoint):
-                    device = await prober.identify(endpoint)
+                if await prober.reachable(address):
+                    device = await prober.identify(address)
                     if device is not None:
-                        _add(devices, device, "scan", prober.probes)
+                        _add(devices, device, "scan", prober.identifiers)
                         found += 1
         finally:
             done += 1
-            console.progress("scanning", done, len(endpoints), f"{found} answered")
+            console.progress("scanning", done, len(addresses), f"{found} answered")
 
-    console.progress("scanning", 0, len(endpoints), "0 answered")
-    await asyncio.gather(*(one(e) for e in endpoints))
-
-
-def _probe(probes: Iterable[DeviceProbe], vendor: str) -> DeviceProbe | None:
-    return next((p for p in probes if p.vendor == vendor), None)
+    console.progress("scanning", 0, len(addresses), "0 answered")
+    await asyncio.gather(*(one(e) for e in addresses))
 
 
-def _add(devices: dict[tuple[str, str], Device], device: Device, how: str, probes: Iterable[DeviceProbe]) -> None:
+def _identifier(identifiers: Iterable[DeviceIdentifier], vendor: str) -> DeviceIdentifier | None:
+    return next((i for i in identifiers if i.vendor == vendor), None)
+
+
+def _add(devices: dict[tuple[str, str], Device], device: Device, how: str,
+         identifiers: Iterable[DeviceIdentifier]) -> None:
     """Merge a device seen twice (mDNS and scan; a device answering on two ports)."""
     known = devices.get(device.key) or next(
         (d for d in devices.values() if d.vendor == device.vendor and d.host == device.host), None)
@@ -444,23 +447,23 @@ def _add(devices: dict[tuple[str, str], Device], device: Device, how: str, probe
         return
     if how not in known.found_by:
         known.found_by.append(how)
-    probe = _probe(probes, known.vendor)
-    if probe is not None and probe.merge is not None:
-        probe.merge(known, device)
+    identifier = _identifier(identifiers, known.vendor)
+    if identifier is not None and identifier.merge is not None:
+        identifier.merge(known, device)
     for key in ("model", "serial", "firmware"):
         if not getattr(known, key) and getattr(device, key):
             setattr(known, key, getattr(device, key))
 
 
-def _base_name(device: Device, probes: Iterable[DeviceProbe]) -> str:
-    probe = _probe(probes, device.vendor)
-    return probe.name(device) if probe is not None and probe.name is not None else device.vendor
+def _base_name(device: Device, identifiers: Iterable[DeviceIdentifier]) -> str:
+    identifier = _identifier(identifiers, device.vendor)
+    return identifier.name(device) if identifier is not None and identifier.name is not None else device.vendor
 
 
-def _named(devices: list[Device], probes: Iterable[DeviceProbe]) -> list[Device]:
+def _named(devices: list[Device], identifiers: Iterable[DeviceIdentifier]) -> list[Device]:
     """Short names; the serial's end is added only where two devices would share one."""
     devices.sort(key=lambda d: (d.vendor, d.model, d.serial, d.host))
-    bases = [_base_name(d, probes) for d in devices]
+    bases = [_base_name(d, identifiers) for d in devices]
     used: set[str] = set()
     for device, base in zip(devices, bases):
         name = base
@@ -503,27 +506,28 @@ def render_yaml(devices: list[Device]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def discover_command(args: Any, probes: Sequence[DeviceProbe], console: Console | None = None) -> int:
+async def discover_command(args: Any, identifiers: Sequence[DeviceIdentifier],
+                           console: Console | None = None) -> int:
     console = console or Console()
     try:
         ports = parse_ports(args.ports) if args.ports else DEFAULT_PORTS
-        endpoints = parse_scan(args.scan or [], ports)
+        addresses = parse_scan(args.scan or [], ports)
         if args.timeout <= 0 or args.concurrency < 1 or args.mdns_timeout < 0:
             raise ValueError("--timeout and --mdns-timeout must be positive, --concurrency at least 1")
     except ValueError as exc:
         console.failed(str(exc))
         console.next("correct the option; `energy-meter-exporter discover --help` lists them")
         return EXIT_USAGE
-    if args.no_mdns and not endpoints:
+    if args.no_mdns and not addresses:
         console.failed("nothing to do: --no-mdns without --scan")
         console.next("give addresses to scan, e.g. `--scan 192.168.1.0/24`")
         return EXIT_USAGE
-    options = Options(scan=endpoints, mdns=not args.no_mdns, mdns_seconds=args.mdns_timeout,
+    options = Options(scan=addresses, mdns=not args.no_mdns, mdns_seconds=args.mdns_timeout,
                       interfaces=args.interface or None, timeout=args.timeout, concurrency=args.concurrency)
-    devices = await discover(options, probes, console)
+    devices = await discover(options, identifiers, console)
     if not devices:
-        silent = [p for p in probes if not p.services]
-        console.failed("no meters found" + ("" if endpoints else " by mDNS"))
+        silent = [i for i in identifiers if not i.services]
+        console.failed("no meters found" + ("" if addresses else " by mDNS"))
         console.next("check that the device is powered and on this network; "
                      + (f"{_titles(silent)} meters do not announce themselves: " if silent else "")
                      + "give addresses with `--scan 192.168.1.0/24` (your network) or `--scan ADDRESS`")

@@ -40,7 +40,7 @@ async def probe(config: Config, name: str, console: Console | None = None) -> in
         ctx = AdapterContext(session=session, state=state, log=logs.get().bind(target=name, vendor=target.vendor),
                              sections=config.sections, store=store, ledger=QuotaLedger(state))
         runner = new_runner(target, ctx)
-        if runner.kind != "poll":
+        if runner.delivery != "poll":
             console.failed(f"{name}: a push target cannot be probed")
             console.next("start the exporter and watch this target on its status page (/) instead")
             return EXIT_USAGE

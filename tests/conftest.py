@@ -20,6 +20,7 @@ from simulators.ports import free_port  # noqa: F401  (tests import it from here
 
 if TYPE_CHECKING:
     from exporter.daemon import Daemon
+    from exporter.store import SnapshotStore
     from simulators.homewizard import HomeWizardSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +131,11 @@ class ExporterProcess:
                 self.proc.wait()
         self._log_file.close()
         return self.proc.returncode
+
+
+def exposition_text(store: "SnapshotStore", openmetrics: bool = False) -> str:
+    """The store's whole exposition, as /metrics serves it uncompressed."""
+    return b"".join(store.cache.chunks(openmetrics)).decode()
 
 
 def sample_value(text: str, name: str, **labels: str) -> float | None:

@@ -17,6 +17,7 @@ from graphql import print_ast
 
 from exporter.model.samples import Reading
 from exporter.vendors.iometer import parse
+from exporter.vendors.iometer.account import AccountReadings
 from exporter.vendors.iometer.partner import INSTALLATIONS, READINGS
 from simulators.iometer import THREE_PHASE_READING
 from simulators.iometer_partner import PartnerApiSimulator, demo_installations, demo_values
@@ -43,11 +44,11 @@ def simulated_account() -> Reading:
         for installation in sim.installations:
             for meter in installation.meters:
                 sim.publish(meter, base + 60 * step, demo_values(5000.0 + step, 800.0))
-    store = parse.MeterStore()
+    account = AccountReadings()
     body = sim.execute(print_ast(INSTALLATIONS.document), {"pagination": {"limit": 100, "offset": 0}})
-    store.set_installations(parse.parse_installations(parse.graphql_result(body).data))
+    account.set_installations(parse.parse_installations(parse.graphql_result(body).data))
     body = sim.execute(print_ast(READINGS.document), {"startTime": None, "limit": 100, "cursor": None})
     items, _ = parse.parse_readings_page(parse.graphql_result(body).data)
     for item in items:
-        store.offer(item)
-    return store.snapshot()
+        account.offer(item)
+    return account.snapshot()

@@ -342,7 +342,7 @@ async def test_the_partner_subscription_reconnects_with_the_policys_delays(asked
     try:
         await async_wait_until(lambda: sim.active_subscriptions == 1, what="a subscription")
         sim.publish(meter, time.time() - 5, demo_values(1.0, 2.0))
-        await async_wait_until(lambda: adapter.store.received >= 1, what="a reading")
+        await async_wait_until(lambda: adapter.account.received >= 1, what="a reading")
         secret, sim.secret = sim.secret, "changed"  # from now on every connection is refused
         await sim.drop_connections()
         await async_wait_until(lambda: len(subscription_asks()) >= 4, what="refused reconnections")

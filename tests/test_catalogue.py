@@ -18,7 +18,7 @@ def test_names_follow_the_prometheus_conventions():
     assert len(names) == len(set(names))
     for m in M.all_metrics():
         assert re.fullmatch(r"(energy_meter|process)_[a-z0-9_]+", m.name), m.name
-        assert m.name.endswith("_total") == (m.kind == "counter"), m.name
+        assert m.name.endswith("_total") == (m.type == "counter"), m.name
         if m.obis_by:
             assert m.obis_by in m.labels, m.name
         assert "phase" not in m.labels or m.name.startswith("energy_meter_phase_") or "phase" in m.name, m.name

@@ -51,6 +51,44 @@ def test_valid_config_with_defaults(tmp_path):
     assert p1.source.endswith("config.yaml:5")
 
 
+def test_a_target_s_options_come_typed_with_every_default(tmp_path):
+    from exporter.config.loader import TargetConfig
+    from exporter.vendors.homewizard.local import HomeWizardSettings
+    from exporter.vendors.iammeter.modbus import IammeterModbusSettings
+
+    cfg = load_config(write(tmp_path, """
+        targets:
+          - {name: p1, vendor: homewizard, host: 192.0.2.10, serial: abc}
+          - {name: m, vendor: iammeter, transport: modbus, host: 192.0.2.11, port: 1502}
+    """), environ={})
+    p1, meter = cfg.targets
+    settings = HomeWizardSettings.of(p1)
+    assert settings == HomeWizardSettings(host="192.0.2.10", serial="abc")
+    assert (settings.api_version, settings.tls_verify, settings.token) == ("auto", True, None)
+    assert IammeterModbusSettings.of(meter) == IammeterModbusSettings(host="192.0.2.11", port=1502, unit_id=1,
+                                                                      model="auto")
+    # A target made in code, without the loader, gets the same defaults from the same declaration.
+    made = TargetConfig(name="p1", vendor="homewizard", transport="local", interval=10.0, timeout=5.0,
+                        max_backoff=300.0, stale_after=60.0, jitter=0.1, options={"host": "192.0.2.10"})
+    assert HomeWizardSettings.of(made) == HomeWizardSettings(host="192.0.2.10")
+
+
+def test_a_key_left_out_takes_the_default_its_table_shows():
+    # The README's rows and the loader's checks come from the same fields as the typed defaults.
+    from exporter.config.loader import OptionTable
+    from exporter.vendors import registry
+
+    tables = [spec.options for spec in registry.specs()] + [s.options for s in registry.sections().values()]
+    typed = [table for table in tables if isinstance(table, OptionTable)]
+    assert len(typed) >= 10
+    for table in typed:
+        built = table.settings.from_options({"name": "n", **{k: "x" for k, o in table.items() if o.required}})
+        for key, option in table.items():
+            if not option.required and key != "port":  # a broker's port is filled in from tls
+                empty = () if option.type == "list" else None
+                assert getattr(built, key) == (empty if option.default is None else option.default), key
+
+
 def test_unknown_key_names_file_line_and_path(tmp_path):
     path = write(tmp_path, """
         targets:
@@ -239,7 +277,7 @@ class _OneVendor:
         from exporter.config.loader import Option, SectionSpec
 
         self.spec = SimpleNamespace(
-            vendor="acme", transport="lan", kind="poll", default_interval=20.0, min_interval=5.0,
+            vendor="acme", transport="lan", delivery="poll", default_interval=20.0, min_interval=5.0,
             default_overrides={}, options={"host": Option("str", required=True)},
             check_target=lambda options: [("host", "no dots here")] if "." in options["host"] else [],
             check_config=lambda config: ([(("acme_hub", "url"), "no hub at that address")]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from exporter.console import Console
-from exporter.discover import Endpoint, Options, parse_ports, parse_scan, render_yaml
+from exporter.discover import Address, Options, parse_ports, parse_scan, render_yaml
 from exporter.discover import discover as discover_with
 from exporter.vendors import registry
 from simulators.enphase import CORPUS, GatewaySimulator, firmware_folder
@@ -25,32 +25,32 @@ from simulators.iometer import BridgeSimulator
 
 from .conftest import free_port
 
-# Every vendor's probe, as the command line hands them over.
-PROBES = registry.discovery_probes()
+# Every vendor's identifier, as the command line hands them over.
+IDENTIFIERS = registry.identifiers()
 
 
 async def discover(options: Options, console: Console):
-    return await discover_with(options, PROBES, console)
+    return await discover_with(options, IDENTIFIERS, console)
 
 # --- --scan and --ports ------------------------------------------------------------------------
 
 
 def test_scan_of_a_network_covers_its_hosts_on_the_default_ports():
-    endpoints = parse_scan(["192.168.7.0/30"])
-    assert endpoints == [Endpoint("192.168.7.1", 80), Endpoint("192.168.7.1", 443),
-                         Endpoint("192.168.7.2", 80), Endpoint("192.168.7.2", 443)]
+    addresses = parse_scan(["192.168.7.0/30"])
+    assert addresses == [Address("192.168.7.1", 80), Address("192.168.7.1", 443),
+                         Address("192.168.7.2", 80), Address("192.168.7.2", 443)]
     assert len(parse_scan(["192.168.7.0/24"], ports=(80,))) == 254
 
 
 def test_scan_takes_addresses_names_and_ports_comma_separated_or_repeated():
-    endpoints = parse_scan(["127.0.0.1:8080,meter.local", "[fd00::5]:81"], ports=(80,))
-    assert endpoints == [Endpoint("127.0.0.1", 8080), Endpoint("meter.local", 80), Endpoint("fd00::5", 81)]
-    assert parse_scan(["fd00::5"], ports=(80,)) == [Endpoint("fd00::5", 80)]
-    assert Endpoint("fd00::5", 81).target_host("http") == "[fd00::5]:81"
-    assert Endpoint("10.0.0.5", 443).target_host("https") == "10.0.0.5"
-    assert Endpoint("10.0.0.5", 8443).target_host("https") == "10.0.0.5:8443"
+    addresses = parse_scan(["127.0.0.1:8080,meter.local", "[fd00::5]:81"], ports=(80,))
+    assert addresses == [Address("127.0.0.1", 8080), Address("meter.local", 80), Address("fd00::5", 81)]
+    assert parse_scan(["fd00::5"], ports=(80,)) == [Address("fd00::5", 80)]
+    assert Address("fd00::5", 81).target_host("http") == "[fd00::5]:81"
+    assert Address("10.0.0.5", 443).target_host("https") == "10.0.0.5"
+    assert Address("10.0.0.5", 8443).target_host("https") == "10.0.0.5:8443"
     # The same pair twice is probed once.
-    assert parse_scan(["127.0.0.1:80", "127.0.0.1"], ports=(80,)) == [Endpoint("127.0.0.1", 80)]
+    assert parse_scan(["127.0.0.1:80", "127.0.0.1"], ports=(80,)) == [Address("127.0.0.1", 80)]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -106,7 +106,7 @@ def test_two_devices_of_a_kind_get_names_from_their_serials():
     devices = _named([Device("enphase", "10.0.0.2", "800-00654-r08", "202400000001"),
                       Device("enphase", "10.0.0.3", "800-00654-r08", "122300000001"),
                       Device("enphase", "10.0.0.4", "800-00654-r08", "999900000001"),
-                      Device("iometer", "10.0.0.5", "bridge", "1ISK0000000000")], PROBES)
+                      Device("iometer", "10.0.0.5", "bridge", "1ISK0000000000")], IDENTIFIERS)
     assert sorted(d.name for d in devices) == ["enphase-gateway-000001", "enphase-gateway-000001-2",
                                                "enphase-gateway-000001-3", "iometer"]
 
@@ -312,13 +312,13 @@ async def test_mdns_announcements_on_loopback_are_found_and_identified(devices):
     assert "listening" in err.getvalue()
 
 
-# --- the probes are handed in: discovery itself knows no vendor ---------------------------------------
+# --- the identifiers are handed in: discovery itself knows no vendor ----------------------------------
 
 
-async def test_discovery_asks_only_the_probes_it_is_handed():
+async def test_discovery_asks_only_the_identifiers_it_is_handed():
     from aiohttp import web
 
-    from exporter.discover import Device, DeviceProbe, json_body
+    from exporter.discover import Device, DeviceIdentifier, json_body
 
     async def whoami(request: web.Request) -> web.Response:
         return web.json_response({"maker": "acme", "serial": "ACME0042"})
@@ -331,19 +331,19 @@ async def test_discovery_asks_only_the_probes_it_is_handed():
     await web.TCPSite(runner, "127.0.0.1", port).start()
     asked: list[str] = []
 
-    async def identify(prober, endpoint, scheme, base):
+    async def identify(prober, address, scheme, base):
         asked.append(base)
         answer = json_body(await prober.get(f"{base}/whoami"))
         if not isinstance(answer, dict) or answer.get("maker") != "acme":
             return None
-        return Device("acme", endpoint.target_host(scheme), model="box", serial=answer["serial"])
+        return Device("acme", address.target_host(scheme), model="box", serial=answer["serial"])
 
-    probe = DeviceProbe(vendor="acme", identify=identify, title="ACME", schemes=("http",),
-                        name=lambda device: "acme-box")
+    identifier = DeviceIdentifier(vendor="acme", identify=identify, title="ACME", schemes=("http",),
+                                  name=lambda device: "acme-box")
     try:
         console = Console(err=io.StringIO(), out=io.StringIO(), interactive=False)
         found = await discover_with(Options(scan=parse_scan([f"127.0.0.1:{port}"]), mdns=False, timeout=3),
-                                    [probe], console)
+                                    [identifier], console)
     finally:
         await runner.cleanup()
     assert asked == [f"http://127.0.0.1:{port}"]

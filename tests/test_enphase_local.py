@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ from exporter.model.errors import PollError
 from exporter.runtime.context import AdapterContext
 from exporter.runtime.logs import get as get_log
 from exporter.runtime.state import StateDirectory
-from exporter.vendors.enphase.local import SPEC, EnphaseLocal, check_target, parse_window
-from exporter.vendors.enphase.token import TokenStore
+from exporter.vendors.enphase.local import SPEC, EnphaseLocal, check_target
+from exporter.vendors.enphase.nightly import parse_window
+from exporter.vendors.enphase.token import TokenFile
 from simulators.enphase import (DEFAULT_FIRMWARE, PACKAGED, EnlightenSimulator, GatewaySimulator, TokenIssuer,
                                 firmware_folder, start_demo)
 
@@ -143,7 +145,7 @@ async def test_token_renewed_before_it_expires(sims, session, tmp_path, clock):
     second = (await adapter.poll()).value_of(M.TOKEN_EXPIRY)
     assert enlighten.login_calls == 2
     assert second == pytest.approx(clock.now + 12 * 3600) and second > first
-    stored = TokenStore(StateDirectory(tmp_path), "roof").load(gateway.serial)
+    stored = TokenFile(StateDirectory(tmp_path), "roof").load(gateway.serial)
     assert stored.expires_at == second
 
 
@@ -341,6 +343,9 @@ async def test_legacy_firmware_uses_digest(session, tmp_path, clock):
         # Challenge, then the answer with user envoy and the serial's last six digits.
         assert gateway.count("/api/v1/production/inverters") == 2
         assert not any(r.startswith("/auth") for r in gateway.requests)
+        clock.advance(300)
+        await adapter.poll()  # the nonce of that challenge is reused: no second challenge
+        assert gateway.count("/api/v1/production/inverters") == 3
     finally:
         await gateway.stop()
 
@@ -357,6 +362,92 @@ async def test_legacy_firmware_with_wrong_digest_password(session, tmp_path, clo
             await adapter.poll()
         assert err.value.reason == "unauthorized"
         assert "installer" in str(err.value) and "wrong" not in str(err.value)
+    finally:
+        await gateway.stop()
+
+
+class ChallengingGateway:
+    """A firmware 5 gateway on a raw socket (so that it can send any header): `/info`, and a 401
+    with the given `WWW-Authenticate` bytes for every other path. Records each request's path
+    and Authorization header."""
+
+    def __init__(self, challenge: bytes) -> None:
+        self.challenge = challenge
+        self.requests: list[tuple[str, str | None]] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> "ChallengingGateway":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data and b"GET ".startswith(data[:4]):
+            if not (chunk := await reader.read(4096)):
+                break
+            data += chunk
+        if not data.startswith(b"GET ") or b"\r\n\r\n" not in data:  # a TLS handshake: speaks no TLS
+            writer.close()
+            return
+        head = data.decode("latin-1").split("\r\n")
+        path = head[0].split(" ")[1]
+        auth = next((line.split(":", 1)[1].strip() for line in head[1:] if line.lower().startswith("authorization:")), None)
+        self.requests.append((path, auth))
+        if path == "/info":
+            body = (b"<?xml version='1.0'?><envoy_info><device><sn>121426016034</sn><pn>800-00069-r05</pn>"
+                    b"<software>R5.0.62</software></device></envoy_info>")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n")
+        else:
+            body = b"<html>401</html>"
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: " + self.challenge + b"\r\n")
+        writer.write(b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("challenge", [
+    b'Digest realm="enphaseenergy.com\x01X-Evil: 1", qop="auth", nonce="abc"',  # a control character
+    b'Digest realm="enphaseenergy.com", qop="auth", nonce="ab\x7fc"',  # DEL
+    b'Digest realm="enphaseenerg\xe9.com", qop="auth", nonce="abc"',  # a byte that is no UTF-8
+    b'Digest realm="enphaseenergy.com", qop="auth"',  # no nonce
+    b'Digest realm="enphaseenergy.com", qop="auth", nonce="abc", algorithm=ROT13',
+    b'Digest realm="enphaseenergy.com", qop="auth-conf", nonce="abc"',
+], ids=["control", "del", "not-utf8", "no-nonce", "algorithm", "qop"])
+async def test_a_digest_challenge_that_cannot_be_answered_is_a_refusal(challenge, session, tmp_path, clock):
+    """Nothing of such a challenge is echoed into a request: the 401 stands as the gateway's refusal."""
+    gateway = await ChallengingGateway(challenge).start()
+    try:
+        adapter = make(session, tmp_path, clock, host=gateway.host)
+        with pytest.raises(PollError) as err:
+            await adapter.poll()
+        assert err.value.reason == "unauthorized" and "refused Digest user 'envoy'" in str(err.value)
+        assert gateway.requests == [("/info", None), ("/ivp/meters", None)]  # asked once, not answered
+    finally:
+        await gateway.stop()
+
+
+async def test_a_digest_challenge_is_answered_once_per_request(session, tmp_path, clock):
+    gateway = await ChallengingGateway(b'Digest realm="enphaseenergy.com", qop="auth", nonce="abc", '
+                                       b'opaque="x\\"y"').start()
+    try:
+        adapter = make(session, tmp_path, clock, host=gateway.host)
+        with pytest.raises(PollError) as err:
+            await adapter.poll()
+        assert err.value.reason == "unauthorized"
+        (_, first), (path, answer) = gateway.requests[1:]
+        assert first is None and path == "/ivp/meters"
+        assert answer.startswith('Digest username="envoy", realm="enphaseenergy.com", nonce="abc", uri="/ivp/meters"')
+        assert 'opaque="x\\"y"' in answer and "nc=00000001" in answer
     finally:
         await gateway.stop()
 

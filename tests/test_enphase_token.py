@@ -11,7 +11,7 @@ import pytest
 
 from exporter.model.errors import PollError
 from exporter.runtime.state import StateDirectory
-from exporter.vendors.enphase.token import TokenError, TokenStore, decode_claims, fetch_token, token_info
+from exporter.vendors.enphase.token import TokenError, TokenFile, decode_claims, fetch_token, token_info
 from simulators.enphase import EnlightenSimulator, TokenIssuer
 
 SERIAL = "202439990001"
@@ -103,16 +103,16 @@ async def test_unreachable_enlighten_is_a_connection_error(session):
     assert err.value.reason == "connection"
 
 
-def test_token_store_round_trip_is_private(tmp_path):
+def test_token_file_round_trip_is_private(tmp_path):
     state = StateDirectory(tmp_path / "state")
-    store = TokenStore(state, "roof/gateway")
+    token_file = TokenFile(state, "roof/gateway")
     info = token_info(jwt({"enphaseUser": "owner", "iat": 10, "exp": 20, "aud": SERIAL}))
-    assert store.load(SERIAL) is None
-    store.save(info, SERIAL)
-    path = state.file(store.name)
+    assert token_file.load(SERIAL) is None
+    token_file.save(info, SERIAL)
+    path = state.file(token_file.name)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert "/" not in store.name
-    assert store.load(SERIAL).token == info.token
-    assert store.load("999999999999") is None  # another gateway's token is not used
+    assert "/" not in token_file.name
+    assert token_file.load(SERIAL).token == info.token
+    assert token_file.load("999999999999") is None  # another gateway's token is not used
     path.write_text("{torn")
-    assert store.load(SERIAL) is None
+    assert token_file.load(SERIAL) is None

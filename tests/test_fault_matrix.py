@@ -47,7 +47,8 @@ from simulators.iometer_partner import LEGACY_WS, PartnerApiSimulator, demo_inst
 from simulators.tls import new_authority
 
 from .configs import load_config
-from .conftest import async_wait_until, daemon_beside_control, free_port, require_binary, sample_value
+from .conftest import (async_wait_until, daemon_beside_control, exposition_text, free_port, require_binary,
+                       sample_value)
 
 INTERVAL = 0.5
 TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -92,7 +93,7 @@ class Rig:
     stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def text(self) -> str:
-        return self.daemon.store.cache.encoded(False, False).decode()
+        return exposition_text(self.daemon.store)
 
     def value(self, name: str, **labels) -> float | None:
         return sample_value(self.text(), name, **labels)
@@ -1137,7 +1138,7 @@ async def test_fault(tmp_path, monkeypatch, transport, fault):
         assert control.up
 
         runner = rig.daemon.runners["faulty"]
-        if runner.kind == "poll" and fault.reasons and fault.repeats:
+        if runner.delivery == "poll" and fault.reasons and fault.repeats:
             # cleared after at most three failed polls, so the next poll comes one interval
             # after the last one (only then does the delay grow)
             assert runner.failures <= RETRIES_BEFORE_BACKOFF, runner.failures
@@ -1145,7 +1146,7 @@ async def test_fault(tmp_path, monkeypatch, transport, fault):
         runner = rig.daemon.runners["faulty"]  # a reload replaces it
         # A poll started before the fault cleared may still fail; so may a reconnection attempt
         # under way, or a message already sent.
-        in_flight = 1 if runner.kind != "poll" or (runner.task is not None and not runner.task.done()) else 0
+        in_flight = 1 if runner.delivery != "poll" or (runner.task is not None and not runner.task.done()) else 0
         failed_at_clear = failures(faulty)
         succeeded_at_clear = faulty.polls - failed_at_clear
         await async_wait_until(lambda: faulty.up and faulty.polls - failures(faulty) > succeeded_at_clear,

@@ -32,6 +32,7 @@ from exporter.vendors.iammeter import parse as iammeter
 from exporter.vendors.iammeter import registers
 from exporter.vendors.iometer import obis
 from exporter.vendors.iometer import parse as iometer
+from exporter.vendors.iometer.account import AccountReadings
 from exporter.vendors.iometer.bridge import SseDecoder, SseEvent
 from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 
@@ -297,12 +298,12 @@ METERS = enphase.parse_meters([{"eid": 704643328, "state": "enabled", "measureme
 LABELS = cloud_parse.MeterLabels(installation="home", meter="SN1")
 
 
-def _meter_store(data: Any) -> Reading:
-    store = iometer.MeterStore()
+def _account_readings(data: Any) -> Reading:
+    account = AccountReadings()
     readings, _ = iometer.parse_readings_page(data)
     for item in readings:
-        store.offer(item)
-    return store.snapshot()
+        account.offer(item)
+    return account.snapshot()
 
 
 JSON_PARSERS: list[tuple[str, Callable[[Any], Any]]] = [  # name: vendor.function
@@ -340,7 +341,7 @@ JSON_PARSERS: list[tuple[str, Callable[[Any], Any]]] = [  # name: vendor.functio
     ("iometer.graphql_result", lambda d: iometer.graphql_result(d).error_text()),
     ("iometer.parse_installations", lambda d: [i.devices for i in iometer.parse_installations(d)]),
     ("iometer.parse_subscription", lambda d: iometer.parse_subscription(d, "meterReadings")),
-    ("iometer.meter_store", _meter_store),
+    ("iometer.account_readings", _account_readings),
     ("iometer.obis.register", lambda d: obis.register(*d) if isinstance(d, list) and len(d) == 3 else None),
 ]
 

@@ -21,8 +21,8 @@ from simulators.homewizard import HomeWizardSimulator
 from simulators.iammeter_push import HttpPushMeter
 
 from .configs import load_config
-from .conftest import (ExporterProcess, async_wait_until, free_port, http_get, sample_value, start_push_daemon,
-                       wait_until)
+from .conftest import (ExporterProcess, async_wait_until, exposition_text, free_port, http_get, sample_value,
+                       start_push_daemon, wait_until)
 
 SLOW_HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 4000
 LIVENESS = 5.0  # seconds an honest request may take while the attack runs
@@ -324,7 +324,7 @@ async def test_push_connections_over_the_limit_are_closed_at_once_and_slow_bodie
         for reader, writer in held:
             answer = await asyncio.wait_for(reader.read(65536), LIVENESS)
             assert answer.startswith(b"HTTP/1.1 408"), answer
-        text = daemon.store.cache.encoded(False, False).decode()
+        text = exposition_text(daemon.store)
         assert sample_value(text, "energy_meter_exporter_push_rejected_total", listener="http_push",
                             reason="timeout") == 3
     finally:

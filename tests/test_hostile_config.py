@@ -230,7 +230,7 @@ NOT_FINITE = [".nan", ".NaN", ".inf", "-.inf", "+.inf", "nan", "inf", "'nan'", "
 
 
 @pytest.mark.parametrize("value", NOT_FINITE)
-@pytest.mark.parametrize("key", sorted(k for k, o in COMMON_OPTIONS.items() if o.kind in ("float", "duration")))
+@pytest.mark.parametrize("key", sorted(k for k, o in COMMON_OPTIONS.items() if o.type in ("float", "duration")))
 def test_every_number_refuses_nan_and_infinity_with_file_and_line(tmp_path, key, value):
     path = write(tmp_path, f"targets:\n  - name: p1\n    vendor: homewizard\n    host: a\n    {key}: {value}\n")
     assert f"{path}:5: targets[0].{key}: " in refusal(path)

@@ -18,7 +18,7 @@ from exporter.runtime.scheduler import TargetRunner
 from exporter.store import SnapshotStore
 
 from .configs import load_config
-from .conftest import async_wait_until, sample_value
+from .conftest import async_wait_until, exposition_text, sample_value
 
 
 def target(name: str, interval: float = 0.05, **options) -> TargetConfig:
@@ -93,7 +93,7 @@ async def test_a_reading_the_store_cannot_render_fails_the_poll_and_the_next_pol
     assert not state.up and state.last_reason == "internal"
     assert set(state.errors) == {"internal"}
     assert adapter.calls - 1 <= state.errors["internal"] <= adapter.calls  # (one may be cut by the stop)
-    text = store.cache.encoded(False, False).decode()
+    text = exposition_text(store)
     assert sample_value(text, "energy_meter_exporter_target_up", device="x") == 0
     assert sample_value(text, M.ACTIVE_POWER.name, device="x") is None  # nothing half-taken
     # one traceback for the bug, one line for the failures: not one per poll
@@ -107,7 +107,7 @@ async def test_a_target_that_breaks_after_a_good_reading_shows_down_not_frozen()
     state, store, _ = await run_target(adapter, 0.8)
     assert adapter.calls >= 5
     assert not state.up and state.last_reason == "internal"
-    text = store.cache.encoded(False, False).decode()
+    text = exposition_text(store)
     assert sample_value(text, "energy_meter_exporter_target_up", device="x") == 0
     assert sample_value(text, M.ACTIVE_POWER.name, device="x") == 102  # the last good reading, held
     assert list(state.values) == [102.0, 1e9 + 2]
@@ -166,7 +166,7 @@ async def test_refused_values_are_logged_once_per_metric_and_reason():
     adapter = ScriptedAdapter(script)
     state, store, _ = await run_target(adapter, 0.5, log)
     assert state.up
-    text = store.cache.encoded(False, False).decode()
+    text = exposition_text(store)
     counted = sample_value(text, "energy_meter_exporter_samples_dropped_total", device="x", reason="negative")
     assert counted == adapter.calls >= 4
     refused = [fields for _, m, fields in log.lines if m == "value refused"]
@@ -224,7 +224,7 @@ async def test_a_pushed_message_the_store_cannot_take_is_a_failure_and_the_recei
     store = SnapshotStore()
     store.add_target("p", "iammeter", 60)
     log = RecordingLog()
-    runner = TargetRunner(target("p"), adapter, store, log, kind="push")
+    runner = TargetRunner(target("p"), adapter, store, log, delivery="push")
     runner.start()
     try:
         await async_wait_until(lambda: adapter.handed == len(messages), timeout=5, what="every message handed in")
@@ -232,7 +232,7 @@ async def test_a_pushed_message_the_store_cannot_take_is_a_failure_and_the_recei
         state = store.targets["p"]
         assert state.errors == {"internal": 2, "parse": 1}
         assert state.up and state.polls == 5
-        text = store.cache.encoded(False, False).decode()
+        text = exposition_text(store)
         assert sample_value(text, M.ACTIVE_POWER.name, device="p") == 104
         assert log.count("poll crashed") == 1
     finally:

@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.exposition import format_value
-from exporter.exposition import text as exposition_text
+from exporter.exposition import text as text_module
 from exporter.model import catalogue as M
 from exporter.model.catalogue import JOULES_PER_KWH
 from exporter.model.errors import MAX_MESSAGE, PollError, safe_text
@@ -23,7 +23,7 @@ from exporter.runtime.scheduler import LogThrottle
 from exporter.store import CEILING_SECONDS, COUNTER_RESET_GRACE, DEFAULT_MAX_POWER, RETIRED_MIN, SnapshotStore
 from exporter.store import snapshots as store_module
 
-from .conftest import sample_value
+from .conftest import exposition_text, sample_value
 
 SURROGATE = "\ud800"
 
@@ -56,7 +56,7 @@ def p1(import_kwh: float | None = 1000.0, power: float = 500.0, gas: dict[str, f
 
 
 def body(store: SnapshotStore, om: bool = False) -> str:
-    return store.cache.encoded(om, False).decode()
+    return exposition_text(store, om)
 
 
 def parses(store: SnapshotStore) -> None:
@@ -328,7 +328,7 @@ def test_a_series_sent_twice_in_one_reading_is_exported_once():
 def _twice(reading: Reading) -> Reading:
     """The reading with its counters repeated (lower), in another order."""
     reading.samples.extend(Sample(s.metric, s.labels, 1.0) for s in reversed(reading.samples)
-                           if s.metric.kind == "counter")
+                           if s.metric.type == "counter")
     return reading
 
 
@@ -352,11 +352,11 @@ def test_a_device_naming_new_meters_on_every_poll_keeps_its_state_bounded():
     tracemalloc.start()
     try:
         churn(store, clock, 200, start=1000)
-        exposition_text._LABELS.clear()  # the label text cache all targets share has a bound of its own
+        text_module._LABELS.clear()  # the label text cache all targets share has a bound of its own
         gc.collect()
         baseline = tracemalloc.get_traced_memory()[0]
         churn(store, clock, 3000, start=1200)
-        exposition_text._LABELS.clear()
+        text_module._LABELS.clear()
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - baseline
     finally:

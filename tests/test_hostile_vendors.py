@@ -32,7 +32,7 @@ from exporter.vendors.iometer.bridge import SseDecoder
 from simulators.homewizard import HomeWizardSimulator
 from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 
-from .conftest import async_wait_until, daemon_beside_control, sample_value
+from .conftest import async_wait_until, daemon_beside_control, exposition_text, sample_value
 
 INTERVAL = 0.5
 TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -165,7 +165,7 @@ async def test_a_lone_surrogate_in_an_external_meter_id_does_not_freeze_the_targ
         assert sample_value(text, "energy_meter_exporter_target_up", device="hostile") == 1
         # it goes on polling: the counter follows the device
         device.set("/api/v1/data", data.replace("1000.5", "1001.5"))
-        await async_wait_until(lambda: sample_value(daemon.store.cache.encoded(False, False).decode(),
+        await async_wait_until(lambda: sample_value(exposition_text(daemon.store),
                                                     "energy_meter_energy_imported_joules_total",
                                                     device="hostile") == pytest.approx(1001.5 * 3.6e6),
                                timeout=15, what="the next reading")

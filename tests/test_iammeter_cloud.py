@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from exporter.config.loader import ConfigError, TargetConfig
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.errors import PollError
 from exporter.runtime import quota
 from exporter.runtime.context import AdapterContext
@@ -25,7 +25,7 @@ from simulators import iammeter_cloud as seed
 from simulators.iammeter_cloud import IammeterCloudSimulator
 
 from .configs import load_config
-from .conftest import sample_value
+from .conftest import exposition_text, sample_value
 
 KWH = 3.6e6
 T0 = seed.parse_utc("2024/2/22 3:46:20")  # every seed meter's latest upload is its seed row at this time
@@ -123,12 +123,12 @@ async def test_account_mode_gives_every_meter_labelled_by_name(exporter, sim):
     adapter = exporter.adapter(names=["DA2BED94=garage", "B384789C=solar"], installation="home", analysis=False)
     reading = await adapter.poll()
     assert {d.meter for d in reading.devices} == {"garage", "solar", "674B1E5D", "59C9AB8D", "3FE34ABE"}
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER, meter="garage", installation="home") == 225
-    assert reading.value_of(c.ACCOUNT_ENERGY_IMPORTED, meter="garage") == pytest.approx(14761.03 * KWH)
-    assert reading.value_of(c.ACCOUNT_NET_ACTIVE_POWER, meter="solar") == pytest.approx(-2747, rel=0.01)  # 1 min later
-    assert reading.value_of(c.ACCOUNT_PHASE_ACTIVE_POWER, meter="solar", phase="l3") is None  # a row of nulls
-    assert reading.value_of(c.ACCOUNT_FREQUENCY, meter="3FE34ABE") == 49.99
-    assert reading.value_of(c.ACCOUNT_MEASUREMENT_TIME, meter="674B1E5D") == seed.parse_utc("2024/2/22 3:45:50")
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="garage", installation="home") == 225
+    assert reading.value_of(M.ACCOUNT_ENERGY_IMPORTED, meter="garage") == pytest.approx(14761.03 * KWH)
+    assert reading.value_of(M.ACCOUNT_NET_ACTIVE_POWER, meter="solar") == pytest.approx(-2747, rel=0.01)  # 1 min later
+    assert reading.value_of(M.ACCOUNT_PHASE_ACTIVE_POWER, meter="solar", phase="l3") is None  # a row of nulls
+    assert reading.value_of(M.ACCOUNT_FREQUENCY, meter="3FE34ABE") == 49.99
+    assert reading.value_of(M.ACCOUNT_MEASUREMENT_TIME, meter="674B1E5D") == seed.parse_utc("2024/2/22 3:45:50")
     assert [call.api for call in sim.calls] == ["login", "metersdata"]
 
 
@@ -139,17 +139,17 @@ async def test_account_mode_keeps_only_the_listed_sns(exporter):
 
 async def test_meter_mode_reads_meterdata2_with_the_power_factor(exporter, sim):
     reading = await exporter.adapter(mode="meter", sns=["3FE34ABE", "DA2BED94"], analysis=False).poll()
-    assert reading.value_of(c.ACCOUNT_PHASE_POWER_FACTOR, meter="3FE34ABE", phase="l2") == 0.94
-    assert reading.value_of(c.ACCOUNT_PHASE_ENERGY_IMPORTED, meter="3FE34ABE", phase="l1") == pytest.approx(2704.35 * KWH)
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") == 225
-    assert reading.value_of(c.ACCOUNT_POWER_FACTOR, meter="DA2BED94") is None  # the seed's meter sends no PF
+    assert reading.value_of(M.ACCOUNT_PHASE_POWER_FACTOR, meter="3FE34ABE", phase="l2") == 0.94
+    assert reading.value_of(M.ACCOUNT_PHASE_ENERGY_IMPORTED, meter="3FE34ABE", phase="l1") == pytest.approx(2704.35 * KWH)
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") == 225
+    assert reading.value_of(M.ACCOUNT_POWER_FACTOR, meter="DA2BED94") is None  # the seed's meter sends no PF
     assert Counter(call.api for call in sim.calls) == {"login": 1, "meterdata": 2}
 
 
 async def test_meter_mode_basic_has_no_power_factor(exporter):
     reading = await exporter.adapter(mode="meter", sns=["3FE34ABE"], advanced=False, analysis=False).poll()
-    assert reading.value_of(c.ACCOUNT_PHASE_ACTIVE_POWER, phase="l1") == 3650.1
-    assert reading.value_of(c.ACCOUNT_PHASE_POWER_FACTOR) is None
+    assert reading.value_of(M.ACCOUNT_PHASE_ACTIVE_POWER, phase="l1") == 3650.1
+    assert reading.value_of(M.ACCOUNT_PHASE_POWER_FACTOR) is None
 
 
 async def test_values_move_on_with_time(exporter, clock):
@@ -157,8 +157,8 @@ async def test_values_move_on_with_time(exporter, clock):
     first = await adapter.poll()
     clock.now += 3600
     later = await adapter.poll()
-    before = first.value_of(c.ACCOUNT_PHASE_ENERGY_IMPORTED, phase="l1")
-    after = later.value_of(c.ACCOUNT_PHASE_ENERGY_IMPORTED, phase="l1")
+    before = first.value_of(M.ACCOUNT_PHASE_ENERGY_IMPORTED, phase="l1")
+    after = later.value_of(M.ACCOUNT_PHASE_ENERGY_IMPORTED, phase="l1")
     assert after - before == pytest.approx(3650.1 * 3600, rel=0.1)  # about one hour at 3.65 kW
 
 
@@ -183,7 +183,7 @@ async def test_an_invalid_token_means_one_new_login_then_the_call_again(exporter
     sim.expire_tokens()
     clock.now += 300
     reading = await adapter.poll()
-    assert reading.value_of(c.ACCOUNT_PHASE_VOLTAGE, phase="l1") == 230
+    assert reading.value_of(M.ACCOUNT_PHASE_VOLTAGE, phase="l1") == 230
     assert len(sim.calls_of("login")) == 2 and sim.violations == []
 
 
@@ -290,7 +290,7 @@ async def test_the_over_quota_answer_is_recognised_logged_and_backed_off(exporte
     exporter.restart()
     clock.now += 200  # the hold-off (5 minutes) survives the restart and then ends
     reading = await exporter.adapter(analysis=False).poll()
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") is not None
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") is not None
     assert len(sim.violations) == 1
 
 
@@ -316,7 +316,7 @@ async def test_quota_remaining_is_exported(exporter, clock):
     ledger.listeners.append(lambda: store.set_quota(ledger.windows()))
     adapter = exporter.adapter(mode="meter", sns=["3FE34ABE"], analysis=False)
     await adapter.poll()
-    text = store.cache.encoded(False, False).decode()
+    text = exposition_text(store)
     name = "energy_meter_exporter_quota_remaining"
     assert sample_value(text, name, api="iammeter_meterdata", scope="3FE34ABE", window="hour") == 11
     assert sample_value(text, name, api="iammeter_meterdata", scope="3FE34ABE", window="day") == 287
@@ -339,15 +339,15 @@ async def test_analysis_and_energy_history_within_their_quotas(exporter, sim, cl
         clock.now += 300
         readings.append(await adapter.poll())
     reading = readings[-1]
-    assert reading.value_of(c.ACCOUNT_OFFLINE_TIME, meter="DA2BED94") == 3600
-    average = reading.value_of(c.ACCOUNT_AVERAGE_POWER, meter="DA2BED94")
-    assert reading.value_of(c.ACCOUNT_MINIMUM_POWER) < average < reading.value_of(c.ACCOUNT_MAXIMUM_POWER)
+    assert reading.value_of(M.ACCOUNT_OFFLINE_TIME, meter="DA2BED94") == 3600
+    average = reading.value_of(M.ACCOUNT_AVERAGE_POWER, meter="DA2BED94")
+    assert reading.value_of(M.ACCOUNT_MINIMUM_POWER) < average < reading.value_of(M.ACCOUNT_MAXIMUM_POWER)
     assert average == pytest.approx(225, rel=0.02)
     place = sim.places["2393"]
     from datetime import date
     today = date(2024, 2, 24)
-    assert reading.value_of(c.PLACE_DAILY_YIELD, place="home", day="current") == pytest.approx(place.day(today)["yield"] * KWH)
-    assert reading.value_of(c.PLACE_DAILY_GRID_IMPORT, place="home", day="previous") == pytest.approx(
+    assert reading.value_of(M.PLACE_DAILY_YIELD, place="home", day="current") == pytest.approx(place.day(today)["yield"] * KWH)
+    assert reading.value_of(M.PLACE_DAILY_GRID_IMPORT, place="home", day="previous") == pytest.approx(
         place.day(date(2024, 2, 23))["fromGrid"] * KWH)
     calls = Counter(call.api for call in sim.calls)
     assert calls == {"login": 1, "metersdata": 4, "powerAnalysis": 1, "offlineAnalysis": 1, "energyhistory": 1}
@@ -357,7 +357,7 @@ async def test_analysis_and_energy_history_within_their_quotas(exporter, sim, cl
 
 async def test_a_failing_analysis_call_does_not_fail_the_poll(exporter, sim):
     reading = await exporter.adapter(sns=["DA2BED94"], places=["999"]).poll()  # no such place
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") == 225
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") == 225
 
 
 # --- two simulated days ------------------------------------------------------------------------
@@ -502,7 +502,7 @@ async def test_http_errors_are_classified(tmp_path, clock, session):
             try:
                 reading = await adapter.poll()
                 assert reason is None, step
-                assert reading.value_of(c.ACCOUNT_POWER_FACTOR) == 0.66  # after the 401: new login, call again
+                assert reading.value_of(M.ACCOUNT_POWER_FACTOR) == 0.66  # after the 401: new login, call again
             except PollError as exc:
                 assert exc.reason == reason, (step, exc.message)
     finally:
@@ -540,7 +540,7 @@ async def test_the_daemon_exports_the_account_and_its_quota(tmp_path):
     port = await daemon.start("127.0.0.1", 0)
     try:
         def body() -> str:
-            return daemon.store.cache.encoded(False, False).decode()
+            return exposition_text(daemon.store)
 
         await async_wait_until(lambda: "energy_meter_account_active_power_watts" in body(), timeout=20,
                                what="the first poll")

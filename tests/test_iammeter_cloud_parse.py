@@ -9,7 +9,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.samples import ParseError
 from exporter.vendors.iammeter import cloud_parse as cp
 from simulators import iammeter_cloud as seed
@@ -37,47 +37,47 @@ def series(reading, metric):
 
 def test_single_phase_flat_row_gives_meter_totals_and_phase_l1():
     reading = metersdata()["DA2BED94"]
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") == 225
-    assert reading.value_of(c.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(14761.03 * KWH)
-    assert reading.value_of(c.ACCOUNT_ENERGY_EXPORTED) == 0
-    assert series(reading, c.ACCOUNT_PHASE_VOLTAGE) == {"l1": 223.71}
-    assert series(reading, c.ACCOUNT_PHASE_CURRENT) == {"l1": 1.74}
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="DA2BED94") == 225
+    assert reading.value_of(M.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(14761.03 * KWH)
+    assert reading.value_of(M.ACCOUNT_ENERGY_EXPORTED) == 0
+    assert series(reading, M.ACCOUNT_PHASE_VOLTAGE) == {"l1": 223.71}
+    assert series(reading, M.ACCOUNT_PHASE_CURRENT) == {"l1": 1.74}
     # 5 values: no frequency, no power factor, and never a zero in their place
-    assert reading.value_of(c.ACCOUNT_FREQUENCY) is None
-    assert reading.value_of(c.ACCOUNT_POWER_FACTOR) is None
-    assert reading.value_of(c.ACCOUNT_MEASUREMENT_TIME) == utc(2024, 2, 22, 3, 46, 20)
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER, installation="home") == 225
+    assert reading.value_of(M.ACCOUNT_FREQUENCY) is None
+    assert reading.value_of(M.ACCOUNT_POWER_FACTOR) is None
+    assert reading.value_of(M.ACCOUNT_MEASUREMENT_TIME) == utc(2024, 2, 22, 3, 46, 20)
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, installation="home") == 225
     assert reading.devices[0].serial == "DA2BED94" and reading.devices[0].meter == "DA2BED94"
 
 
 def test_rows_of_seven_with_nulls_a_null_phase_and_the_net_row():
     reading = metersdata()["B384789C"]
     assert reading.devices[0].meter == "solar"
-    assert series(reading, c.ACCOUNT_PHASE_ACTIVE_POWER) == {"l1": 3356, "l2": -2747}  # l3 is a row of nulls
-    assert series(reading, c.ACCOUNT_PHASE_ENERGY_EXPORTED)["l2"] == pytest.approx(18489.44 * KWH)
-    assert reading.value_of(c.ACCOUNT_NET_ACTIVE_POWER, meter="solar") == -2747
-    assert reading.value_of(c.ACCOUNT_NET_ENERGY_IMPORTED) == pytest.approx(8988.48 * KWH)
-    assert reading.value_of(c.ACCOUNT_NET_ENERGY_EXPORTED) == pytest.approx(18489.44 * KWH)
+    assert series(reading, M.ACCOUNT_PHASE_ACTIVE_POWER) == {"l1": 3356, "l2": -2747}  # l3 is a row of nulls
+    assert series(reading, M.ACCOUNT_PHASE_ENERGY_EXPORTED)["l2"] == pytest.approx(18489.44 * KWH)
+    assert reading.value_of(M.ACCOUNT_NET_ACTIVE_POWER, meter="solar") == -2747
+    assert reading.value_of(M.ACCOUNT_NET_ENERGY_IMPORTED) == pytest.approx(8988.48 * KWH)
+    assert reading.value_of(M.ACCOUNT_NET_ENERGY_EXPORTED) == pytest.approx(18489.44 * KWH)
     # null frequency and power factor: no series; a multi-phase meter has no invented total
-    for metric in (c.ACCOUNT_FREQUENCY, c.ACCOUNT_POWER_FACTOR, c.ACCOUNT_PHASE_POWER_FACTOR,
-                   c.ACCOUNT_ACTIVE_POWER, c.ACCOUNT_ENERGY_IMPORTED):
+    for metric in (M.ACCOUNT_FREQUENCY, M.ACCOUNT_POWER_FACTOR, M.ACCOUNT_PHASE_POWER_FACTOR,
+                   M.ACCOUNT_ACTIVE_POWER, M.ACCOUNT_ENERGY_IMPORTED):
         assert reading.value_of(metric) is None, metric.name
 
 
 def test_three_rows_of_five_are_three_phases():
     reading = metersdata()["674B1E5D"]
-    assert series(reading, c.ACCOUNT_PHASE_ENERGY_IMPORTED) == pytest.approx(
+    assert series(reading, M.ACCOUNT_PHASE_ENERGY_IMPORTED) == pytest.approx(
         {"l1": 5345.985 * KWH, "l2": 5367.715 * KWH, "l3": 5369.532 * KWH})
-    assert reading.value_of(c.ACCOUNT_NET_ACTIVE_POWER) is None
+    assert reading.value_of(M.ACCOUNT_NET_ACTIVE_POWER) is None
 
 
 def test_three_rows_of_seven_give_frequency_once_and_phase_power_factors():
     reading = metersdata()["3FE34ABE"]
-    assert [s.value for s in reading.samples if s.metric is c.ACCOUNT_FREQUENCY] == [49.99]
-    assert series(reading, c.ACCOUNT_PHASE_POWER_FACTOR) == {"l1": 0.94, "l2": 0.94, "l3": 0.94}
-    assert series(reading, c.ACCOUNT_PHASE_CURRENT)["l2"] == -11.5  # as sent, with the export sign
+    assert [s.value for s in reading.samples if s.metric is M.ACCOUNT_FREQUENCY] == [49.99]
+    assert series(reading, M.ACCOUNT_PHASE_POWER_FACTOR) == {"l1": 0.94, "l2": 0.94, "l3": 0.94}
+    assert series(reading, M.ACCOUNT_PHASE_CURRENT)["l2"] == -11.5  # as sent, with the export sign
     obis = {dict(s.labels)["phase"]: dict(s.labels)["obis"] for s in reading.samples
-            if s.metric is c.ACCOUNT_PHASE_ENERGY_IMPORTED}
+            if s.metric is M.ACCOUNT_PHASE_ENERGY_IMPORTED}
     assert obis == {"l1": "1-0:21.8.0", "l2": "1-0:41.8.0", "l3": "1-0:61.8.0"}
 
 
@@ -97,26 +97,26 @@ def test_a_meter_without_values_has_identity_but_no_series():
 
 def test_meterdata_single_phase():
     reading = cp.parse_meterdata(seed.SEED_METERDATA_SINGLE["data"], "SN1", LABELS)
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER, meter="kitchen", installation="home") == 119
-    assert reading.value_of(c.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(1766.59 * KWH)
-    assert reading.value_of(c.ACCOUNT_MEASUREMENT_TIME) == utc(2020, 8, 28, 5, 27, 33)  # gmtTime, not localTime
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="kitchen", installation="home") == 119
+    assert reading.value_of(M.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(1766.59 * KWH)
+    assert reading.value_of(M.ACCOUNT_MEASUREMENT_TIME) == utc(2020, 8, 28, 5, 27, 33)  # gmtTime, not localTime
 
 
 def test_meterdata2_puts_power_factor_fourth_and_it_is_reordered():
     reading = cp.parse_meterdata(seed.SEED_METERDATA2_SINGLE["data"], "SN1", LABELS)
-    assert reading.value_of(c.ACCOUNT_POWER_FACTOR) == 0.66
-    assert reading.value_of(c.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(5724.85 * KWH)
-    assert reading.value_of(c.ACCOUNT_ENERGY_EXPORTED) == 0
+    assert reading.value_of(M.ACCOUNT_POWER_FACTOR) == 0.66
+    assert reading.value_of(M.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(5724.85 * KWH)
+    assert reading.value_of(M.ACCOUNT_ENERGY_EXPORTED) == 0
 
 
 def test_meterdata_three_phases_basic_and_advanced():
     basic = cp.parse_meterdata(seed.SEED_METERDATA_THREE["data"], "SN3", LABELS)
-    assert series(basic, c.ACCOUNT_PHASE_ACTIVE_POWER) == {"l1": 216, "l2": 1986, "l3": 0}  # the meter sent 0
-    assert series(basic, c.ACCOUNT_PHASE_ENERGY_EXPORTED)["l2"] == pytest.approx(17704.72 * KWH)
+    assert series(basic, M.ACCOUNT_PHASE_ACTIVE_POWER) == {"l1": 216, "l2": 1986, "l3": 0}  # the meter sent 0
+    assert series(basic, M.ACCOUNT_PHASE_ENERGY_EXPORTED)["l2"] == pytest.approx(17704.72 * KWH)
     advanced = cp.parse_meterdata(seed.SEED_METERDATA2_THREE["data"], "SN3", LABELS)
-    assert series(advanced, c.ACCOUNT_PHASE_POWER_FACTOR) == {"l1": 0.57, "l2": 0, "l3": 0}
-    assert series(advanced, c.ACCOUNT_PHASE_ENERGY_IMPORTED)["l1"] == pytest.approx(222.53 * KWH)
-    assert series(advanced, c.ACCOUNT_PHASE_VOLTAGE) == {"l1": 233.8, "l2": 5, "l3": 3.1}
+    assert series(advanced, M.ACCOUNT_PHASE_POWER_FACTOR) == {"l1": 0.57, "l2": 0, "l3": 0}
+    assert series(advanced, M.ACCOUNT_PHASE_ENERGY_IMPORTED)["l1"] == pytest.approx(222.53 * KWH)
+    assert series(advanced, M.ACCOUNT_PHASE_VOLTAGE) == {"l1": 233.8, "l2": 5, "l3": 3.1}
 
 
 # --- envelopes: data, refusals, "nothing" ---------------------------------------------------------
@@ -187,7 +187,7 @@ def test_malformed_metersdata_is_refused(data, message):
 
 def test_numeric_strings_are_accepted_like_the_local_api():
     reading = cp.parse_metersdata(broken("DA2BED94", ["223.71", "1.74", "225", "14761.03", "0"]), {})["DA2BED94"]
-    assert reading.value_of(c.ACCOUNT_ACTIVE_POWER) == 225
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER) == 225
 
 
 def test_meterdata_without_values_is_refused():
@@ -204,24 +204,24 @@ def test_meterdatalist_single_phase_rows_carry_their_utc_time():
     points = cp.parse_meterdatalist(seed.SEED_METERDATALIST_SINGLE["data"], "SN1")
     assert [p.time for p in points] == [utc(2023, 9, 12, 0, 0, 34), utc(2023, 9, 12, 0, 1, 33)]
     reading = cp.history_reading(points[1], "SN1", LABELS)
-    assert reading.value_of(c.ACCOUNT_PHASE_VOLTAGE, phase="l1") == 229.43
-    assert reading.value_of(c.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(13121.56 * KWH)
-    assert reading.value_of(c.ACCOUNT_MEASUREMENT_TIME) is None  # the point's time is the sample's timestamp
+    assert reading.value_of(M.ACCOUNT_PHASE_VOLTAGE, phase="l1") == 229.43
+    assert reading.value_of(M.ACCOUNT_ENERGY_IMPORTED) == pytest.approx(13121.56 * KWH)
+    assert reading.value_of(M.ACCOUNT_MEASUREMENT_TIME) is None  # the point's time is the sample's timestamp
 
 
 def test_meterdatalist_three_phase_flat_rows():
     points = cp.parse_meterdatalist(seed.SEED_METERDATALIST_THREE["data"], "SN3")
     reading = cp.history_reading(points[0], "SN3", LABELS)
-    assert series(reading, c.ACCOUNT_PHASE_ENERGY_EXPORTED) == pytest.approx({"l1": 0, "l2": 290.77 * KWH, "l3": 0})
-    assert series(reading, c.ACCOUNT_PHASE_ENERGY_IMPORTED)["l3"] == pytest.approx(258.62 * KWH)
+    assert series(reading, M.ACCOUNT_PHASE_ENERGY_EXPORTED) == pytest.approx({"l1": 0, "l2": 290.77 * KWH, "l3": 0})
+    assert series(reading, M.ACCOUNT_PHASE_ENERGY_IMPORTED)["l3"] == pytest.approx(258.62 * KWH)
 
 
 def test_meterdatalist2_objects_with_power_factor():
     points = cp.parse_meterdatalist(seed.SEED_METERDATALIST2["data"], "SN3")
     assert [p.time for p in points] == [utc(2023, 8, 31, 16, 0, 22), utc(2023, 9, 1, 0, 0, 49), utc(2023, 9, 1, 8, 0, 24)]
     reading = cp.history_reading(points[2], "SN3", LABELS)
-    assert reading.value_of(c.ACCOUNT_PHASE_POWER_FACTOR, phase="l1") == 0.57
-    assert reading.value_of(c.ACCOUNT_PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(210.27 * KWH)
+    assert reading.value_of(M.ACCOUNT_PHASE_POWER_FACTOR, phase="l1") == 0.57
+    assert reading.value_of(M.ACCOUNT_PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(210.27 * KWH)
 
 
 def test_history_points_come_sorted_and_once():
@@ -248,10 +248,10 @@ def test_malformed_history_is_refused(data, message):
 
 def test_power_analysis():
     reading = cp.parse_power_analysis(seed.SEED_POWER_ANALYSIS["data"], LABELS)
-    assert reading.value_of(c.ACCOUNT_AVERAGE_POWER, meter="kitchen") == 862.6
-    assert reading.value_of(c.ACCOUNT_DAYTIME_AVERAGE_POWER) == 836.9
-    assert reading.value_of(c.ACCOUNT_MINIMUM_POWER) == 259
-    assert reading.value_of(c.ACCOUNT_MAXIMUM_POWER) == 3999
+    assert reading.value_of(M.ACCOUNT_AVERAGE_POWER, meter="kitchen") == 862.6
+    assert reading.value_of(M.ACCOUNT_DAYTIME_AVERAGE_POWER) == 836.9
+    assert reading.value_of(M.ACCOUNT_MINIMUM_POWER) == 259
+    assert reading.value_of(M.ACCOUNT_MAXIMUM_POWER) == 3999
     with pytest.raises(ParseError, match="minimum"):
         cp.parse_power_analysis({**seed.SEED_POWER_ANALYSIS["data"], "minimum": 5000}, LABELS)
     with pytest.raises(ParseError):
@@ -260,7 +260,7 @@ def test_power_analysis():
 
 def test_offline_analysis_in_seconds():
     reading = cp.parse_offline_analysis(seed.SEED_OFFLINE_ANALYSIS["data"], LABELS)
-    assert reading.value_of(c.ACCOUNT_OFFLINE_TIME, meter="kitchen") == 906 * 60
+    assert reading.value_of(M.ACCOUNT_OFFLINE_TIME, meter="kitchen") == 906 * 60
     assert cp.parse_offline_analysis({"totalCount": 1440}, LABELS).samples == []
     for bad in ({"offlineCount": 2000, "totalCount": 1440}, {"offlineCount": -1}, {"offlineCount": [1]}):
         with pytest.raises(ParseError):
@@ -269,13 +269,13 @@ def test_offline_analysis_in_seconds():
 
 def test_energy_history_of_the_current_and_previous_day():
     reading = cp.parse_energy_history(seed.SEED_ENERGY_HISTORY["2393"]["data"], "home", date(2024, 5, 6))
-    assert reading.value_of(c.PLACE_DAILY_YIELD, place="home", day="current") == pytest.approx(0.1 * KWH)
-    assert reading.value_of(c.PLACE_DAILY_GRID_IMPORT, day="current") == pytest.approx(0.22 * KWH)
-    assert reading.value_of(c.PLACE_DAILY_GRID_EXPORT, day="current") == pytest.approx(7.15 * KWH)
-    assert reading.value_of(c.PLACE_DAILY_SELF_USE, day="previous") == 0
+    assert reading.value_of(M.PLACE_DAILY_YIELD, place="home", day="current") == pytest.approx(0.1 * KWH)
+    assert reading.value_of(M.PLACE_DAILY_GRID_IMPORT, day="current") == pytest.approx(0.22 * KWH)
+    assert reading.value_of(M.PLACE_DAILY_GRID_EXPORT, day="current") == pytest.approx(7.15 * KWH)
+    assert reading.value_of(M.PLACE_DAILY_SELF_USE, day="previous") == 0
     later = cp.parse_energy_history(seed.SEED_ENERGY_HISTORY["2393"]["data"], "home", date(2024, 5, 7))
-    assert later.value_of(c.PLACE_DAILY_YIELD, day="previous") == pytest.approx(0.1 * KWH)
-    assert later.value_of(c.PLACE_DAILY_YIELD, day="current") is None  # today's row not there yet
+    assert later.value_of(M.PLACE_DAILY_YIELD, day="previous") == pytest.approx(0.1 * KWH)
+    assert later.value_of(M.PLACE_DAILY_YIELD, day="current") is None  # today's row not there yet
 
 
 def test_malformed_energy_history_is_refused():

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from exporter.config.loader import TargetConfig
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.errors import PollError
 from exporter.runtime.context import AdapterContext
 from exporter.runtime.state import StateDirectory
@@ -72,10 +72,10 @@ async def running(simulator: IammeterHttpSimulator):
 async def test_poll_gives_the_meter_values_and_identity(make, conformance):
     async with running(IammeterHttpSimulator("WEM3080T", conformance=conformance)) as sim:
         reading = await make(host=sim.host).poll()
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l3") == 263.5
-    assert reading.value_of(c.PHASE_ACTIVE_POWER, phase="l1") == 2198
-    assert reading.value_of(c.PHASE_ENERGY_IMPORTED, phase="l2") == pytest.approx(11.039 * KWH)
-    assert reading.value_of(c.FREQUENCY) == 49.99
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l3") == 263.5
+    assert reading.value_of(M.PHASE_ACTIVE_POWER, phase="l1") == 2198
+    assert reading.value_of(M.PHASE_ENERGY_IMPORTED, phase="l2") == pytest.approx(11.039 * KWH)
+    assert reading.value_of(M.FREQUENCY) == 49.99
     device = reading.devices[0]
     assert (device.model, device.serial, device.firmware) == ("WEM3080T", "3E0BAF87", "i.75.97.9")
 
@@ -98,8 +98,8 @@ async def test_changed_values_show_on_the_next_poll(make):
         sim.state.phases[0].power = -1500.0
         sim.state.phases[2].imported_kwh = 20.5
         reading = await adapter.poll()
-    assert reading.value_of(c.PHASE_ACTIVE_POWER, phase="l1") == -1500.0
-    assert reading.value_of(c.PHASE_ENERGY_IMPORTED, phase="l3") == pytest.approx(20.5 * KWH)
+    assert reading.value_of(M.PHASE_ACTIVE_POWER, phase="l1") == -1500.0
+    assert reading.value_of(M.PHASE_ENERGY_IMPORTED, phase="l3") == pytest.approx(20.5 * KWH)
 
 
 async def test_wem3046t_exports_its_ct_ratio(make):
@@ -107,7 +107,7 @@ async def test_wem3046t_exports_its_ct_ratio(make):
     sim.state.ct_ratio = 400
     async with running(sim):
         reading = await make(host=sim.host).poll()
-    assert reading.value_of(c.CT_RATIO) == 400
+    assert reading.value_of(M.CT_RATIO) == 400
     assert "/api/ratio" in sim.requests
     assert reading.devices[0].model == "WEM3046T"
 
@@ -116,24 +116,24 @@ async def test_other_models_are_not_asked_for_a_ct_ratio(make):
     async with running(IammeterHttpSimulator("WEM3080")) as sim:
         reading = await make(host=sim.host).poll()
     assert "/api/ratio" not in sim.requests
-    assert reading.value_of(c.CT_RATIO) is None
-    assert reading.value_of(c.ACTIVE_POWER) == 152.0
+    assert reading.value_of(M.CT_RATIO) is None
+    assert reading.value_of(M.ACTIVE_POWER) == 152.0
 
 
 async def test_net_metering_row_arrives_as_net_series(make):
     async with running(IammeterHttpSimulator("WEM3080T", nem=True, reactive=True)) as sim:
         reading = await make(host=sim.host).poll()
-    assert reading.value_of(c.NET_ACTIVE_POWER) == 2198 + 1100 + 1213
-    assert reading.value_of(c.NET_ENERGY_IMPORTED) == pytest.approx(sim.state.net_imported_kwh * KWH)
-    assert reading.value_of(c.ACTIVE_POWER) is None
-    assert reading.value_of(c.PHASE_REACTIVE_POWER, phase="l2") == pytest.approx(sim.state.reactive[1].power_var, abs=0.05)
+    assert reading.value_of(M.NET_ACTIVE_POWER) == 2198 + 1100 + 1213
+    assert reading.value_of(M.NET_ENERGY_IMPORTED) == pytest.approx(sim.state.net_imported_kwh * KWH)
+    assert reading.value_of(M.ACTIVE_POWER) is None
+    assert reading.value_of(M.PHASE_REACTIVE_POWER, phase="l2") == pytest.approx(sim.state.reactive[1].power_var, abs=0.05)
 
 
 async def test_legacy_meter_is_read_with_basic_auth(make, conformance):
     async with running(IammeterHttpSimulator("WEM3162", conformance=conformance)) as sim:
         reading = await make(host=sim.host, legacy=True).poll()
-    assert reading.value_of(c.ACTIVE_POWER) == 189
-    assert reading.value_of(c.ENERGY_IMPORTED) == pytest.approx(1265.17 * KWH)
+    assert reading.value_of(M.ACTIVE_POWER) == 189
+    assert reading.value_of(M.ENERGY_IMPORTED) == pytest.approx(1265.17 * KWH)
     assert sim.requests == ["/monitorjson"]  # legacy firmware has no /api/wifidata
 
 
@@ -156,7 +156,7 @@ async def test_wrong_legacy_password_is_unauthorized_and_not_leaked(make):
 async def test_configured_password_is_accepted_by_the_legacy_meter(make):
     async with running(IammeterHttpSimulator("WEM3162", username="owner", password="s3cret")) as sim:
         reading = await make(host=sim.host, legacy=True, username="owner", password="s3cret").poll()
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l1") == 235.0
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l1") == 235.0
 
 
 async def test_legacy_meter_polled_as_current_firmware_is_an_http_error(make):
@@ -179,7 +179,7 @@ async def test_faulty_answers_fail_the_poll_with_a_reason(make, fault, reason):
         assert info.value.reason == reason
         sim.fault = None
         reading = await adapter.poll()  # the next good answer is taken again
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l1") == 220.0
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l1") == 220.0
 
 
 async def test_a_cancelled_slow_poll_does_not_block_the_next_one(make):
@@ -190,7 +190,7 @@ async def test_a_cancelled_slow_poll_does_not_block_the_next_one(make):
             await asyncio.wait_for(adapter.poll(), 0.3)  # as the scheduler bounds a poll
         sim.fault = None
         reading = await asyncio.wait_for(adapter.poll(), 3)
-    assert reading.value_of(c.FREQUENCY) == 49.99
+    assert reading.value_of(M.FREQUENCY) == 49.99
 
 
 async def test_unreachable_meter_is_a_connection_error(make):
@@ -245,8 +245,8 @@ async def test_failed_identity_read_keeps_the_poll_and_is_retried_sooner(make, c
     async with scripted(routes) as (host, counts):
         adapter = make(host=host, info_interval="1h")
         reading = await adapter.poll()
-        assert reading.value_of(c.PHASE_ACTIVE_POWER, phase="l3") == -9630.0
-        assert reading.value_of(c.CT_RATIO) is None
+        assert reading.value_of(M.PHASE_ACTIVE_POWER, phase="l3") == -9630.0
+        assert reading.value_of(M.CT_RATIO) is None
         assert reading.devices[0].serial == "7A30C2E1"
         assert counts["/api/wifidata"] == 1 and counts["/api/ratio"] == 1
         clock.now += 301  # failed info reads are retried after 5 minutes, not after info_interval
@@ -263,7 +263,7 @@ async def test_slow_identity_read_does_not_make_the_poll_overrun_its_timeout(mak
         adapter = make(host=host, timeout=0.5)
         # The scheduler cancels a poll at its timeout; this one must finish before that.
         reading = await asyncio.wait_for(adapter.poll(), 0.5)
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l1") == 231.4
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l1") == 231.4
     assert reading.devices[0].serial == "7A30C2E1"
     assert counts["/api/wifidata"] == 1
 

@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from exporter.config.loader import TargetConfig
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.errors import REASONS, PollError
 from exporter.model.samples import Reading
 from exporter.runtime.context import AdapterContext
@@ -22,11 +22,11 @@ from simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
 KWH = 3.6e6
 # What one register step is worth, per metric (Modbus is coarser than the JSON).
 RESOLUTION = {
-    c.PHASE_VOLTAGE: 0.005, c.PHASE_CURRENT: 0.005, c.PHASE_ACTIVE_POWER: 0.5, c.ACTIVE_POWER: 0.5,
-    c.PHASE_ENERGY_IMPORTED: KWH / 1600, c.PHASE_ENERGY_EXPORTED: KWH / 1600,
-    c.ENERGY_IMPORTED: KWH / 6400, c.ENERGY_EXPORTED: KWH / 6400,
-    c.PHASE_POWER_FACTOR: 0.0005, c.FREQUENCY: 0.005, c.PHASE_REACTIVE_POWER: 0.5,
-    c.PHASE_REACTIVE_ENERGY_INDUCTIVE: KWH / 2000, c.PHASE_REACTIVE_ENERGY_CAPACITIVE: KWH / 2000,
+    M.PHASE_VOLTAGE: 0.005, M.PHASE_CURRENT: 0.005, M.PHASE_ACTIVE_POWER: 0.5, M.ACTIVE_POWER: 0.5,
+    M.PHASE_ENERGY_IMPORTED: KWH / 1600, M.PHASE_ENERGY_EXPORTED: KWH / 1600,
+    M.ENERGY_IMPORTED: KWH / 6400, M.ENERGY_EXPORTED: KWH / 6400,
+    M.PHASE_POWER_FACTOR: 0.0005, M.FREQUENCY: 0.005, M.PHASE_REACTIVE_POWER: 0.5,
+    M.PHASE_REACTIVE_ENERGY_INDUCTIVE: KWH / 2000, M.PHASE_REACTIVE_ENERGY_CAPACITIVE: KWH / 2000,
 }
 
 
@@ -101,9 +101,9 @@ async def test_three_phase_meter_reads_the_same_over_http_and_modbus(context, ma
     # All 19 JSON series (3 phases x 6 + frequency) are there over Modbus too, with equal values.
     assert assert_same_series(over_http, over_modbus) == 19
     # Modbus adds the meter's own totals (the JSON has none) and its runtime.
-    assert over_modbus.value_of(c.ACTIVE_POWER) == 2198 + 1100 + 1213
-    assert over_modbus.value_of(c.ENERGY_IMPORTED) == pytest.approx((11.337 + 11.039 + 10.975) * KWH, abs=KWH / 1600)
-    assert over_modbus.value_of(c.DEVICE_UPTIME) == http_sim.state.runtime_s
+    assert over_modbus.value_of(M.ACTIVE_POWER) == 2198 + 1100 + 1213
+    assert over_modbus.value_of(M.ENERGY_IMPORTED) == pytest.approx((11.337 + 11.039 + 10.975) * KWH, abs=KWH / 1600)
+    assert over_modbus.value_of(M.DEVICE_UPTIME) == http_sim.state.runtime_s
     assert modbus_sim.reads == [(0, 66)]
 
 
@@ -114,7 +114,7 @@ async def test_reactive_values_agree_between_http_and_modbus(context, make_modbu
         over_http = await iam_http.SPEC.create(target("http", host=http_sim.host), context).poll()
         over_modbus = await make_modbus(modbus_sim.port, model="WEM3046T").poll()
     assert assert_same_series(over_http, over_modbus) == 19 + 9
-    assert over_modbus.value_of(c.PHASE_ACTIVE_POWER, phase="l3") == -9630
+    assert over_modbus.value_of(M.PHASE_ACTIVE_POWER, phase="l3") == -9630
     assert over_modbus.devices[0].model == "WEM3046T"
 
 
@@ -128,9 +128,9 @@ async def test_single_phase_meter_is_detected_and_matches_http(context, make_mod
         again = await adapter.poll()
     # voltage, current, power, import, export
     assert assert_same_series(over_http, over_modbus) == 5
-    assert over_modbus.value_of(c.ENERGY_IMPORTED) == pytest.approx(22920.38 * KWH, abs=KWH / 6400)
+    assert over_modbus.value_of(M.ENERGY_IMPORTED) == pytest.approx(22920.38 * KWH, abs=KWH / 6400)
     assert over_modbus.devices[0].model == "WEM3080"
-    assert again.value_of(c.ACTIVE_POWER) == 152
+    assert again.value_of(M.ACTIVE_POWER) == 152
     # The long reads were refused once; afterwards only the 8 registers are read.
     assert modbus_sim.reads == [(0, 8), (0, 8)]
 
@@ -142,8 +142,8 @@ async def test_three_phase_meter_without_reactive_block_is_read_with_core_regist
         adapter = make_modbus(modbus_sim.port, model="WEM3080T")
         first = await adapter.poll()
         await adapter.poll()
-    assert first.value_of(c.PHASE_VOLTAGE, phase="l2") == pytest.approx(222.5)
-    assert first.value_of(c.DEVICE_UPTIME) is None
+    assert first.value_of(M.PHASE_VOLTAGE, phase="l2") == pytest.approx(222.5)
+    assert first.value_of(M.DEVICE_UPTIME) is None
     assert modbus_sim.reads == [(0, 38), (0, 38)]  # the refused 66-register read is not retried
 
 
@@ -158,7 +158,7 @@ async def test_exception_response_is_a_modbus_exception_error(make_modbus):
         reading = await adapter.poll()
     assert info.value.reason == "modbus_exception" and "modbus_exception" in REASONS
     assert "device failure" in str(info.value)
-    assert reading.value_of(c.FREQUENCY) == pytest.approx(49.99)
+    assert reading.value_of(M.FREQUENCY) == pytest.approx(49.99)
 
 
 async def test_short_read_is_a_parse_error(make_modbus):
@@ -175,7 +175,7 @@ async def test_adapter_reconnects_after_the_meter_restarts(make_modbus):
     modbus_sim = IammeterModbusSimulator(IammeterHttpSimulator("WEM3080T").state)
     async with running(modbus_sim):
         adapter = make_modbus(modbus_sim.port)
-        assert (await adapter.poll()).value_of(c.PHASE_VOLTAGE, phase="l1") == pytest.approx(220.0)
+        assert (await adapter.poll()).value_of(M.PHASE_VOLTAGE, phase="l1") == pytest.approx(220.0)
         await modbus_sim.stop()
         with pytest.raises(PollError) as info:
             await adapter.poll()
@@ -184,7 +184,7 @@ async def test_adapter_reconnects_after_the_meter_restarts(make_modbus):
         modbus_sim.state.phases[0].voltage = 231.0
         await modbus_sim.start()  # the same port again
         reading = await adapter.poll()
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l1") == pytest.approx(231.0)
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l1") == pytest.approx(231.0)
 
 
 async def test_unreachable_meter_is_a_connection_error(make_modbus):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.config.loader import ConfigError, Secret, TargetConfig
 from exporter.daemon import Daemon
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.runtime.context import AdapterContext, SharedResources
 from exporter.runtime.scheduler import TargetRunner
 from exporter.runtime.state import StateDirectory
@@ -25,7 +25,7 @@ from simulators import hostile
 from simulators.iammeter_push import MosquittoBroker, MqttMeter, mosquitto_passwd_binary
 
 from .configs import load_config
-from .conftest import async_wait_until, require_binary, sample_value
+from .conftest import async_wait_until, exposition_text, require_binary, sample_value
 
 KWH = 3.6e6
 SN = "3E0BAF87"  # the meter of conformance/iammeter/wem3080t_i.75.97.9_monitorjson.json
@@ -70,14 +70,14 @@ class Exporter:
         context = AdapterContext(session=self.session, state=StateDirectory(self.tmp_path), log=structlog.get_logger(),
                                  shared=self.shared, sections=self.sections, store=self.store)
         adapter = iam_mqtt.SPEC.create(config, context)
-        runner = TargetRunner(config, adapter, self.store, structlog.get_logger(), kind="push")
+        runner = TargetRunner(config, adapter, self.store, structlog.get_logger(), delivery="push")
         runner.start()
         self.runners.append(runner)
         return runner
 
     def metrics(self) -> str:
         self.store.expire()
-        return self.store.cache.body(False)
+        return exposition_text(self.store)
 
     def value(self, name: str, **labels) -> float | None:
         return sample_value(self.metrics(), name, **labels)
@@ -180,14 +180,14 @@ async def test_published_readings_become_series_in_base_units(broker, session, t
     meter = MqttMeter("WEM3080T", port=broker.port, interval=0.2, conformance=conformance)
     async with exporter(session, tmp_path, broker_item(broker)) as e, publishing(meter):
         e.add(target())
-        await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l3"), what="a reading")
+        await async_wait_until(lambda: e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l3"), what="a reading")
         assert meter.body() == (conformance / "iammeter" / "wem3080t_i.75.97.9_monitorjson.json").read_bytes()
-        assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l3") == 263.5
-        assert e.value(c.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == 2198
-        assert e.value(c.PHASE_ENERGY_IMPORTED.name, device="meter", phase="l2") == pytest.approx(11.039 * KWH)
-        assert e.value(c.DEVICE_INFO.name, device="meter", serial=SN, model="WEM3080T", firmware="i.75.97.9") == 1
-        assert e.value(c.TARGET_UP.name, device="meter") == 1
-        assert e.value(c.MQTT_CONNECTED.name, broker="local") == 1
+        assert e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l3") == 263.5
+        assert e.value(M.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == 2198
+        assert e.value(M.PHASE_ENERGY_IMPORTED.name, device="meter", phase="l2") == pytest.approx(11.039 * KWH)
+        assert e.value(M.DEVICE_INFO.name, device="meter", serial=SN, model="WEM3080T", firmware="i.75.97.9") == 1
+        assert e.value(M.TARGET_UP.name, device="meter") == 1
+        assert e.value(M.MQTT_CONNECTED.name, broker="local") == 1
 
 
 async def test_one_connection_serves_every_target_of_a_broker(broker, session, tmp_path):
@@ -196,41 +196,41 @@ async def test_one_connection_serves_every_target_of_a_broker(broker, session, t
     async with exporter(session, tmp_path, broker_item(broker)) as e, publishing(first), publishing(second):
         a = e.add(target(SN, "three-phase"))
         b = e.add(target(OTHER_SN, "single-phase"))
-        await async_wait_until(lambda: e.value(c.ACTIVE_POWER.name, device="single-phase"), what="the second meter")
-        await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="three-phase", phase="l1"), what="the first")
+        await async_wait_until(lambda: e.value(M.ACTIVE_POWER.name, device="single-phase"), what="the second meter")
+        await async_wait_until(lambda: e.value(M.PHASE_VOLTAGE.name, device="three-phase", phase="l1"), what="the first")
         assert connection_of(a) is connection_of(b)
         assert len(e.shared) == 2  # one router and one broker connection
-        assert e.value(c.PHASE_VOLTAGE.name, device="single-phase", phase="l1") == pytest.approx(226.85)
-        assert e.value(c.ACTIVE_POWER.name, device="three-phase") is None  # the JSON has no total
+        assert e.value(M.PHASE_VOLTAGE.name, device="single-phase", phase="l1") == pytest.approx(226.85)
+        assert e.value(M.ACTIVE_POWER.name, device="three-phase") is None  # the JSON has no total
         await a.stop()
         await b.stop()
         assert len(e.shared) == 0  # the last target closed the connection
-        await async_wait_until(lambda: e.value(c.MQTT_CONNECTED.name, broker="local") is None, what="series gone")
+        await async_wait_until(lambda: e.value(M.MQTT_CONNECTED.name, broker="local") is None, what="series gone")
 
 
 async def test_broker_restart_reconnects_and_resubscribes(broker, session, tmp_path):
     meter = MqttMeter("WEM3080T", port=broker.port, interval=0.2)
     async with exporter(session, tmp_path, broker_item(broker)) as e, publishing(meter):
         runner = e.add(target())
-        await async_wait_until(lambda: e.value(c.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == 2198,
+        await async_wait_until(lambda: e.value(M.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == 2198,
                                what="first reading")
         connection = connection_of(runner)
         assert connection.connections == 1
 
         await broker.stop()
-        await async_wait_until(lambda: e.value(c.MQTT_CONNECTED.name, broker="local") == 0, what="disconnected")
+        await async_wait_until(lambda: e.value(M.MQTT_CONNECTED.name, broker="local") == 0, what="disconnected")
         # While the broker stays away, reconnection attempts fail and say so on the target.
         await async_wait_until(lambda: e.state().last_reason == "connection", what="reason connection")
-        assert e.value(c.TARGET_UP.name, device="meter") == 0
+        assert e.value(M.TARGET_UP.name, device="meter") == 0
         assert "cannot connect" in e.state().last_error
 
         meter.state.phases[0].power = -1500.0  # only a message sent after the restart has this
         await broker.start()  # the same port, a fresh broker that knows no subscription
-        await async_wait_until(lambda: e.value(c.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == -1500,
+        await async_wait_until(lambda: e.value(M.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == -1500,
                                timeout=20, what="a reading after the restart")
         assert connection.connections >= 2
-        assert e.value(c.MQTT_CONNECTED.name, broker="local") == 1
-        assert e.value(c.TARGET_UP.name, device="meter") == 1
+        assert e.value(M.MQTT_CONNECTED.name, broker="local") == 1
+        assert e.value(M.TARGET_UP.name, device="meter") == 1
 
 
 async def test_unknown_sn_is_counted_and_dropped(broker, session, tmp_path):
@@ -241,9 +241,9 @@ async def test_unknown_sn_is_counted_and_dropped(broker, session, tmp_path):
                                what="subscribed")
         for _ in range(3):
             await stranger.publish_once()
-        rejected = lambda: e.value(c.PUSH_REJECTED.name, listener="mqtt:local", reason="unknown_sn")  # noqa: E731
+        rejected = lambda: e.value(M.PUSH_REJECTED.name, listener="mqtt:local", reason="unknown_sn")  # noqa: E731
         await async_wait_until(lambda: rejected() == 3, what="three unknown messages counted")
-        assert e.value(c.ACTIVE_POWER.name) is None  # nobody got the stranger's reading
+        assert e.value(M.ACTIVE_POWER.name) is None  # nobody got the stranger's reading
         assert e.state().polls == 0
 
 
@@ -259,7 +259,7 @@ async def test_a_retained_reading_of_unknown_age_is_not_taken_for_a_live_one(bro
         await meter.publish_once()
         await async_wait_until(lambda: e.state().polls, what="the live reading")
         assert e.state().polls == 1
-        assert e.value(c.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == 2198
+        assert e.value(M.PHASE_ACTIVE_POWER.name, device="meter", phase="l1") == 2198
 
 
 @pytest.mark.parametrize("fault", ["garbage", "short_row", "nulls", "string_value", "huge"])
@@ -272,7 +272,7 @@ async def test_a_malformed_message_fails_only_its_own_target(broker, session, tm
         await async_wait_until(lambda: connection_of(runner) and connection_of(runner).connected.is_set(),
                                what="subscribed")
         await bad.publish_once()
-        await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="bad", phase="l1") == 220.0, what="good")
+        await async_wait_until(lambda: e.value(M.PHASE_VOLTAGE.name, device="bad", phase="l1") == 220.0, what="good")
         bad.fault = fault
         await bad.publish_once()
         await good.publish_once()
@@ -280,12 +280,12 @@ async def test_a_malformed_message_fails_only_its_own_target(broker, session, tm
         await async_wait_until(lambda: e.state("bad").last_reason is not None, what="the failure")
         reason = "too_large" if fault == "huge" else "parse"
         assert e.state("bad").last_reason == reason and not e.state("bad").up
-        assert e.value(c.POLL_ERRORS.name, device="bad", reason=reason) == 1
-        assert e.value(c.POLL_ERRORS.name, device="good", reason=reason) is None
+        assert e.value(M.POLL_ERRORS.name, device="bad", reason=reason) == 1
+        assert e.value(M.POLL_ERRORS.name, device="good", reason=reason) is None
         # The last good value stays (until stale_after); nothing of the bad message got through.
-        assert e.value(c.PHASE_VOLTAGE.name, device="bad", phase="l1") == 220.0
+        assert e.value(M.PHASE_VOLTAGE.name, device="bad", phase="l1") == 220.0
         counted = "too_large" if fault == "huge" else "malformed"
-        assert e.value(c.PUSH_REJECTED.name, listener="mqtt:local", reason=counted) == 1
+        assert e.value(M.PUSH_REJECTED.name, listener="mqtt:local", reason=counted) == 1
 
 
 async def test_an_sn_in_the_body_that_differs_from_the_topic_is_refused(broker, session, tmp_path):
@@ -298,8 +298,8 @@ async def test_an_sn_in_the_body_that_differs_from_the_topic_is_refused(broker, 
         await meter.publish_once()
         await async_wait_until(lambda: e.state().last_reason == "parse", what="the failure")
         assert "0BADC0DE" in e.state().last_error
-        assert e.value(c.PUSH_REJECTED.name, listener="mqtt:local", reason="sn_mismatch") == 1
-        assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") is None
+        assert e.value(M.PUSH_REJECTED.name, listener="mqtt:local", reason="sn_mismatch") == 1
+        assert e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") is None
 
 
 async def test_silence_marks_the_target_stale_then_its_series_expire(broker, session, tmp_path):
@@ -307,13 +307,13 @@ async def test_silence_marks_the_target_stale_then_its_series_expire(broker, ses
     async with exporter(session, tmp_path, broker_item(broker)) as e:
         e.add(target(stale_after=1.0, interval=0.5))
         await meter.start()
-        await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1"), what="readings")
+        await async_wait_until(lambda: e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1"), what="readings")
         await meter.stop()  # the meter goes quiet; the broker and the connection stay up
         await async_wait_until(lambda: e.state().last_reason == "stale", timeout=10, what="stale")
-        assert e.value(c.TARGET_UP.name, device="meter") == 0
-        assert e.value(c.MQTT_CONNECTED.name, broker="local") == 1
-        assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") is None  # expired with the silence
-        assert e.value(c.LAST_SUCCESS.name, device="meter") is not None
+        assert e.value(M.TARGET_UP.name, device="meter") == 0
+        assert e.value(M.MQTT_CONNECTED.name, broker="local") == 1
+        assert e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") is None  # expired with the silence
+        assert e.value(M.LAST_SUCCESS.name, device="meter") is not None
 
 
 # --- a hostile broker on a raw socket --------------------------------------------------------
@@ -394,12 +394,12 @@ async def test_a_message_whose_topic_is_not_a_topic_is_dropped_and_the_connectio
     with structlog.testing.capture_logs() as logged:
         async with RawBroker(after_subscribe) as raw, exporter(session, tmp_path, broker_item(raw)) as e:
             runner = e.add(target())
-            await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0,
+            await async_wait_until(lambda: e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0,
                                    what="the good reading after the bad ones")
-            assert e.value(c.PUSH_REJECTED.name, listener="mqtt:local", reason="malformed") == 50
+            assert e.value(M.PUSH_REJECTED.name, listener="mqtt:local", reason="malformed") == 50
             assert e.state().up and e.state().polls == 1
             assert raw.connections == 1 and connection_of(runner).connections == 1
-            assert e.value(c.MQTT_CONNECTED.name, broker="local") == 1
+            assert e.value(M.MQTT_CONNECTED.name, broker="local") == 1
     dropped = [entry for entry in logged if entry["event"] == "mqtt message with a malformed topic dropped"]
     assert len(dropped) == 1, dropped
     assert dropped[0]["topic"] == topic.decode("utf-8", "replace")
@@ -430,13 +430,13 @@ async def test_a_packet_announcing_256_mb_drops_the_connection_before_it_is_read
             # (long before the 60 s keepalive would end a wait for the rest)
             await async_wait_until(lambda: e.state().last_reason == "too_large", timeout=10, what="too_large")
             assert "268435455 bytes" in e.state().last_error and "max_message_bytes 262144" in e.state().last_error
-            assert e.value(c.TARGET_UP.name, device="meter") == 0
-            assert e.value(c.PUSH_REJECTED.name, listener="mqtt:local", reason="too_large") >= 1
+            assert e.value(M.TARGET_UP.name, device="meter") == 0
+            assert e.value(M.PUSH_REJECTED.name, listener="mqtt:local", reason="too_large") >= 1
             await async_wait_until(lambda: raw.connections >= 2, timeout=10, what="a reconnection")
             assert not streamed_whole, "the client read the whole stream"
             hostile_on[0] = False
             await async_wait_until(lambda: e.state().up, timeout=10, what="the reading after the fault")
-            assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0
+            assert e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0
             assert not streamed_whole
 
 
@@ -496,7 +496,7 @@ async def test_username_and_password_log_in(secured_broker, session, tmp_path):
     item = broker_item(secured_broker, username="exporter", password=Secret(PASSWORD))
     async with exporter(session, tmp_path, item) as e, publishing(meter):
         e.add(target())
-        await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0,
+        await async_wait_until(lambda: e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0,
                                what="a reading through the secured broker")
 
 
@@ -523,7 +523,7 @@ async def test_tls_with_the_brokers_ca(tmp_path, session):
         item = broker_item(b, port=b.tls_port, tls=True, ca_file=str(b.ca_file))
         async with exporter(session, tmp_path, item) as e, publishing(meter):
             e.add(target())
-            await async_wait_until(lambda: e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0,
+            await async_wait_until(lambda: e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0,
                                    what="a reading over TLS")
         # The system store does not know the broker's private CA: a TLS error, not a hang.
         async with exporter(session, tmp_path, broker_item(b, port=b.tls_port, tls=True)) as e:
@@ -616,12 +616,12 @@ async def test_the_daemon_exports_a_meter_that_publishes(broker, tmp_path, confo
             body = ""
             for _ in range(100):
                 body = await scrape()
-                if sample_value(body, c.PHASE_VOLTAGE.name, device="grid", phase="l2") is not None:
+                if sample_value(body, M.PHASE_VOLTAGE.name, device="grid", phase="l2") is not None:
                     break
                 await asyncio.sleep(0.1)
-            assert sample_value(body, c.PHASE_VOLTAGE.name, device="grid", phase="l2", vendor="iammeter") == 222.5
-            assert sample_value(body, c.MQTT_CONNECTED.name, broker="home") == 1
-            assert sample_value(body, c.PUSH_REJECTED.name, listener="mqtt:home", reason="unknown_sn") == 0
-            assert sample_value(body, c.TARGET_UP.name, device="grid") == 1
+            assert sample_value(body, M.PHASE_VOLTAGE.name, device="grid", phase="l2", vendor="iammeter") == 222.5
+            assert sample_value(body, M.MQTT_CONNECTED.name, broker="home") == 1
+            assert sample_value(body, M.PUSH_REJECTED.name, listener="mqtt:home", reason="unknown_sn") == 0
+            assert sample_value(body, M.TARGET_UP.name, device="grid") == 1
     finally:
         await daemon.stop()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.samples import ParseError, Reading
 from exporter.vendors.iammeter.parse import parse_monitor, parse_monitorjson, parse_ratio, parse_wifidata
 
@@ -30,7 +30,7 @@ def names(reading: Reading) -> set[str]:
     return {s.metric.name for s in reading.samples}
 
 
-def value(reading: Reading, metric: c.Metric, **labels: str) -> float | None:
+def value(reading: Reading, metric: M.Metric, **labels: str) -> float | None:
     return reading.value_of(metric, **labels)
 
 
@@ -57,20 +57,20 @@ TWO_PHASE_NEM = {"method": "5-3", "SN": "2C67A0B5", "version": "i.91.063T2",
 
 def test_wem3080t_current_firmware_body_gives_per_phase_series_in_base_units():
     reading = parse_monitorjson(corpus("wem3080t_i.75.97.9_monitorjson.json"))
-    assert value(reading, c.PHASE_VOLTAGE, phase="l1") == 220.0
-    assert value(reading, c.PHASE_VOLTAGE, phase="l3") == 263.5
-    assert value(reading, c.PHASE_CURRENT, phase="l2") == 9.99
-    assert value(reading, c.PHASE_ACTIVE_POWER, phase="l1") == 2198
-    assert value(reading, c.PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(11.337 * KWH)
-    assert value(reading, c.PHASE_ENERGY_EXPORTED, phase="l3") == pytest.approx(10.846 * KWH)
-    assert value(reading, c.PHASE_POWER_FACTOR, phase="l2") == 0.5
-    assert value(reading, c.FREQUENCY) == 49.99
+    assert value(reading, M.PHASE_VOLTAGE, phase="l1") == 220.0
+    assert value(reading, M.PHASE_VOLTAGE, phase="l3") == 263.5
+    assert value(reading, M.PHASE_CURRENT, phase="l2") == 9.99
+    assert value(reading, M.PHASE_ACTIVE_POWER, phase="l1") == 2198
+    assert value(reading, M.PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(11.337 * KWH)
+    assert value(reading, M.PHASE_ENERGY_EXPORTED, phase="l3") == pytest.approx(10.846 * KWH)
+    assert value(reading, M.PHASE_POWER_FACTOR, phase="l2") == 0.5
+    assert value(reading, M.FREQUENCY) == 49.99
     # One frequency series, not one per phase.
-    assert sum(1 for s in reading.samples if s.metric is c.FREQUENCY) == 1
+    assert sum(1 for s in reading.samples if s.metric is M.FREQUENCY) == 1
     # The JSON has no device total: none is invented from the phases.
-    assert c.ACTIVE_POWER.name not in names(reading)
-    assert c.ENERGY_IMPORTED.name not in names(reading)
-    assert c.NET_ACTIVE_POWER.name not in names(reading)
+    assert M.ACTIVE_POWER.name not in names(reading)
+    assert M.ENERGY_IMPORTED.name not in names(reading)
+    assert M.NET_ACTIVE_POWER.name not in names(reading)
     assert reading.devices[0].model == "WEM3080T"
     assert reading.devices[0].serial == "3E0BAF87"
     assert reading.devices[0].firmware == "i.75.97.9"
@@ -80,31 +80,31 @@ def test_phase_energy_counters_carry_their_obis_codes():
     reading = parse_monitorjson(corpus("wem3080t_i.75.97.9_monitorjson.json"))
     obis = {(s.metric.name, dict(s.labels)["phase"]): dict(s.labels).get("obis")
             for s in reading.samples if "phase" in dict(s.labels)}
-    assert obis[(c.PHASE_ENERGY_IMPORTED.name, "l2")] == "1-0:41.8.0"
-    assert obis[(c.PHASE_ENERGY_EXPORTED.name, "l3")] == "1-0:62.8.0"
-    assert obis[(c.PHASE_VOLTAGE.name, "l1")] == "1-0:32.7.0"
+    assert obis[(M.PHASE_ENERGY_IMPORTED.name, "l2")] == "1-0:41.8.0"
+    assert obis[(M.PHASE_ENERGY_EXPORTED.name, "l3")] == "1-0:62.8.0"
+    assert obis[(M.PHASE_VOLTAGE.name, "l1")] == "1-0:32.7.0"
 
 
 def test_wem3080t_legacy_firmware_body_keeps_export_sign_and_large_counters():
     reading = parse_monitorjson(corpus("wem3080t_fw1.72.7_uploadsn.json"))
-    assert value(reading, c.PHASE_ACTIVE_POWER, phase="l1") == -1044
-    assert value(reading, c.PHASE_ACTIVE_POWER, phase="l3") == -1213
-    assert value(reading, c.PHASE_ENERGY_EXPORTED, phase="l2") == pytest.approx(1789550.92 * KWH)
-    assert value(reading, c.PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(0.92 * KWH)
+    assert value(reading, M.PHASE_ACTIVE_POWER, phase="l1") == -1044
+    assert value(reading, M.PHASE_ACTIVE_POWER, phase="l3") == -1213
+    assert value(reading, M.PHASE_ENERGY_EXPORTED, phase="l2") == pytest.approx(1789550.92 * KWH)
+    assert value(reading, M.PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(0.92 * KWH)
     assert reading.devices[0].serial == "E395281A"
     assert reading.devices[0].firmware == "1.72.7"
 
 
 def test_wem3162_legacy_body_is_a_single_phase_device_total():
     reading = parse_monitorjson(corpus("wem3162_legacy_data.json"))
-    assert value(reading, c.ACTIVE_POWER) == 189
-    assert value(reading, c.ENERGY_IMPORTED) == pytest.approx(1265.17 * KWH)
-    assert value(reading, c.ENERGY_EXPORTED) == 0.0
-    assert value(reading, c.PHASE_VOLTAGE, phase="l1") == 235.0
-    assert value(reading, c.PHASE_CURRENT, phase="l1") == 1.214
+    assert value(reading, M.ACTIVE_POWER) == 189
+    assert value(reading, M.ENERGY_IMPORTED) == pytest.approx(1265.17 * KWH)
+    assert value(reading, M.ENERGY_EXPORTED) == 0.0
+    assert value(reading, M.PHASE_VOLTAGE, phase="l1") == 235.0
+    assert value(reading, M.PHASE_CURRENT, phase="l1") == 1.214
     # Five-element rows: frequency and power factor were not sent, so they have no series.
-    assert c.FREQUENCY.name not in names(reading)
-    assert c.POWER_FACTOR.name not in names(reading)
+    assert M.FREQUENCY.name not in names(reading)
+    assert M.POWER_FACTOR.name not in names(reading)
     assert reading.devices[0].model == "WEM3162"
     assert reading.devices[0].serial == ""
 
@@ -124,57 +124,57 @@ def test_every_corpus_body_yields_samples(conformance):
 
 def test_single_phase_row_is_device_total_and_phase_l1():
     reading = parse_monitorjson(SINGLE)
-    assert value(reading, c.ACTIVE_POWER) == 152.0
-    assert value(reading, c.ENERGY_IMPORTED) == pytest.approx(22920.38 * KWH)
-    assert value(reading, c.PHASE_VOLTAGE, phase="l1") == 226.85
-    assert value(reading, c.PHASE_CURRENT, phase="l1") == 1.31
-    assert value(reading, c.POWER_FACTOR) == 0.51
-    assert value(reading, c.FREQUENCY) == 49.97
-    assert c.PHASE_ACTIVE_POWER.name not in names(reading)
+    assert value(reading, M.ACTIVE_POWER) == 152.0
+    assert value(reading, M.ENERGY_IMPORTED) == pytest.approx(22920.38 * KWH)
+    assert value(reading, M.PHASE_VOLTAGE, phase="l1") == 226.85
+    assert value(reading, M.PHASE_CURRENT, phase="l1") == 1.31
+    assert value(reading, M.POWER_FACTOR) == 0.51
+    assert value(reading, M.FREQUENCY) == 49.97
+    assert M.PHASE_ACTIVE_POWER.name not in names(reading)
     assert reading.devices[0].model == "WEM3080"
 
 
 def test_net_metering_row_is_exported_under_its_own_names_not_summed():
     reading = parse_monitorjson(NEM)
-    assert value(reading, c.NET_ACTIVE_POWER) == 594.0
-    assert value(reading, c.NET_ENERGY_IMPORTED) == pytest.approx(1275.075 * KWH)
-    assert value(reading, c.NET_ENERGY_EXPORTED) == 0.0
-    assert value(reading, c.POWER_FACTOR) == 0.62  # the system power factor of the net row
-    phase_sum = sum(value(reading, c.PHASE_ENERGY_IMPORTED, phase=p) for p in ("l1", "l2", "l3"))
-    assert phase_sum != pytest.approx(value(reading, c.NET_ENERGY_IMPORTED))
+    assert value(reading, M.NET_ACTIVE_POWER) == 594.0
+    assert value(reading, M.NET_ENERGY_IMPORTED) == pytest.approx(1275.075 * KWH)
+    assert value(reading, M.NET_ENERGY_EXPORTED) == 0.0
+    assert value(reading, M.POWER_FACTOR) == 0.62  # the system power factor of the net row
+    phase_sum = sum(value(reading, M.PHASE_ENERGY_IMPORTED, phase=p) for p in ("l1", "l2", "l3"))
+    assert phase_sum != pytest.approx(value(reading, M.NET_ENERGY_IMPORTED))
     # Only three phases: the net row never becomes a phase, and no device total is made up.
     assert {dict(s.labels).get("phase") for s in reading.samples} == {None, "l1", "l2", "l3"}
-    assert c.ACTIVE_POWER.name not in names(reading)
-    assert sum(1 for s in reading.samples if s.metric is c.PHASE_VOLTAGE) == 3
+    assert M.ACTIVE_POWER.name not in names(reading)
+    assert sum(1 for s in reading.samples if s.metric is M.PHASE_VOLTAGE) == 3
 
 
 def test_two_phase_wem2067_third_row_is_the_net_row():
     reading = parse_monitorjson(TWO_PHASE_NEM)
     assert reading.devices[0].model == "WEM2067"
-    assert value(reading, c.PHASE_ACTIVE_POWER, phase="l2") == -930.0
-    assert value(reading, c.PHASE_VOLTAGE, phase="l3") is None
-    assert value(reading, c.NET_ACTIVE_POWER) == 520.0
-    assert value(reading, c.NET_ENERGY_EXPORTED) == pytest.approx(689.8 * KWH)
+    assert value(reading, M.PHASE_ACTIVE_POWER, phase="l2") == -930.0
+    assert value(reading, M.PHASE_VOLTAGE, phase="l3") is None
+    assert value(reading, M.NET_ACTIVE_POWER) == 520.0
+    assert value(reading, M.NET_ENERGY_EXPORTED) == pytest.approx(689.8 * KWH)
 
 
 def test_two_phase_wem2067_without_nem_has_two_phases_only():
     payload = {**TWO_PHASE_NEM, "Datas": TWO_PHASE_NEM["Datas"][:2]}
     reading = parse_monitorjson(payload)
     assert {dict(s.labels).get("phase") for s in reading.samples} == {None, "l1", "l2"}
-    assert c.NET_ACTIVE_POWER.name not in names(reading)
+    assert M.NET_ACTIVE_POWER.name not in names(reading)
 
 
 def test_old_firmware_five_element_rows_have_no_frequency_nor_power_factor():
     payload = {"method": "uploadsn", "SN": "X", "Datas": [row[:5] for row in THREE["Datas"]]}
     reading = parse_monitorjson(payload)
-    assert value(reading, c.PHASE_VOLTAGE, phase="l2") == 226.6
-    assert value(reading, c.PHASE_ENERGY_IMPORTED, phase="l3") == pytest.approx(427.346 * KWH)
-    assert c.FREQUENCY.name not in names(reading)
-    assert c.PHASE_POWER_FACTOR.name not in names(reading)
+    assert value(reading, M.PHASE_VOLTAGE, phase="l2") == 226.6
+    assert value(reading, M.PHASE_ENERGY_IMPORTED, phase="l3") == pytest.approx(427.346 * KWH)
+    assert M.FREQUENCY.name not in names(reading)
+    assert M.PHASE_POWER_FACTOR.name not in names(reading)
 
 
 def test_legacy_lower_case_data_needs_status_succeed():
-    assert value(parse_monitorjson({"status": "succeed", "data": [230, 1, 100, 5, 0]}), c.ACTIVE_POWER) == 100
+    assert value(parse_monitorjson({"status": "succeed", "data": [230, 1, 100, 5, 0]}), M.ACTIVE_POWER) == 100
     with pytest.raises(ParseError, match="status"):
         parse_monitorjson({"status": "failed", "data": [230, 1, 100, 5, 0]})
 
@@ -188,7 +188,7 @@ def test_model_comes_from_the_method_code(method, model):
     payload["method"] = method
     reading = parse_monitorjson(payload)
     assert reading.devices[0].model == model
-    assert value(reading, c.FREQUENCY) is not None
+    assert value(reading, M.FREQUENCY) is not None
 
 
 def test_model_field_of_api_monitor_wins_over_the_code():
@@ -198,29 +198,29 @@ def test_model_field_of_api_monitor_wins_over_the_code():
 
 def test_unknown_model_with_four_rows_is_three_phases_and_net():
     reading = parse_monitorjson({**NEM, "method": "8-1"})
-    assert value(reading, c.NET_ACTIVE_POWER) == 594.0
-    assert value(reading, c.PHASE_ACTIVE_POWER, phase="l3") == 199.0
+    assert value(reading, M.NET_ACTIVE_POWER) == 594.0
+    assert value(reading, M.PHASE_ACTIVE_POWER, phase="l3") == 199.0
 
 
 def test_reactive_block_gives_per_phase_reactive_series():
     reading = parse_monitorjson({**THREE, "EA": REACTIVE})
-    assert value(reading, c.PHASE_REACTIVE_POWER, phase="l1") == -119.0
-    assert value(reading, c.PHASE_REACTIVE_ENERGY_INDUCTIVE, phase="l3") == pytest.approx(0.007 * KWH)
-    assert value(reading, c.PHASE_REACTIVE_ENERGY_CAPACITIVE, phase="l2") == pytest.approx(260.278 * KWH)
-    assert c.REACTIVE_POWER.name not in names(reading)
+    assert value(reading, M.PHASE_REACTIVE_POWER, phase="l1") == -119.0
+    assert value(reading, M.PHASE_REACTIVE_ENERGY_INDUCTIVE, phase="l3") == pytest.approx(0.007 * KWH)
+    assert value(reading, M.PHASE_REACTIVE_ENERGY_CAPACITIVE, phase="l2") == pytest.approx(260.278 * KWH)
+    assert M.REACTIVE_POWER.name not in names(reading)
 
 
 def test_reactive_block_of_a_single_phase_meter_is_the_device_total():
     reading = parse_monitorjson({**SINGLE, "EA": {"Reactive": [12.5, 1.5, 0.25]}})
-    assert value(reading, c.REACTIVE_POWER) == 12.5
-    assert value(reading, c.REACTIVE_ENERGY_INDUCTIVE) == pytest.approx(1.5 * KWH)
-    assert value(reading, c.REACTIVE_ENERGY_CAPACITIVE) == pytest.approx(0.25 * KWH)
+    assert value(reading, M.REACTIVE_POWER) == 12.5
+    assert value(reading, M.REACTIVE_ENERGY_INDUCTIVE) == pytest.approx(1.5 * KWH)
+    assert value(reading, M.REACTIVE_ENERGY_CAPACITIVE) == pytest.approx(0.25 * KWH)
 
 
 def test_numeric_strings_from_firmware_are_numbers():
     reading = parse_monitorjson({"SN": "X", "Data": ["230.5", "1.2", "-250", "10.5", "2", "50.0", "0.9"]})
-    assert value(reading, c.PHASE_VOLTAGE, phase="l1") == 230.5
-    assert value(reading, c.ACTIVE_POWER) == -250.0
+    assert value(reading, M.PHASE_VOLTAGE, phase="l1") == 230.5
+    assert value(reading, M.ACTIVE_POWER) == -250.0
 
 
 def test_a_null_field_gives_no_series_and_a_null_row_skips_its_phase():
@@ -228,10 +228,10 @@ def test_a_null_field_gives_no_series_and_a_null_row_skips_its_phase():
     payload["Datas"][0][6] = None
     payload["Datas"][1] = [None] * 7
     reading = parse_monitorjson(payload)
-    assert value(reading, c.PHASE_POWER_FACTOR, phase="l1") is None
-    assert value(reading, c.PHASE_VOLTAGE, phase="l1") == 226.2
+    assert value(reading, M.PHASE_POWER_FACTOR, phase="l1") is None
+    assert value(reading, M.PHASE_VOLTAGE, phase="l1") == 226.2
     assert not [s for s in reading.samples if dict(s.labels).get("phase") == "l2"]
-    assert value(reading, c.PHASE_VOLTAGE, phase="l3") == 226.1
+    assert value(reading, M.PHASE_VOLTAGE, phase="l3") == 226.1
 
 
 @pytest.mark.parametrize("payload", [
@@ -353,8 +353,8 @@ def test_any_json_gives_a_reading_or_a_parse_error(payload):
 
 def test_monitor_adds_the_wifi_signal_as_a_ratio():
     reading = parse_monitor({"ssid": "wifi", "sig": 80, "model": "WEM3080T", "SN": "5DB50BF4", **THREE})
-    assert value(reading, c.WIFI_SIGNAL) == 0.8
-    assert value(reading, c.PHASE_VOLTAGE, phase="l1") == 226.2
+    assert value(reading, M.WIFI_SIGNAL) == 0.8
+    assert value(reading, M.PHASE_VOLTAGE, phase="l1") == 226.2
     assert reading.devices[0].model == "WEM3080T"
 
 
@@ -365,12 +365,12 @@ def test_monitor_null_before_the_first_measurement_is_an_empty_reading():
 
 def test_monitor_without_data_yet_keeps_signal_and_identity():
     reading = parse_monitor({"ssid": "wifi", "sig": 55, "SN": "ABC", "model": "WEM3080", "Data": None})
-    assert names(reading) == {c.WIFI_SIGNAL.name}
+    assert names(reading) == {M.WIFI_SIGNAL.name}
     assert reading.devices[0].serial == "ABC"
 
 
 def test_monitor_negative_signal_is_an_rssi_and_nonsense_is_an_error():
-    assert value(parse_monitor({"sig": -67}), c.WIFI_RSSI) == -67
+    assert value(parse_monitor({"sig": -67}), M.WIFI_RSSI) == -67
     with pytest.raises(ParseError):
         parse_monitor({"sig": 250})
     with pytest.raises(ParseError):
@@ -399,7 +399,7 @@ def test_wifidata_tolerates_numeric_run_mode_and_quoted_interval():
     ({"CTratio": 400}, 400), ({"ctratio": "200"}, 200), ({"ratio": 1}, 1), (150, 150),
 ])
 def test_ratio_is_a_ct_ratio_gauge(payload, ratio):
-    assert value(parse_ratio(payload), c.CT_RATIO) == ratio
+    assert value(parse_ratio(payload), M.CT_RATIO) == ratio
 
 
 @pytest.mark.parametrize("payload", [

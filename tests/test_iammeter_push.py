@@ -13,7 +13,7 @@ import structlog
 
 from exporter.config.loader import ConfigError, TargetConfig
 from exporter.daemon import Daemon
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.runtime.context import AdapterContext, SharedResources
 from exporter.runtime.scheduler import TargetRunner
 from exporter.runtime.state import StateDirectory
@@ -22,7 +22,7 @@ from exporter.vendors.iammeter import push as iam_push
 from simulators.iammeter_push import HttpPushMeter
 
 from .configs import load_config
-from .conftest import async_wait_until, free_port, sample_value
+from .conftest import async_wait_until, exposition_text, free_port, sample_value
 
 KWH = 3.6e6
 SN = "3E0BAF87"
@@ -50,7 +50,7 @@ class Exporter:
         context = AdapterContext(session=self.session, state=StateDirectory(self.tmp_path), log=structlog.get_logger(),
                                  shared=self.shared, sections=self.sections, store=self.store)
         runner = TargetRunner(config, iam_push.SPEC.create(config, context), self.store, structlog.get_logger(),
-                              kind="push")
+                              delivery="push")
         runner.start()
         self.runners.append(runner)
         if wait:
@@ -59,10 +59,10 @@ class Exporter:
 
     def value(self, name: str, **labels) -> float | None:
         self.store.expire()
-        return sample_value(self.store.cache.body(False), name, **labels)
+        return sample_value(exposition_text(self.store), name, **labels)
 
     def rejected(self, reason: str) -> float | None:
-        return self.value(c.PUSH_REJECTED.name, listener="http_push", reason=reason)
+        return self.value(M.PUSH_REJECTED.name, listener="http_push", reason=reason)
 
     def state(self, name: str = "meter"):
         return self.store.targets[name]
@@ -98,10 +98,10 @@ async def test_an_upload_of_a_configured_meter_is_accepted(session, tmp_path, po
         await e.add(target())
         status, reply = await meter.post_once()
         assert (status, reply) == (200, {"successful": True, "message": "ok"})
-        assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l3") == 263.5
-        assert e.value(c.PHASE_ENERGY_EXPORTED.name, device="meter", phase="l1") == pytest.approx(11.201 * KWH)
-        assert e.value(c.DEVICE_INFO.name, device="meter", serial=SN, model="WEM3080T") == 1
-        assert e.value(c.TARGET_UP.name, device="meter") == 1
+        assert e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l3") == 263.5
+        assert e.value(M.PHASE_ENERGY_EXPORTED.name, device="meter", phase="l1") == pytest.approx(11.201 * KWH)
+        assert e.value(M.DEVICE_INFO.name, device="meter", serial=SN, model="WEM3080T") == 1
+        assert e.value(M.TARGET_UP.name, device="meter") == 1
         assert e.rejected("unknown_sn") == 0  # shown from the start, so that rate() works at once
 
 
@@ -114,8 +114,8 @@ async def test_one_listener_for_all_push_targets(session, tmp_path, port):
         assert a.adapter.listener is b.adapter.listener
         assert (await first.post_once())[0] == 200
         assert (await second.post_once())[0] == 200  # any path; the SN's case does not matter
-        assert e.value(c.ACTIVE_POWER.name, device="single-phase") == 152.0
-        assert e.value(c.PHASE_ACTIVE_POWER.name, device="three-phase", phase="l3") == 1213
+        assert e.value(M.ACTIVE_POWER.name, device="single-phase") == 152.0
+        assert e.value(M.PHASE_ACTIVE_POWER.name, device="three-phase", phase="l3") == 1213
         await a.stop()
         assert (await first.post_once())[0] == 403  # its SN is no longer claimed
         await b.stop()
@@ -131,7 +131,7 @@ async def test_an_unknown_sn_is_refused_and_counted(session, tmp_path, port):
             status, reply = await stranger.post_once()
             assert status == 403 and reply["successful"] is False and "ABCDEF01" in reply["message"]
             assert e.rejected("unknown_sn") == expected
-        assert e.state().polls == 0 and e.value(c.ACTIVE_POWER.name) is None
+        assert e.state().polls == 0 and e.value(M.ACTIVE_POWER.name) is None
 
 
 @pytest.mark.parametrize("networks, status", [(["10.0.0.0/8", "192.168.0.0/16"], 403), (["127.0.0.0/8"], 200)])
@@ -141,7 +141,7 @@ async def test_only_allowed_source_networks_may_push(session, tmp_path, port, ne
         await e.add(target())
         assert (await meter.post_once())[0] == status
         assert e.rejected("forbidden_network") == (1 if status == 403 else 0)
-        assert (e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") is not None) == (status == 200)
+        assert (e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") is not None) == (status == 200)
 
 
 async def test_an_oversized_body_is_refused_with_413(session, tmp_path, port):
@@ -174,9 +174,9 @@ async def test_a_malformed_upload_is_refused_and_fails_its_target(session, tmp_p
         assert status == 400 and reply["successful"] is False
         assert (await other.post_once())[0] == 200
         assert e.state().last_reason == "parse" and not e.state().up
-        assert e.value(c.POLL_ERRORS.name, device="meter", reason="parse") == 1
-        assert e.state("other").up and e.value(c.POLL_ERRORS.name, device="other", reason="parse") is None
-        assert e.value(c.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0  # the last good value
+        assert e.value(M.POLL_ERRORS.name, device="meter", reason="parse") == 1
+        assert e.state("other").up and e.value(M.POLL_ERRORS.name, device="other", reason="parse") is None
+        assert e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l1") == 220.0  # the last good value
         assert e.rejected("malformed") == 1
 
 
@@ -278,12 +278,12 @@ async def test_the_daemon_exports_a_meter_that_posts(tmp_path, conformance):
             for _ in range(100):
                 async with http.get(f"http://127.0.0.1:{daemon.port}/metrics") as resp:
                     body = await resp.text()
-                if sample_value(body, c.PHASE_CURRENT.name, device="house", phase="l1") is not None:
+                if sample_value(body, M.PHASE_CURRENT.name, device="house", phase="l1") is not None:
                     break
                 await asyncio.sleep(0.1)
-        assert sample_value(body, c.PHASE_CURRENT.name, device="house", phase="l1", vendor="iammeter") == 9.99
-        assert sample_value(body, c.PUSH_REJECTED.name, listener="http_push", reason="forbidden_network") == 0
-        assert sample_value(body, c.TARGET_UP.name, device="house") == 1
+        assert sample_value(body, M.PHASE_CURRENT.name, device="house", phase="l1", vendor="iammeter") == 9.99
+        assert sample_value(body, M.PUSH_REJECTED.name, listener="http_push", reason="forbidden_network") == 0
+        assert sample_value(body, M.TARGET_UP.name, device="house") == 1
         assert meter.last_reply == {"successful": True, "message": "ok"}
 
         # A changed listener section restarts the push targets on a new listener (same port).

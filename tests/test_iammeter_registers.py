@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.samples import ParseError
 from exporter.vendors.iammeter.parse import (decode_single_phase, decode_three_phase, looks_single_phase,
                                              parse_monitorjson)
@@ -34,38 +34,38 @@ def three_phase_image() -> list[int]:
 def test_three_phase_image_decodes_to_base_units():
     reading = decode_three_phase(three_phase_image(), "WEM3080T")
     v = reading.value_of
-    assert v(c.PHASE_VOLTAGE, phase="l1") == pytest.approx(230.12)
-    assert v(c.PHASE_CURRENT, phase="l1") == pytest.approx(5.25)
-    assert v(c.PHASE_ACTIVE_POWER, phase="l1") == -1000  # signed 32 bit, high word first
-    assert v(c.PHASE_ACTIVE_POWER, phase="l2") == 70000
-    assert v(c.PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(125 * KWH)  # 100000 / 800 kWh
-    assert v(c.PHASE_ENERGY_EXPORTED, phase="l1") == pytest.approx(2 * KWH)
-    assert v(c.PHASE_POWER_FACTOR, phase="l1") == pytest.approx(0.95)
-    assert v(c.FREQUENCY) == pytest.approx(50.02)
-    assert v(c.ACTIVE_POWER) == 69000
-    assert v(c.ENERGY_IMPORTED) == pytest.approx(126 * KWH)
-    assert v(c.PHASE_REACTIVE_POWER, phase="l1") == -100
-    assert v(c.PHASE_REACTIVE_ENERGY_INDUCTIVE, phase="l1") == pytest.approx(1.5 * KWH)
-    assert v(c.PHASE_REACTIVE_ENERGY_CAPACITIVE, phase="l1") == pytest.approx(0.25 * KWH)
-    assert v(c.DEVICE_UPTIME) == 86400
+    assert v(M.PHASE_VOLTAGE, phase="l1") == pytest.approx(230.12)
+    assert v(M.PHASE_CURRENT, phase="l1") == pytest.approx(5.25)
+    assert v(M.PHASE_ACTIVE_POWER, phase="l1") == -1000  # signed 32 bit, high word first
+    assert v(M.PHASE_ACTIVE_POWER, phase="l2") == 70000
+    assert v(M.PHASE_ENERGY_IMPORTED, phase="l1") == pytest.approx(125 * KWH)  # 100000 / 800 kWh
+    assert v(M.PHASE_ENERGY_EXPORTED, phase="l1") == pytest.approx(2 * KWH)
+    assert v(M.PHASE_POWER_FACTOR, phase="l1") == pytest.approx(0.95)
+    assert v(M.FREQUENCY) == pytest.approx(50.02)
+    assert v(M.ACTIVE_POWER) == 69000
+    assert v(M.ENERGY_IMPORTED) == pytest.approx(126 * KWH)
+    assert v(M.PHASE_REACTIVE_POWER, phase="l1") == -100
+    assert v(M.PHASE_REACTIVE_ENERGY_INDUCTIVE, phase="l1") == pytest.approx(1.5 * KWH)
+    assert v(M.PHASE_REACTIVE_ENERGY_CAPACITIVE, phase="l1") == pytest.approx(0.25 * KWH)
+    assert v(M.DEVICE_UPTIME) == 86400
     assert reading.devices[0].model == "WEM3080T"
 
 
 def test_core_registers_only_give_no_reactive_nor_uptime():
     reading = decode_three_phase(three_phase_image()[:38])
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l3") == pytest.approx(231.5)
-    assert reading.value_of(c.PHASE_REACTIVE_POWER, phase="l1") is None
-    assert reading.value_of(c.DEVICE_UPTIME) is None
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l3") == pytest.approx(231.5)
+    assert reading.value_of(M.PHASE_REACTIVE_POWER, phase="l1") is None
+    assert reading.value_of(M.DEVICE_UPTIME) is None
     assert reading.devices == []
 
 
 def test_single_phase_image_uses_the_3200_scale():
     words = [23512, 121, 0, 189, 0x003D, 0xC6C0, 0, 3200]  # 4048576 / 3200 = 1265.18 kWh
     reading = decode_single_phase(words)
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l1") == pytest.approx(235.12)
-    assert reading.value_of(c.ACTIVE_POWER) == 189
-    assert reading.value_of(c.ENERGY_IMPORTED) == pytest.approx(4048576 / 3200 * KWH)
-    assert reading.value_of(c.ENERGY_EXPORTED) == pytest.approx(1 * KWH)
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l1") == pytest.approx(235.12)
+    assert reading.value_of(M.ACTIVE_POWER) == 189
+    assert reading.value_of(M.ENERGY_IMPORTED) == pytest.approx(4048576 / 3200 * KWH)
+    assert reading.value_of(M.ENERGY_EXPORTED) == pytest.approx(1 * KWH)
     assert reading.devices[0].model == "WEM3080"
 
 
@@ -98,9 +98,9 @@ def test_simulator_registers_decode_to_the_json_values_within_resolution(conform
     from_json = parse_monitorjson(json.loads(raw))
     from_registers = decode_three_phase(encode_three_phase(state))
     resolution = {
-        c.PHASE_VOLTAGE: 0.005, c.PHASE_CURRENT: 0.005, c.PHASE_ACTIVE_POWER: 0.5,
-        c.PHASE_ENERGY_IMPORTED: KWH / 1600, c.PHASE_ENERGY_EXPORTED: KWH / 1600,
-        c.PHASE_POWER_FACTOR: 0.0005, c.FREQUENCY: 0.005,
+        M.PHASE_VOLTAGE: 0.005, M.PHASE_CURRENT: 0.005, M.PHASE_ACTIVE_POWER: 0.5,
+        M.PHASE_ENERGY_IMPORTED: KWH / 1600, M.PHASE_ENERGY_EXPORTED: KWH / 1600,
+        M.PHASE_POWER_FACTOR: 0.0005, M.FREQUENCY: 0.005,
     }
     compared = 0
     for sample in from_json.samples:
@@ -113,5 +113,5 @@ def test_simulator_registers_decode_to_the_json_values_within_resolution(conform
 def test_single_phase_encoding_round_trips():
     state, _ = meter_state("WEM3080", conformance=None)
     reading = decode_single_phase(encode_single_phase(state))
-    assert reading.value_of(c.PHASE_VOLTAGE, phase="l1") == pytest.approx(226.85)
-    assert reading.value_of(c.ENERGY_IMPORTED) == pytest.approx(22920.38 * KWH, abs=KWH / 6400)
+    assert reading.value_of(M.PHASE_VOLTAGE, phase="l1") == pytest.approx(226.85)
+    assert reading.value_of(M.ENERGY_IMPORTED) == pytest.approx(22920.38 * KWH, abs=KWH / 6400)

@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from exporter.config.loader import TargetConfig
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.errors import PollError
 from exporter.model.samples import ParseError, Reading
 from exporter.runtime.context import AdapterContext
@@ -84,7 +84,7 @@ async def wait_for(predicate: Any, what: str, limit: float = 10.0) -> None:
 
 def test_local_is_the_default_transport() -> None:
     assert registry.transports("iometer")[0] == "local"
-    assert registry.get("iometer", "local").kind == "poll"
+    assert registry.get("iometer", "local").delivery == "poll"
 
 
 async def test_simulator_serves_the_corpus_byte_for_byte(bridge, session) -> None:
@@ -103,10 +103,10 @@ async def test_simulator_serves_the_corpus_byte_for_byte(bridge, session) -> Non
 async def test_poll_reads_both_endpoints_in_base_units(bridge, session, tmp_path) -> None:
     adapter = IOmeterBridge(make_target(bridge.host), context(session, tmp_path))
     reading = await adapter.poll()
-    assert reading.value_of(c.ENERGY_IMPORTED) == pytest.approx(1234.5 * 3600)
-    assert reading.value_of(c.ACTIVE_POWER) == 100
-    assert reading.value_of(c.WIFI_RSSI) == -30
-    assert reading.value_of(c.READER_CONNECTED) == 1
+    assert reading.value_of(M.ENERGY_IMPORTED) == pytest.approx(1234.5 * 3600)
+    assert reading.value_of(M.ACTIVE_POWER) == 100
+    assert reading.value_of(M.WIFI_RSSI) == -30
+    assert reading.value_of(M.READER_CONNECTED) == 1
     assert bridge.requests == {"reading": 1, "status": 1}
 
 
@@ -116,7 +116,7 @@ async def test_status_is_read_less_often(bridge, session, tmp_path) -> None:
     for _ in range(3):
         reading = await adapter.poll()
         clock.now += 10
-        assert reading.value_of(c.READER_BATTERY) == 1.0  # the kept status is still exported
+        assert reading.value_of(M.READER_BATTERY) == 1.0  # the kept status is still exported
     assert bridge.requests == {"reading": 3, "status": 1}
     clock.now += 60
     await adapter.poll()
@@ -152,24 +152,24 @@ async def test_unreachable_bridge(session, tmp_path) -> None:
 
 async def test_sse_streams_both_endpoints_and_reconnects(bridge, session, tmp_path) -> None:
     adapter = IOmeterBridge(make_target(bridge.host, mode="sse", reconnect_delay="10ms"), context(session, tmp_path))
-    assert adapter.kind == "push"
+    assert adapter.delivery == "push"
     emitted: list[Reading] = []
     task = asyncio.create_task(adapter.run(emitted.append))
     try:
-        await wait_for(lambda: emitted and emitted[-1].value_of(c.ENERGY_IMPORTED) and emitted[-1].value_of(c.READER_CONNECTED), "first events")
+        await wait_for(lambda: emitted and emitted[-1].value_of(M.ENERGY_IMPORTED) and emitted[-1].value_of(M.READER_CONNECTED), "first events")
         assert bridge.requests == {"reading": 0, "status": 0}  # streamed, not polled
 
         bridge.set_reading(reading_with(2000, "2024-11-11T11:12:00Z"))
-        await wait_for(lambda: emitted[-1].value_of(c.ENERGY_IMPORTED) == 2000 * 3600, "a pushed reading")
-        assert emitted[-1].value_of(c.READER_CONNECTED) == 1  # the status stays in every snapshot
+        await wait_for(lambda: emitted[-1].value_of(M.ENERGY_IMPORTED) == 2000 * 3600, "a pushed reading")
+        assert emitted[-1].value_of(M.READER_CONNECTED) == 1  # the status stays in every snapshot
 
         for round_ in range(3):
             opened = bridge.stream_requests["reading"]
             await bridge.drop_streams()
             await wait_for(lambda: bridge.stream_requests["reading"] > opened and bridge.open_streams == 2, "a reconnect")
             bridge.set_reading(reading_with(3000 + round_, f"2024-11-11T11:2{round_}:00Z"))
-            await wait_for(lambda: emitted[-1].value_of(c.ENERGY_IMPORTED) == (3000 + round_) * 3600, "readings after a reconnect")
-        assert emitted[-1].value_of(c.MEASUREMENT_TIME) == 1731324120  # 11:22:00
+            await wait_for(lambda: emitted[-1].value_of(M.ENERGY_IMPORTED) == (3000 + round_) * 3600, "readings after a reconnect")
+        assert emitted[-1].value_of(M.MEASUREMENT_TIME) == 1731324120  # 11:22:00
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -185,7 +185,7 @@ async def test_sse_skips_a_bad_event_and_keeps_the_last_good_state(bridge, sessi
 
     task = asyncio.create_task(adapter.run(emitted.append))
     try:
-        await wait_for(lambda: readings() and readings()[-1].value_of(c.ENERGY_IMPORTED), "first event")
+        await wait_for(lambda: readings() and readings()[-1].value_of(M.ENERGY_IMPORTED), "first event")
         count = len(readings())
         bridge.set_reading({"__typename": "iometer.reading.v1", "meter": {"reading": {"registers": "oops"}}})
         await wait_for(lambda: adapter.last_error is not None, "the bad event")
@@ -193,7 +193,7 @@ async def test_sse_skips_a_bad_event_and_keeps_the_last_good_state(bridge, sessi
         # the bad event reaches the daemon as a failure with its reason
         assert any(isinstance(item, PollError) and item.reason == "parse" for item in emitted)
         bridge.set_reading(reading_with(99, "2024-11-11T12:00:00Z"))
-        await wait_for(lambda: readings()[-1].value_of(c.ENERGY_IMPORTED) == 99 * 3600, "the next good event")
+        await wait_for(lambda: readings()[-1].value_of(M.ENERGY_IMPORTED) == 99 * 3600, "the next good event")
         assert len(readings()) == count + 1  # no reading emitted for the bad one
     finally:
         task.cancel()
@@ -206,10 +206,10 @@ async def test_sse_mode_polled_serves_the_streamed_state(bridge, session, tmp_pa
     adapter = IOmeterBridge(make_target(bridge.host, mode="sse", reconnect_delay="10ms"), context(session, tmp_path))
     try:
         first = await adapter.poll()
-        assert first.value_of(c.ENERGY_IMPORTED) == pytest.approx(1234.5 * 3600)
+        assert first.value_of(M.ENERGY_IMPORTED) == pytest.approx(1234.5 * 3600)
         bridge.set_reading(reading_with(4321, "2024-11-11T13:00:00Z"))
-        await wait_for(lambda: adapter._snapshot.value_of(c.ENERGY_IMPORTED) == 4321 * 3600, "the pushed reading")
-        assert (await adapter.poll()).value_of(c.ENERGY_IMPORTED) == 4321 * 3600
+        await wait_for(lambda: adapter._snapshot.value_of(M.ENERGY_IMPORTED) == 4321 * 3600, "the pushed reading")
+        assert (await adapter.poll()).value_of(M.ENERGY_IMPORTED) == 4321 * 3600
         assert bridge.requests == {"reading": 0, "status": 0}
         assert bridge.stream_requests == {"reading": 1, "status": 1}
     finally:

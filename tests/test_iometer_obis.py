@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.samples import ParseError, Reading
 from exporter.vendors.iometer.obis import ACCOUNT, LOCAL, Obis, add_registers, normalize, register
 
@@ -81,19 +81,19 @@ def _local(*registers: tuple[str, object, object]) -> Reading:
 @pytest.mark.parametrize(
     ("code", "value", "unit", "metric", "labels", "expected"),
     [
-        ("1-0:1.8.0", 1.5, "kWh", c.ENERGY_IMPORTED, {}, 5.4e6),
-        ("1-0:1.8.0", 1500, "Wh", c.ENERGY_IMPORTED, {}, 5.4e6),
-        ("1-0:2.8.0", 2, "Wh", c.ENERGY_EXPORTED, {}, 7200),
-        ("1-0:1.8.1", 1, "kWh", c.TARIFF_ENERGY_IMPORTED, {"tariff": "1"}, 3.6e6),
-        ("1-0:2.8.2", 1, "kWh", c.TARIFF_ENERGY_EXPORTED, {"tariff": "2"}, 3.6e6),
-        ("1-0:16.7.0", -1.2, "kW", c.ACTIVE_POWER, {}, -1200),
-        ("1-0:56.7.0", 300, "W", c.PHASE_ACTIVE_POWER, {"phase": "l2"}, 300),
-        ("1-0:72.7.0", 231, "V", c.PHASE_VOLTAGE, {"phase": "l3"}, 231),
-        ("1-0:31.7.0", 1500, "mA", c.PHASE_CURRENT, {"phase": "l1"}, 1.5),
-        ("1-0:14.7.0", 50, "Hz", c.FREQUENCY, {}, 50),
-        ("1-0:13.7.0", 97, "%", c.POWER_FACTOR, {}, 0.97),
-        ("1-0:53.7.0", 0.9, None, c.PHASE_POWER_FACTOR, {"phase": "l2"}, 0.9),
-        ("1-0:1.8.0", 1, "KWH", c.ENERGY_IMPORTED, {}, 3.6e6),  # case of unambiguous units
+        ("1-0:1.8.0", 1.5, "kWh", M.ENERGY_IMPORTED, {}, 5.4e6),
+        ("1-0:1.8.0", 1500, "Wh", M.ENERGY_IMPORTED, {}, 5.4e6),
+        ("1-0:2.8.0", 2, "Wh", M.ENERGY_EXPORTED, {}, 7200),
+        ("1-0:1.8.1", 1, "kWh", M.TARIFF_ENERGY_IMPORTED, {"tariff": "1"}, 3.6e6),
+        ("1-0:2.8.2", 1, "kWh", M.TARIFF_ENERGY_EXPORTED, {"tariff": "2"}, 3.6e6),
+        ("1-0:16.7.0", -1.2, "kW", M.ACTIVE_POWER, {}, -1200),
+        ("1-0:56.7.0", 300, "W", M.PHASE_ACTIVE_POWER, {"phase": "l2"}, 300),
+        ("1-0:72.7.0", 231, "V", M.PHASE_VOLTAGE, {"phase": "l3"}, 231),
+        ("1-0:31.7.0", 1500, "mA", M.PHASE_CURRENT, {"phase": "l1"}, 1.5),
+        ("1-0:14.7.0", 50, "Hz", M.FREQUENCY, {}, 50),
+        ("1-0:13.7.0", 97, "%", M.POWER_FACTOR, {}, 0.97),
+        ("1-0:53.7.0", 0.9, None, M.PHASE_POWER_FACTOR, {"phase": "l2"}, 0.9),
+        ("1-0:1.8.0", 1, "KWH", M.ENERGY_IMPORTED, {}, 3.6e6),  # case of unambiguous units
     ],
 )
 def test_codes_map_to_metrics_in_base_units(code, value, unit, metric, labels, expected) -> None:
@@ -105,28 +105,28 @@ def test_codes_map_to_metrics_in_base_units(code, value, unit, metric, labels, e
 def test_unknown_codes_go_to_the_generic_family_in_base_units() -> None:
     reading = _local(("1-0:1.7.0", 1.5, "kW"), ("1-0:3.8.0", 2, "kvarh"), ("1-0:81.7.4", 120, "°"),
                      ("1-0:1.8.0*3", 1, "kWh"), ("1-1:1.8.0", 1, "kWh"))
-    assert reading.value_of(c.OBIS_VALUE, obis="1-0:1.7.0", unit="W") == 1500
-    assert reading.value_of(c.OBIS_VALUE, obis="1-0:3.8.0", unit="var*s") == 7.2e6
-    assert reading.value_of(c.OBIS_VALUE, obis="1-0:81.7.4", unit="°") == 120
+    assert reading.value_of(M.OBIS_VALUE, obis="1-0:1.7.0", unit="W") == 1500
+    assert reading.value_of(M.OBIS_VALUE, obis="1-0:3.8.0", unit="var*s") == 7.2e6
+    assert reading.value_of(M.OBIS_VALUE, obis="1-0:81.7.4", unit="°") == 120
     # Other billing periods and channels are not the current total: generic, never ENERGY_IMPORTED.
-    assert reading.value_of(c.OBIS_VALUE, obis="1-0:1.8.0*3", unit="J") == 3.6e6
-    assert reading.value_of(c.OBIS_VALUE, obis="1-1:1.8.0", unit="J") == 3.6e6
-    assert reading.value_of(c.ENERGY_IMPORTED) is None
+    assert reading.value_of(M.OBIS_VALUE, obis="1-0:1.8.0*3", unit="J") == 3.6e6
+    assert reading.value_of(M.OBIS_VALUE, obis="1-1:1.8.0", unit="J") == 3.6e6
+    assert reading.value_of(M.ENERGY_IMPORTED) is None
 
 
 def test_power_falls_back_to_36_7_0_only_when_it_comes_alone() -> None:
     alone = _local(("01-00:24.07.00*ff", 420, "W"))
-    assert alone.value_of(c.ACTIVE_POWER) == 420
+    assert alone.value_of(M.ACTIVE_POWER) == 420
     assert dict(alone.samples[0].labels)["obis"] == "1-0:36.7.0"
-    assert alone.value_of(c.PHASE_ACTIVE_POWER) is None  # not known to be a phase value
+    assert alone.value_of(M.PHASE_ACTIVE_POWER) is None  # not known to be a phase value
 
     phases = _local(("1-0:36.7.0", 100, "W"), ("1-0:56.7.0", 50, "W"))
-    assert phases.value_of(c.ACTIVE_POWER) is None
-    assert phases.value_of(c.PHASE_ACTIVE_POWER, phase="l1") == 100
+    assert phases.value_of(M.ACTIVE_POWER) is None
+    assert phases.value_of(M.PHASE_ACTIVE_POWER, phase="l1") == 100
 
     both = _local(("1-0:16.7.0", 180, "W"), ("1-0:36.7.0", 100, "W"))
-    assert both.value_of(c.ACTIVE_POWER) == 180
-    assert both.value_of(c.PHASE_ACTIVE_POWER, phase="l1") == 100
+    assert both.value_of(M.ACTIVE_POWER) == 180
+    assert both.value_of(M.PHASE_ACTIVE_POWER, phase="l1") == 100
 
 
 def test_a_unit_that_does_not_fit_is_an_error_and_a_missing_one_gives_no_series() -> None:
@@ -157,8 +157,8 @@ def test_account_variants_carry_installation_and_meter() -> None:
     reading = Reading()
     add_registers(reading, [register("1.8.0", 2, "kWh"), register("32.7.0", 230, "V")], ACCOUNT,
                   installation="inst-1", meter="garage")
-    assert reading.value_of(c.ACCOUNT_ENERGY_IMPORTED, installation="inst-1", meter="garage") == 7.2e6
-    sample = next(s for s in reading.samples if s.metric is c.ACCOUNT_PHASE_VOLTAGE)
+    assert reading.value_of(M.ACCOUNT_ENERGY_IMPORTED, installation="inst-1", meter="garage") == 7.2e6
+    sample = next(s for s in reading.samples if s.metric is M.ACCOUNT_PHASE_VOLTAGE)
     assert sample.labels == (("installation", "inst-1"), ("meter", "garage"), ("phase", "l1"), ("obis", "1-0:32.7.0"))
 
 

@@ -16,7 +16,7 @@ from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
 from exporter.config.loader import TargetConfig
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.model.errors import PollError
 from exporter.model.samples import Reading
 from exporter.runtime.context import AdapterContext
@@ -71,7 +71,7 @@ async def wait_for(predicate: Any, what: str, limit: float = 15.0) -> None:
 def energies(reading: Reading) -> dict[tuple[str, str], float]:
     return {
         (dict(s.labels)["installation"], dict(s.labels)["meter"]): s.value
-        for s in reading.samples if s.metric is c.ACCOUNT_ENERGY_IMPORTED
+        for s in reading.samples if s.metric is M.ACCOUNT_ENERGY_IMPORTED
     }
 
 
@@ -82,14 +82,14 @@ def assert_never_backwards(snapshots: list[Reading]) -> None:
         for key, value in energies(snapshot).items():
             assert value >= held.get(key, 0.0), f"energy of {key} went backwards"
             held[key] = value
-        now = (snapshot.value_of(c.READINGS_RECEIVED) or 0.0, snapshot.value_of(c.DUPLICATE_READINGS) or 0.0)
+        now = (snapshot.value_of(M.READINGS_RECEIVED) or 0.0, snapshot.value_of(M.DUPLICATE_READINGS) or 0.0)
         assert now[0] >= counters[0] and now[1] >= counters[1]
         counters = now
 
 
 def test_partner_transport_is_registered_as_push() -> None:
     spec = registry.get("iometer", "partner")
-    assert spec is not None and spec.kind == "push"
+    assert spec is not None and spec.delivery == "push"
     assert registry.transports("iometer") == ["local", "partner"]
 
 
@@ -108,12 +108,12 @@ async def test_discovery_walks_every_page(session, tmp_path) -> None:
         assert len(found) == 5
         assert sim.http_requests == 4  # pages of 2, 2, 1 and the empty one that ends the list
         assert sum(len(i.meters) for i in found) == 10
-        snapshot = adapter.store.snapshot()
+        snapshot = adapter.account.snapshot()
         for installation in sim.installations:
             device = {"installation": installation.id, "device_id": installation.devices[0].id}
-            assert snapshot.value_of(c.GATEWAY_CONNECTED, **device) == 1
-            assert snapshot.value_of(c.READER_BATTERY, **device) == pytest.approx(0.87)
-            assert snapshot.value_of(c.READER_PIN_STATE, **device, state="entered") == 1
+            assert snapshot.value_of(M.GATEWAY_CONNECTED, **device) == 1
+            assert snapshot.value_of(M.READER_BATTERY, **device) == pytest.approx(0.87)
+            assert snapshot.value_of(M.READER_PIN_STATE, **device, state="entered") == 1
     finally:
         await sim.stop()
 
@@ -155,21 +155,21 @@ async def test_query_mode_pages_and_resumes(session, tmp_path) -> None:
             publish_round(sim, base + step, step)  # 12 readings: 3 pages of 5
         adapter = adapter_for(sim, session, tmp_path, mode="query", page_size=5,
                               meters=[f"{sim.installations[0].meters[0].number}=house"])
-        assert adapter.kind == "poll"
+        assert adapter.delivery == "poll"
         first = await adapter.poll()
-        assert first.value_of(c.READINGS_RECEIVED) == 12
-        assert first.value_of(c.DUPLICATE_READINGS) == 0
+        assert first.value_of(M.READINGS_RECEIVED) == 12
+        assert first.value_of(M.DUPLICATE_READINGS) == 0
         values = energies(first)
         assert len(values) == 3 and set(values.values()) == {1003.0 * 3600}
-        assert first.value_of(c.ACCOUNT_ENERGY_IMPORTED, meter="house") == 1003.0 * 3600
-        assert first.value_of(c.ACCOUNT_ACTIVE_POWER, meter="house") == 403.0
-        assert first.value_of(c.ACCOUNT_MEASUREMENT_TIME, meter="house") == int(base + 3)
+        assert first.value_of(M.ACCOUNT_ENERGY_IMPORTED, meter="house") == 1003.0 * 3600
+        assert first.value_of(M.ACCOUNT_ACTIVE_POWER, meter="house") == 403.0
+        assert first.value_of(M.ACCOUNT_MEASUREMENT_TIME, meter="house") == int(base + 3)
 
         publish_round(sim, base + 10, 10)
         second = await adapter.poll()
         # From the newest held reading on: the 3 readings at base+3 come again, then 3 new ones.
-        assert second.value_of(c.READINGS_RECEIVED) == 18
-        assert second.value_of(c.DUPLICATE_READINGS) == 3
+        assert second.value_of(M.READINGS_RECEIVED) == 18
+        assert second.value_of(M.DUPLICATE_READINGS) == 3
         assert set(energies(second).values()) == {1010.0 * 3600}
         assert_never_backwards([first, second])
     finally:
@@ -194,9 +194,9 @@ async def test_subscription_dropped_three_times_while_readings_flow(session, tmp
     flow = asyncio.create_task(publisher())
     try:
         for drop in range(3):
-            await wait_for(lambda: sim.active_subscriptions == 1 and adapter.store.received > 0, "a live subscription")
-            received = adapter.store.received
-            await wait_for(lambda: adapter.store.received > received + 8, "readings flowing")
+            await wait_for(lambda: sim.active_subscriptions == 1 and adapter.account.received > 0, "a live subscription")
+            received = adapter.account.received
+            await wait_for(lambda: adapter.account.received > received + 8, "readings flowing")
             assert await sim.drop_connections() == 1
         await wait_for(lambda: sim.active_subscriptions == 1, "the fourth connection")
         flow.cancel()
@@ -207,13 +207,13 @@ async def test_subscription_dropped_three_times_while_readings_flow(session, tmp
 
         newest = snapshots[-1]
         assert len(energies(newest)) == 4
-        assert newest.value_of(c.ACCOUNT_MEASUREMENT_TIME) == int(base + last)
+        assert newest.value_of(M.ACCOUNT_MEASUREMENT_TIME) == int(base + last)
         assert adapter.connections == 4 and sim.ws_connections == 4
         # Each resume asked from the newest reading held, and its replay was dropped, counted.
         starts = [v.get("startTime") for v in sim.subscriptions_started]
         assert len(starts) == 4 and starts == sorted(starts) and starts[0] < starts[-1]
-        assert newest.value_of(c.DUPLICATE_READINGS) >= 3 * 4  # at least the boundary readings
-        assert newest.value_of(c.READINGS_RECEIVED) >= 4 * last
+        assert newest.value_of(M.DUPLICATE_READINGS) >= 3 * 4  # at least the boundary readings
+        assert newest.value_of(M.READINGS_RECEIVED) >= 4 * last
         assert_never_backwards(snapshots)
     finally:
         flow.cancel()
@@ -233,9 +233,9 @@ async def test_repeated_deliveries_are_counted_and_dropped(session, tmp_path) ->
         base = time.time() - 60
         for step in range(5):
             publish_round(sim, base + step, step)
-        await wait_for(lambda: adapter.store.received == 10, "ten deliveries")
-        await wait_for(lambda: snapshots and snapshots[-1].value_of(c.READINGS_RECEIVED) == 10, "a snapshot")
-        assert snapshots[-1].value_of(c.DUPLICATE_READINGS) == 5
+        await wait_for(lambda: adapter.account.received == 10, "ten deliveries")
+        await wait_for(lambda: snapshots and snapshots[-1].value_of(M.READINGS_RECEIVED) == 10, "a snapshot")
+        assert snapshots[-1].value_of(M.DUPLICATE_READINGS) == 5
         assert set(energies(snapshots[-1]).values()) == {1004.0 * 3600}
     finally:
         runner.cancel()
@@ -257,8 +257,8 @@ async def test_live_readings_per_installation_with_obis_codes(session, tmp_path)
         await wait_for(lambda: snapshots and energies(snapshots[-1]), "a reading")
         newest = snapshots[-1]
         assert list(energies(newest)) == [(sim.installations[1].id, sim.installations[1].meters[0].number)]
-        assert newest.value_of(c.ACCOUNT_ACTIVE_POWER) == 407.0
-        assert newest.value_of(c.ACCOUNT_PHASE_VOLTAGE) is None  # not asked for
+        assert newest.value_of(M.ACCOUNT_ACTIVE_POWER) == 407.0
+        assert newest.value_of(M.ACCOUNT_PHASE_VOLTAGE) is None  # not asked for
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)

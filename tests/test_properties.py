@@ -29,7 +29,7 @@ from exporter.vendors.iammeter import registers
 from exporter.vendors.iometer import obis
 from exporter.vendors.iometer import parse as iometer
 
-from .conftest import sample_value
+from .conftest import exposition_text, sample_value
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -250,7 +250,7 @@ def test_counters_never_step_back(steps):
             store = new_store(clock)
             exported_max, held, glitches = None, None, 0
             continue
-        text = store.cache.encoded(False, False).decode()
+        text = exposition_text(store)
         value = sample_value(text, M.ENERGY_IMPORTED.name, device="meter")
         if value is None:
             continue

@@ -19,13 +19,14 @@ import aiohttp
 import pytest
 
 from exporter.daemon import Daemon
-from exporter.model import catalogue as c
+from exporter.model import catalogue as M
 from exporter.web import statuspage
 from simulators.iammeter_push import HttpPushMeter, MosquittoBroker, mosquitto_binary
 from simulators.tls import new_authority
 
 from .configs import load_config
-from .conftest import async_wait_until, free_port, push_listener_config, sample_value, start_push_daemon, wait_listening
+from .conftest import (async_wait_until, exposition_text, free_port, push_listener_config, sample_value,
+                       start_push_daemon, wait_listening)
 
 SN = "3E0BAF87"
 TRAP_HOST = "127.0.0.77"
@@ -118,10 +119,10 @@ async def test_no_push_request_makes_the_exporter_connect_anywhere(tmp_path):
                         await client.publish(f"device/{TRAP_HOST}:{trap.port}/realtime", body)
                         await client.publish(f"device/{SN}/realtime/{trap.url}", body)
             await asyncio.sleep(1.0)  # time for any (wrong) follow-up connection to happen
-            text = daemon.store.cache.encoded(False, False).decode()
+            text = exposition_text(daemon.store)
         assert trap.connections == 0, "a pushed message made the exporter connect to an address it was not given"
         assert daemon.store.targets["pushed"].up
-        assert sample_value(text, c.PHASE_VOLTAGE.name, device="pushed", phase="l1") is not None
+        assert sample_value(text, M.PHASE_VOLTAGE.name, device="pushed", phase="l1") is not None
         # nothing named by a message turned into a target or a label
         assert TRAP_HOST not in text
         assert set(daemon.store.targets) == ({"pushed", "mqtt"} if broker else {"pushed"})
@@ -140,7 +141,7 @@ async def test_a_huge_push_is_refused_without_reading_it_all(tmp_path, size):
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://127.0.0.1:{port}/", data=b"{" + b" " * size + b"}") as resp:
                 assert resp.status == 413
-        await async_wait_until(lambda: "push_rejected" in daemon.store.cache.encoded(False, False).decode(),
+        await async_wait_until(lambda: "push_rejected" in exposition_text(daemon.store),
                                what="the refusal counted")
     finally:
         await daemon.stop()
@@ -177,8 +178,8 @@ async def test_a_path_token_keeps_out_uploads_without_it_and_never_shows(tmp_pat
         writer.close()
         assert {status for status, _ in replies} == {404}
         assert len({text for _, text in replies}) == 1, "refusals must not differ by how close the guess was"
-        text = daemon.store.cache.encoded(False, False).decode()
-        assert sample_value(text, c.PUSH_REJECTED.name, listener="http_push", reason="bad_token") == len(wrong)
+        text = exposition_text(daemon.store)
+        assert sample_value(text, M.PUSH_REJECTED.name, listener="http_push", reason="bad_token") == len(wrong)
         page, doc = statuspage.render(daemon.view().status()), json.dumps(daemon.view().status().as_json())
         captured = capsys.readouterr()
         for where, content in [("metrics", text), ("status page", page), ("targets JSON", doc),
@@ -255,10 +256,10 @@ async def test_a_forged_upload_cannot_poison_a_counter(tmp_path):
             real = json.loads(meter.body())
             async with session.post(f"http://127.0.0.1:{port}/", data=json.dumps(real)) as resp:
                 assert resp.status == 200
-        text = daemon.store.cache.encoded(False, False).decode()
+        text = exposition_text(daemon.store)
         assert sample_value(text, "energy_meter_phase_energy_imported_joules_total", phase="l1",
                             device="pushed") == pytest.approx(real["Datas"][0][3] * 3.6e6)
-        assert sample_value(text, c.SAMPLES_DROPPED.name, device="pushed", reason="out_of_range") == 1
+        assert sample_value(text, M.SAMPLES_DROPPED.name, device="pushed", reason="out_of_range") == 1
         assert sample_value(text, "energy_meter_exporter_decreasing_readings_total", device="pushed") == 0
     finally:
         await daemon.stop()

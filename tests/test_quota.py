@@ -9,7 +9,7 @@ from exporter.runtime.quota import Limit, QuotaLedger
 from exporter.runtime.state import StateDirectory
 from exporter.store import SnapshotStore
 
-from .conftest import sample_value
+from .conftest import exposition_text, sample_value
 
 LOGIN = (Limit(5, 3600, "hour"), Limit(30, 86400, "day"))
 
@@ -80,7 +80,7 @@ def test_remaining_is_exported(tmp_path):
     ledger.listeners.append(lambda: store.set_quota(ledger.windows()))
     ledger.register("meterdata", "SN1", (Limit(12, 3600, "hour"),))
     ledger.acquire("meterdata", "SN1", (Limit(12, 3600, "hour"),))
-    text = store.cache.encoded(False, False).decode()
+    text = exposition_text(store)
     assert sample_value(text, "energy_meter_exporter_quota_remaining", api="meterdata", scope="SN1", window="hour") == 11
 
 

@@ -14,7 +14,7 @@ from exporter.model.samples import DeviceInfo, Reading
 from exporter.store import COUNTER_RESET_GRACE, SnapshotStore
 from exporter.web.server import wants_gzip, wants_openmetrics
 
-from .conftest import require_binary, sample_value
+from .conftest import exposition_text, require_binary, sample_value
 
 
 class Clock:
@@ -44,7 +44,7 @@ def make_store() -> tuple[SnapshotStore, Clock]:
 
 
 def body(store: SnapshotStore, om: bool = False) -> str:
-    return store.cache.encoded(om, False).decode()
+    return exposition_text(store, om)
 
 
 def test_each_family_is_one_group_with_one_type_line():
@@ -134,19 +134,22 @@ def test_a_removed_target_leaves_nothing_behind():
     assert 'device="a"' not in body(store)
 
 
-def test_body_is_cached_until_something_changes():
+async def test_gzip_body_is_cached_until_something_changes():
     store, _ = make_store()
     store.record_success("a", reading(1, 1))
-    first = store.cache.encoded(False, False)
-    assert store.cache.encoded(False, False) is first
+    first = await store.cache.gzip_chunks(False)
+    assert await store.cache.gzip_chunks(False) is first  # not compressed again
     store.record_success("a", reading(2, 1))
-    assert store.cache.encoded(False, False) is not first
+    second = await store.cache.gzip_chunks(False)
+    assert second is not first
+    assert gzip.decompress(b"".join(second)).decode() == body(store)
 
 
-def test_gzip_body_decompresses_to_the_text_body():
+async def test_gzip_body_decompresses_to_the_text_body():
     store, _ = make_store()
     store.record_success("a", reading(1, 1))
-    assert gzip.decompress(store.cache.encoded(False, True)) == store.cache.encoded(False, False)
+    for om in (False, True):
+        assert gzip.decompress(b"".join(await store.cache.gzip_chunks(om))).decode() == body(store, om)
 
 
 def test_label_values_are_escaped():

@@ -11,9 +11,9 @@ import os
 import re
 import stat
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Self, runtime_checkable
 
 import yaml
 
@@ -122,7 +122,7 @@ _CEILINGS: dict[str, float] = {"int": 2**31 - 1, "duration": 366 * 86400.0, "flo
 class Option:
     """One key a target (or a section) accepts."""
 
-    kind: str  # str | int | float | bool | duration | secret | path | list
+    type: str  # str | int | float | bool | duration | secret | path | list
     required: bool = False
     default: Any = None
     choices: tuple[str, ...] | None = None
@@ -131,8 +131,8 @@ class Option:
     maximum: float | None = None
 
     def convert(self, value: Any) -> Any:
-        kind = self.kind
-        if kind in ("str", "path", "secret"):
+        type_ = self.type
+        if type_ in ("str", "path", "secret"):
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ValueError(f"expected a string, got {type_name(value)}")
             text = value if isinstance(value, str) else str(value)
@@ -141,12 +141,12 @@ class Option:
                 raise ValueError(f"contains a control character ({bad}); it must be one line of text")
             if self.choices and text not in self.choices:
                 raise ValueError(f"must be one of {', '.join(self.choices)}; got {_show(text)}")
-            return Secret(text) if kind == "secret" else text
-        if kind == "int":
+            return Secret(text) if type_ == "secret" else text
+        if type_ == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"expected a whole number, got {type_name(value)}")
             number: float = value
-        elif kind == "float":
+        elif type_ == "float":
             if isinstance(value, str) and _EXPONENT_ONLY.fullmatch(value):
                 value = float(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -154,13 +154,13 @@ class Option:
             number = _as_float(value)
             if not math.isfinite(number):
                 raise ValueError(f"expected a finite number, got {_show(value)}")
-        elif kind == "duration":
+        elif type_ == "duration":
             number = parse_duration(value)
-        elif kind == "bool":
+        elif type_ == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"expected true or false, got {type_name(value)}")
             return value
-        elif kind == "list":
+        elif type_ == "list":
             if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
                 raise ValueError("expected a list of strings")
             items = tuple(str(v) for v in value)
@@ -169,8 +169,8 @@ class Option:
                 raise ValueError(f"an entry contains a control character ({bad}); each must be one line of text")
             return items
         else:  # pragma: no cover - schema error in the code, not in the user's file
-            raise AssertionError(kind)
-        maximum = self.maximum if self.maximum is not None else _CEILINGS[kind]
+            raise AssertionError(type_)
+        maximum = self.maximum if self.maximum is not None else _CEILINGS[type_]
         if number > maximum:
             raise ValueError(f"must be at most {maximum:g}, got {_show(number)}")
         if self.minimum is not None and number < self.minimum:
@@ -182,6 +182,54 @@ def type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing (null)"}.get(
         type(value), type(value).__name__
     )
+
+
+# --- Typed options -------------------------------------------------------------------------------
+# A transport states each key of its targets once, as a field of a frozen, keyword-only
+# dataclass deriving from Settings: the field's type, its Option (the loader's checks, the
+# README's row) and its default. The loader checks a target against the table generated from the
+# fields (`OPTIONS = MySettings.table()`); an adapter reads `MySettings.of(target)`.
+
+_OPTION = "option"  # the metadata key holding a settings field's Option
+
+
+def setting(option_type: str, /, *, required: bool = False, default: Any = None, **details: Any) -> Any:
+    """A field of a Settings dataclass: `details` are Option's (choices, help, minimum, maximum).
+    A key left out takes `default`, or nothing (None; an empty tuple for a list)."""
+    option = Option(option_type, required=required, default=default, **details)
+    if required:
+        return field(metadata={_OPTION: option})
+    empty = () if option_type == "list" else None
+    return field(default=empty if default is None else default, metadata={_OPTION: option})
+
+
+class Settings:
+    """Base of a transport's typed target options (see `setting`)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def table(cls) -> "OptionTable":
+        return OptionTable(cls)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Self:
+        """From options converted by the loader; a key absent (or None) takes its field's default."""
+        return cls(**{f.name: value for f in fields(cls) if (value := options.get(f.name)) is not None})
+
+    @classmethod
+    def of(cls, target: TargetConfig) -> Self:
+        """The target's options, typed. Built from `target.options` on each call (an adapter
+        calls it once), so a target made in code or copied with other options reads the same."""
+        return cls.from_options(target.options)
+
+
+class OptionTable(dict):
+    """The keys (name -> Option) a Settings class declares with `setting`, in field order."""
+
+    def __init__(self, settings: type[Settings]) -> None:
+        super().__init__((f.name, f.metadata[_OPTION]) for f in fields(settings) if _OPTION in f.metadata)
+        self.settings = settings
 
 
 # Keys every target takes, whatever its vendor; `defaults` may set all but name/vendor/transport.
@@ -259,7 +307,7 @@ class TransportSchema(Protocol):
     @property
     def options(self) -> Mapping[str, Option]: ...
     @property
-    def kind(self) -> Literal["poll", "push"]: ...
+    def delivery(self) -> Literal["poll", "push"]: ...
     @property
     def default_interval(self) -> float: ...
     @property
@@ -708,7 +756,7 @@ class Checker:
             if key in skip:
                 continue
             key_path = path + (key,)
-            if key.endswith("_file") and schema.get(key[: -len("_file")], Option("str")).kind == "secret":
+            if key.endswith("_file") and schema.get(key[: -len("_file")], Option("str")).type == "secret":
                 base = key[: -len("_file")]
                 if base in raw:
                     self.problem(key_path, f"give either {base} or {key}, not both")
@@ -729,7 +777,7 @@ class Checker:
         for key, option in schema.items():
             if key not in out and key not in skip:
                 if option.required:
-                    hint = " (or " + key + "_file)" if option.kind == "secret" else ""
+                    hint = " (or " + key + "_file)" if option.type == "secret" else ""
                     self.problem(path, f"missing required key {key!r}{hint}")
                 elif option.default is not None:
                     out[key] = option.default
@@ -906,7 +954,7 @@ def _target(check: Checker, raw: dict, path: tuple, defaults: dict, catalogue: V
     where = path + ("interval",) if "interval" in raw else (("defaults", "interval") if "interval" in defaults else path)
     if interval < spec.min_interval:
         check.problem(where, f"{interval:g}s is shorter than {spec.min_interval:g}s, the fastest {vendor} {transport} allows")
-    if timeout > interval and spec.kind == "poll":
+    if timeout > interval and spec.delivery == "poll":
         check.problem(path + ("timeout",) if "timeout" in raw else path,
                       f"timeout {timeout:g}s is longer than the interval {interval:g}s")
     stale_after = merged.get("stale_after") or max(3 * interval, 60.0)

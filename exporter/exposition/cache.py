@@ -111,7 +111,6 @@ class FamilyCache:
         self._slots: dict[str, int] = {}
         self._owners: list[str | None] = []
         self._free: list[int] = []
-        self._bodies: dict[tuple[bool, bool], tuple[int, bytes]] = {}
         self._gzip: dict[bool, tuple[int, list[bytes], float]] = {}  # generation, body, state taken at
         self._rendering: dict[bool, tuple[int, asyncio.Future, float]] = {}
         self._plain_size = 0  # of the last gzip body
@@ -219,21 +218,6 @@ class FamilyCache:
         lines = self._lines(family, slot)
         return lines.decode() if lines else None
 
-    def owners(self, metric: Metric) -> list[str]:
-        family = self._families.get(metric.name)
-        if family is None:
-            return []
-        out = []
-        for index, segment in enumerate(family.segments):
-            if segment is None:
-                continue
-            for position, lines in enumerate(segment.lines):
-                if lines:
-                    owner = self._owners[index * SEGMENT + position]
-                    if owner is not None:
-                        out.append(owner)
-        return out
-
     # --- plain bodies ---------------------------------------------------------------------------
     def chunks(self, openmetrics: bool) -> list[bytes]:
         """The body as a list of chunks, one per family (header and lines)."""
@@ -248,9 +232,6 @@ class FamilyCache:
         if openmetrics:
             out.append(EOF_LINE)
         return out
-
-    def body(self, openmetrics: bool) -> str:
-        return b"".join(self.chunks(openmetrics)).decode()
 
     # --- gzip bodies ---------------------------------------------------------------------------
     def _gzip_plan(self, openmetrics: bool) -> tuple[list, list[_Job], list]:
@@ -325,18 +306,6 @@ class FamilyCache:
         return sum(segment.length for family in self._families.values()
                    for segment in family.segments if segment is not None)
 
-    def gzip_chunks_now(self, openmetrics: bool) -> list[bytes]:
-        """The gzip body of the current state, compressed in this thread."""
-        cached = self._gzip.get(openmetrics)
-        if cached and cached[0] == self.generation:
-            return cached[1]
-        generation, started = self.generation, time.monotonic()
-        pieces, jobs, sums = self._gzip_plan(openmetrics)
-        _work(jobs)
-        out = self._gzip_finish(openmetrics, pieces, jobs, sums)
-        self._gzip[openmetrics] = (generation, out, started)
-        return out
-
     def _shared(self, generation: int, started: float) -> bool:
         """Whether a body of that generation, rendered from the state at `started`, serves now."""
         if generation == self.generation:
@@ -377,18 +346,6 @@ class FamilyCache:
         finally:
             if self._rendering.get(openmetrics, (None, None, None))[1] is future:
                 del self._rendering[openmetrics]
-
-    def encoded(self, openmetrics: bool, compress: bool) -> bytes:
-        """The whole body as bytes, cached until the next change."""
-        key = (openmetrics, compress)
-        cached = self._bodies.get(key)
-        if cached and cached[0] == self.generation:
-            return cached[1]
-        generation = self.generation
-        chunks = self.gzip_chunks_now(openmetrics) if compress else self.chunks(openmetrics)
-        data = b"".join(chunks)
-        self._bodies[key] = (generation, data)
-        return data
 
 
 _EOF_DEFLATED = deflate_piece(EOF_LINE)

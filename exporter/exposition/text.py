@@ -122,15 +122,15 @@ def render_samples(samples: Iterable, base: tuple[tuple[str, str], ...]) -> dict
 
 
 def is_info(metric: Metric) -> bool:
-    return metric.name.endswith("_info") and metric.kind == "gauge"
+    return metric.name.endswith("_info") and metric.type == "gauge"
 
 
 def headers(metric: Metric) -> tuple[str, str]:
     """(text 0.0.4 header, OpenMetrics header) of one family."""
-    text = f"# HELP {metric.name} {escape_help(metric.help)}\n# TYPE {metric.name} {metric.kind}\n"
+    text = f"# HELP {metric.name} {escape_help(metric.help)}\n# TYPE {metric.name} {metric.type}\n"
     if is_info(metric):
         om_name, om_type = metric.name[: -len("_info")], "info"
     else:
-        om_name, om_type = metric.om_name, metric.kind
+        om_name, om_type = metric.om_name, metric.type
     om = f"# TYPE {om_name} {om_type}\n# HELP {om_name} {escape_help(metric.help)}\n"
     return text, om

@@ -26,7 +26,7 @@ ENPHASE = "enphase"
 @dataclass(frozen=True, eq=False)  # one object per metric: identity is equality
 class Metric:
     name: str
-    kind: Literal["gauge", "counter"]
+    type: Literal["gauge", "counter"]  # the metric type, as in `# TYPE`
     unit: str  # base unit as written in the README; "" when dimensionless
     help: str
     labels: tuple[str, ...] = ()
@@ -45,7 +45,7 @@ class Metric:
     @property
     def om_name(self) -> str:
         """Family name in OpenMetrics: counters drop their `_total` suffix."""
-        return self.name[: -len("_total")] if self.kind == "counter" else self.name
+        return self.name[: -len("_total")] if self.type == "counter" else self.name
 
 
 def _phases(a: int, b: int, c: int, suffix: str = "7.0") -> dict[str, str]:
@@ -679,7 +679,7 @@ def markdown_table() -> str:
     for m in all_metrics():
         labels = ", ".join(m.base_labels + m.labels + (("obis",) if m.obis else ()))
         vendors = ", ".join(m.vendors) if m.vendors else "all (exporter)"
-        rows.append(f"| `{m.name}` | {m.kind} | {m.unit or '-'} | {labels or '-'} | {_obis_text(m) or '-'} | {vendors} |")
+        rows.append(f"| `{m.name}` | {m.type} | {m.unit or '-'} | {labels or '-'} | {_obis_text(m) or '-'} | {vendors} |")
     return "\n".join(rows) + "\n"
 
 

@@ -27,6 +27,7 @@ from ..model.errors import PollError, safe_message
 from ..model.samples import ParseError, Reading
 from ..store import DEFAULT_MAX_POWER, Notice, SnapshotStore
 from .backoff import Backoff, poll_spread
+from .tasks import cancel_and_wait
 
 # The first poll of a target waits a random part of its interval, at most this long.
 FIRST_POLL_SPREAD = 10.0
@@ -209,15 +210,16 @@ def _origin(exc: BaseException) -> tuple[str, str, int]:
 
 
 class TargetRunner:
-    __slots__ = ("target", "adapter", "store", "log", "kind", "failures", "task", "polled_once", "lags",
+    __slots__ = ("target", "adapter", "store", "log", "delivery", "failures", "task", "polled_once", "lags",
                  "first_spread", "stopped", "entry", "timetable", "task_name", "throttle")
 
-    def __init__(self, target: TargetConfig, adapter: Any, store: SnapshotStore, log: Any, kind: str = "poll") -> None:
+    def __init__(self, target: TargetConfig, adapter: Any, store: SnapshotStore, log: Any,
+                 delivery: str = "poll") -> None:
         self.target = target
         self.adapter = adapter
         self.store = store
         self.log = log
-        self.kind = kind
+        self.delivery = delivery  # "poll" or "push" (TransportSpec.delivery)
         self.failures = 0
         self.task: asyncio.Task | None = None
         self.polled_once = Once()
@@ -235,7 +237,7 @@ class TargetRunner:
         """Run in the background; `starting`: how many targets start along with this one."""
         self.first_spread = first_poll_spread(self.target, starting)
         self.store.set_max_power(self.target.name, float(self.target.option("max_power", DEFAULT_MAX_POWER)))
-        if self.kind != "poll":
+        if self.delivery != "poll":
             self.task = asyncio.create_task(self._push_loop(), name=f"target:{self.target.name}")
             return
         self.timetable = _timetable()
@@ -256,12 +258,7 @@ class TargetRunner:
     async def stop(self) -> None:
         self.stopped = True
         self.entry = 0
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self.task)
         try:
             await asyncio.wait_for(self.adapter.close(), timeout=2)
         except Exception as exc:  # closing a broken connection must not stop the others

@@ -70,7 +70,7 @@ def _counter_positions(metrics: tuple[Metric, ...]) -> tuple[int, ...]:
         if len(_COUNTERS) >= _SHARED_MAX or _sizes["counters"] >= _SHARED_MAX_ITEMS:
             _COUNTERS.clear()
             _sizes["counters"] = 0
-        found = _COUNTERS[metrics] = tuple(i for i, m in enumerate(metrics) if m.kind == "counter")
+        found = _COUNTERS[metrics] = tuple(i for i, m in enumerate(metrics) if m.type == "counter")
         _sizes["counters"] += len(metrics)
     return found
 
@@ -390,7 +390,7 @@ class SnapshotStore:
             reason = None
             if number - number != 0.0:
                 reason = "not_finite"
-            elif metric.kind == "counter":
+            elif metric.type == "counter":
                 if number < 0.0:
                     reason = "negative"
                 elif number > (energy_ceiling if metric.unit in M.ENERGY_UNITS else COUNTER_CEILING):
@@ -399,7 +399,7 @@ class SnapshotStore:
                 kept.append(sample if number is value else Sample(metric, sample.labels, number))
                 continue
             changes.drop(reason, metric.name, sample.labels, value)
-            before = held.get((metric.name, sample.labels)) if metric.kind == "counter" else None
+            before = held.get((metric.name, sample.labels)) if metric.type == "counter" else None
             if before is not None:
                 kept.append(Sample(metric, sample.labels, before))
         return kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import aiohttp
 
@@ -40,10 +40,12 @@ async def request(
     ssl_context: ssl.SSLContext | aiohttp.Fingerprint | bool | None = None,
     server_hostname: str | None = None,
     auth: aiohttp.BasicAuth | None = None,
+    middlewares: Sequence[aiohttp.ClientMiddlewareType] | None = None,
     max_bytes: int = MAX_BODY_BYTES,
 ) -> Response:
     """One request; the caller bounds it in time. The URL goes into messages, so it must not
-    carry secrets (tokens travel in headers)."""
+    carry secrets (tokens travel in headers). `middlewares` (an authentication handshake, say)
+    wrap this request only; None keeps the session's."""
     if headers:
         _check_headers(url, headers)
     kwargs: dict[str, Any] = {}
@@ -51,6 +53,8 @@ async def request(
         kwargs["ssl"] = ssl_context
     if server_hostname:
         kwargs["server_hostname"] = server_hostname
+    if middlewares is not None:
+        kwargs["middlewares"] = tuple(middlewares)
     try:
         async with session.request(
             method, url, headers=headers, json=json_body, data=data, auth=auth,

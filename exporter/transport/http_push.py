@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from aiohttp import web
 
-from ..config.loader import Option, Secret, SectionSpec
+from ..config.loader import SectionSpec, Secret, Settings, setting
 from ..model import catalogue as M
 from ..model.errors import PollError
 from ..model.samples import ParseError, Reading
@@ -53,26 +53,35 @@ RATE_WINDOW = 60.0  # seconds over which max_requests_per_minute is counted
 REASONS = ("unknown_sn", "malformed", "too_large", "forbidden_network", "rate_limited", "not_found",
            "bad_token", "timeout")
 DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_REQUESTS_PER_MINUTE = 120
 MIN_TOKEN_LENGTH = 16
 _TOKEN = re.compile(r"^[A-Za-z0-9._~-]+$")  # characters a URL path segment carries as they are
 
-OPTIONS: dict[str, Option] = {
-    "listen": Option("str", help="[host]:port to receive pushes on, e.g. :8088 or 192.168.1.5:8088"),
-    "allowed_networks": Option("list", help="source networks (CIDR) allowed to push; default: any"),
-    "max_body_bytes": Option("int", default=DEFAULT_MAX_BODY, minimum=256, help="larger bodies are refused (413)"),
-    "path": Option("str", help="the only URL path accepted, after path_token if that is set (default: any path)"),
-    "max_requests_per_minute": Option("int", default=120, minimum=0,
-                                      help="per source address; 0 = no limit (meters upload every 2 s at most)"),
-    "path_token": Option("secret", help="secret first path segment of the upload address "
-                                        "(host:port/TOKEN); requests without it are refused 404"),
-    "tls_cert_file": Option("path", help="certificate (PEM) to serve HTTPS with (with tls_key_file)"),
-    "tls_key_file": Option("path", help="private key (PEM) of tls_cert_file"),
-    "tls_client_ca_file": Option("path", help="require client certificates signed by this CA"),
-    "read_timeout": Option("duration", default=DEFAULT_HEAD_TIMEOUT, minimum=0.1,
-                           help="a request's head, and then its body, must arrive within this"),
-    "max_connections": Option("int", default=DEFAULT_MAX_CONNECTIONS, minimum=1,
-                              help="connections at once; at the limit the oldest waiting one is closed"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PushSection(Settings):
+    """The `http_push` section as written; PushSettings is what the listener runs with."""
+
+    listen: str | None = setting("str", help="[host]:port to receive pushes on, e.g. :8088 or 192.168.1.5:8088")
+    allowed_networks: tuple[str, ...] = setting("list", help="source networks (CIDR) allowed to push; default: any")
+    max_body_bytes: int = setting("int", default=DEFAULT_MAX_BODY, minimum=256, help="larger bodies are refused (413)")
+    path: str | None = setting(
+        "str", help="the only URL path accepted, after path_token if that is set (default: any path)")
+    max_requests_per_minute: int = setting(
+        "int", default=DEFAULT_REQUESTS_PER_MINUTE, minimum=0,
+        help="per source address; 0 = no limit (meters upload every 2 s at most)")
+    path_token: Secret | None = setting("secret", help="secret first path segment of the upload address "
+                                                       "(host:port/TOKEN); requests without it are refused 404")
+    tls_cert_file: str | None = setting("path", help="certificate (PEM) to serve HTTPS with (with tls_key_file)")
+    tls_key_file: str | None = setting("path", help="private key (PEM) of tls_cert_file")
+    tls_client_ca_file: str | None = setting("path", help="require client certificates signed by this CA")
+    read_timeout: float = setting("duration", default=DEFAULT_HEAD_TIMEOUT, minimum=0.1,
+                                  help="a request's head, and then its body, must arrive within this")
+    max_connections: int = setting("int", default=DEFAULT_MAX_CONNECTIONS, minimum=1,
+                                   help="connections at once; at the limit the oldest waiting one is closed")
+
+
+OPTIONS = PushSection.table()
 
 SECTION = SectionSpec(
     name="http_push", options=OPTIONS, many=False,
@@ -138,7 +147,7 @@ class PushSettings:
     networks: tuple = ()
     max_body_bytes: int = DEFAULT_MAX_BODY
     path: str | None = None
-    max_requests_per_minute: int = 120
+    max_requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE
     token: Secret | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -148,28 +157,26 @@ class PushSettings:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> "PushSettings":
-        if not section.get("listen"):
+        written = PushSection.from_options(section)
+        if not written.listen:
             raise PollError("config", "http_push.listen is not set")
         try:
-            host, port = parse_listen_address(section["listen"], ":8088")
-            networks = parse_networks(section.get("allowed_networks"))
+            host, port = parse_listen_address(written.listen, ":8088")
+            networks = parse_networks(written.allowed_networks)
         except ValueError as exc:
             raise PollError("config", f"http_push: {exc}") from None
         problems = list(check_section(section))
         if problems:
             (_, key), message = problems[0]
             raise PollError("config", f"http_push.{key}: {message}")
-        path = section.get("path")
-        token = section.get("path_token")
-        return cls(host=host, port=port, networks=networks,
-                   max_body_bytes=int(section.get("max_body_bytes") or DEFAULT_MAX_BODY),
+        path, token = written.path, written.path_token
+        return cls(host=host, port=port, networks=networks, max_body_bytes=written.max_body_bytes,
                    path=("/" + path.lstrip("/")) if path else None,
-                   max_requests_per_minute=int(section.get("max_requests_per_minute") or 0),
+                   max_requests_per_minute=written.max_requests_per_minute,
                    token=token if isinstance(token, Secret) else (Secret(str(token)) if token else None),
-                   tls_cert_file=section.get("tls_cert_file"), tls_key_file=section.get("tls_key_file"),
-                   tls_client_ca_file=section.get("tls_client_ca_file"),
-                   read_timeout=float(section.get("read_timeout") or DEFAULT_HEAD_TIMEOUT),
-                   max_connections=int(section.get("max_connections") or DEFAULT_MAX_CONNECTIONS))
+                   tls_cert_file=written.tls_cert_file, tls_key_file=written.tls_key_file,
+                   tls_client_ca_file=written.tls_client_ca_file, read_timeout=written.read_timeout,
+                   max_connections=written.max_connections)
 
     def key(self) -> tuple:
         return (LISTENER, self.host, self.port, self.networks, self.max_body_bytes, self.path,

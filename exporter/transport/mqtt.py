@@ -35,11 +35,12 @@ from typing import Any, Callable, Mapping
 
 import aiomqtt
 
-from ..config.loader import Option, Secret, SectionSpec
+from ..config.loader import SectionSpec, Secret, Settings, setting
 from ..model import catalogue as M
 from ..model.errors import PollError
 from ..model.jsontext import label_text
 from ..runtime.backoff import Backoff
+from ..runtime.tasks import cancel_and_wait
 from ..web.serving import Throttle
 
 # A connection that held for this long counts as good: the backoff starts again from the
@@ -53,69 +54,47 @@ REJECT_REASONS = ("unknown_sn", "sn_mismatch", "malformed", "too_large")
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 MQTT_MAX_REMAINING_LENGTH = 268_435_455  # four length bytes (MQTT 3.1.1, 2.2.3)
 
-OPTIONS: dict[str, Option] = {
-    "host": Option("str", required=True, help="address of the broker"),
-    "port": Option("int", minimum=1, maximum=65535, help="port of the broker (default 1883, with tls 8883)"),
-    "username": Option("str", help="user name, if the broker asks for one"),
-    "password": Option("secret", help="password of that user (or password_file)"),
-    "tls": Option("bool", default=False, help="connect with TLS"),
-    "ca_file": Option("path", help="CA certificate(s) to verify the broker with (default: the system store)"),
-    "tls_verify": Option("bool", default=True, help="verify the broker's certificate and name (false: encrypt only)"),
-    "client_id": Option("str", help="MQTT client id (default: energy-meter-exporter-<random>); unique per broker"),
-    "topic": Option("str", help="topic filter the meters publish under, '+' standing for the meter's id "
-                                "(default: the one the meters' vendor uses)"),
-    "keepalive": Option("duration", default=60.0, minimum=5.0, help="MQTT keepalive interval"),
-    "reconnect_delay": Option("duration", default=1.0, minimum=0.01, help="first delay before a reconnection"),
-    "max_reconnect_delay": Option("duration", default=60.0, minimum=0.01, help="ceiling of the reconnection delay"),
-    "max_message_bytes": Option("int", default=DEFAULT_MAX_MESSAGE_BYTES, minimum=1024,
-                                maximum=MQTT_MAX_REMAINING_LENGTH,
-                                help="a packet from the broker announcing more drops the connection before it is read"),
-}
 
-SECTION = SectionSpec(
-    name="mqtt_brokers", options=OPTIONS, many=True,
-    description="MQTT brokers that meters publish to; targets name one with `broker:`",
-)
+@dataclass(frozen=True, kw_only=True)
+class BrokerSettings(Settings):
+    """One entry of `mqtt_brokers`: its name, and its keys as declared here."""
 
-
-@dataclass(frozen=True)
-class BrokerSettings:
     name: str
-    host: str
-    port: int
-    username: str | None = None
-    password: Secret | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    tls_verify: bool = True
-    client_id: str | None = None
-    topic: str | None = None  # None: the subscriber's own (its vendor's) topic filter
-    keepalive: float = 60.0
-    reconnect_delay: float = 1.0
-    max_reconnect_delay: float = 60.0
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    host: str = setting("str", required=True, help="address of the broker")
+    # None is filled in: 1883, or 8883 with tls.
+    port: int = setting("int", minimum=1, maximum=65535, help="port of the broker (default 1883, with tls 8883)")
+    username: str | None = setting("str", help="user name, if the broker asks for one")
+    password: Secret | None = setting("secret", help="password of that user (or password_file)")
+    tls: bool = setting("bool", default=False, help="connect with TLS")
+    ca_file: str | None = setting(
+        "path", help="CA certificate(s) to verify the broker with (default: the system store)")
+    tls_verify: bool = setting(
+        "bool", default=True, help="verify the broker's certificate and name (false: encrypt only)")
+    client_id: str | None = setting(
+        "str", help="MQTT client id (default: energy-meter-exporter-<random>); unique per broker")
+    # None: the subscriber's own (its vendor's) topic filter
+    topic: str | None = setting("str", help="topic filter the meters publish under, '+' standing for the meter's id "
+                                            "(default: the one the meters' vendor uses)")
+    keepalive: float = setting("duration", default=60.0, minimum=5.0, help="MQTT keepalive interval")
+    reconnect_delay: float = setting(
+        "duration", default=1.0, minimum=0.01, help="first delay before a reconnection")
+    max_reconnect_delay: float = setting(
+        "duration", default=60.0, minimum=0.01, help="ceiling of the reconnection delay")
+    max_message_bytes: int = setting(
+        "int", default=DEFAULT_MAX_MESSAGE_BYTES, minimum=1024, maximum=MQTT_MAX_REMAINING_LENGTH,
+        help="a packet from the broker announcing more drops the connection before it is read")
+
+    def __post_init__(self) -> None:
+        if self.port is None:
+            object.__setattr__(self, "port", 8883 if self.tls else 1883)
+        if isinstance(self.password, str):  # an entry made in code
+            object.__setattr__(self, "password", Secret(self.password))
+        if not self.topic:
+            object.__setattr__(self, "topic", None)
 
     @classmethod
     def from_section(cls, item: Mapping[str, Any]) -> "BrokerSettings":
-        tls = bool(item.get("tls") or False)
-        port = item.get("port") or (8883 if tls else 1883)
-        password = item.get("password")
-        if isinstance(password, str):
-            password = Secret(password)
-
-        def get(key: str, default: Any) -> Any:
-            value = item.get(key)
-            return default if value is None else value
-
-        return cls(
-            name=str(item["name"]), host=str(item["host"]), port=int(port),
-            username=item.get("username"), password=password, tls=tls, ca_file=item.get("ca_file"),
-            tls_verify=bool(get("tls_verify", True)), client_id=item.get("client_id"),
-            topic=str(item["topic"]) if item.get("topic") else None, keepalive=float(get("keepalive", 60.0)),
-            reconnect_delay=float(get("reconnect_delay", 1.0)),
-            max_reconnect_delay=float(get("max_reconnect_delay", 60.0)),
-            max_message_bytes=int(get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
-        )
+        return cls.from_options(item)
 
     @property
     def address(self) -> str:
@@ -125,6 +104,14 @@ class BrokerSettings:
     def key(self) -> tuple:
         """Identity for shared connections: a changed setting means a new connection."""
         return tuple(sorted((k, v) for k, v in self.__dict__.items()))
+
+
+OPTIONS = BrokerSettings.table()
+
+SECTION = SectionSpec(
+    name="mqtt_brokers", options=OPTIONS, many=True,
+    description="MQTT brokers that meters publish to; targets name one with `broker:`",
+)
 
 
 def topic_filter_problem(topic: str) -> str | None:
@@ -349,15 +336,11 @@ class BrokerConnection:
         return self
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
-        for task in list(self._background):
-            task.cancel()
+        await cancel_and_wait(self._task)
+        self._task = None
+        # Then the (un)subscriptions still in flight; not along with the connection: those just
+        # made get their turn meanwhile (one cancelled before it starts leaves its call unawaited).
+        await cancel_and_wait(*self._background)
         if self.store is not None:
             self.store.set_global(f"mqtt:{self.settings.name}", M.MQTT_CONNECTED, [])
             self.store.set_global(f"mqtt-rejected:{self.settings.name}", M.PUSH_REJECTED, [])

@@ -6,7 +6,8 @@ recognises its devices, its helper commands); a transport module declares one `T
 the first time its transport is asked for.
 
 This module is the vendor catalogue the core is handed: `load_config(..., vendors=registry)`
-(see exporter.config.loader.VendorCatalogue), the probes of `discover`, the commands of the command line.
+(see exporter.config.loader.VendorCatalogue), the device identifiers of `discover`, the commands
+of the command line.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import argparse
 
     from ..config.loader import Config, Option, TargetConfig
-    from ..discover import DeviceProbe
+    from ..discover import DeviceIdentifier
     from ..model.samples import Emit, Reading
     from ..runtime.context import AdapterContext
 
@@ -51,7 +52,10 @@ class TransportSpec:
     transport: str
     options: Mapping[str, "Option"]
     create: Callable[["TargetConfig", "AdapterContext"], Any]
-    kind: Literal["poll", "push"] = "poll"
+    # How readings arrive: "poll", the scheduler calls the adapter's `poll` every interval;
+    # "push", the adapter's `run(emit)` hands them over as they come. An adapter whose targets
+    # may do either (by an option) says which in its own `delivery` attribute.
+    delivery: Literal["poll", "push"] = "poll"
     default_interval: float = 10.0
     min_interval: float = 1.0
     default_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -103,7 +107,7 @@ class VendorSpec:
     title: str  # as people write it: "HomeWizard", "IAMMETER"
     transports: tuple[Transport, ...]
     default_transport: str  # when a target names none
-    discover: str | None = None  # the module whose PROBE tells this vendor's devices apart
+    discover: str | None = None  # the module whose IDENTIFIER tells this vendor's devices apart
     commands: tuple[Command, ...] = ()
 
 
@@ -217,10 +221,10 @@ def shard_key(target: "TargetConfig") -> str:
     return target.name
 
 
-def discovery_probes() -> list["DeviceProbe"]:
+def identifiers() -> list["DeviceIdentifier"]:
     """How `discover` recognises each vendor's devices, in the order of VENDORS (their modules
     imported), each with its vendor's title."""
-    return [dataclasses.replace(load_module(v.name, v.discover).PROBE, title=v.title)
+    return [dataclasses.replace(load_module(v.name, v.discover).IDENTIFIER, title=v.title)
             for v in vendor_specs() if v.discover]
 
 
@@ -259,7 +263,7 @@ def _default_text(option: "Option") -> str:
         return "required"
     if option.default is None or option.default in ((), []):
         return ""
-    if option.kind == "duration":
+    if option.type == "duration":
         return f"{option.default:g}s"
     if isinstance(option.default, bool):
         return "true" if option.default else "false"
@@ -278,9 +282,9 @@ def options_markdown() -> str:
                          f"at least {spec.min_interval:g}s.\n")
         lines.append("| key | kind | default | meaning |\n|---|---|---|---|")
         for key, option in spec.options.items():
-            kind = option.kind + (f" ({', '.join(option.choices)})" if option.choices else "")
-            name = f"`{key}` / `{key}_file`" if option.kind == "secret" else f"`{key}`"
-            lines.append(f"| {name} | {kind} | {_default_text(option)} | {option.help} |")
+            type_text = option.type + (f" ({', '.join(option.choices)})" if option.choices else "")
+            name = f"`{key}` / `{key}_file`" if option.type == "secret" else f"`{key}`"
+            lines.append(f"| {name} | {type_text} | {_default_text(option)} | {option.help} |")
         lines.append("")
     for section in sorted(sections().values(), key=lambda s: s.name):
         shape = "a list of named entries" if section.many else "one mapping"
@@ -289,8 +293,8 @@ def options_markdown() -> str:
             lines.append(section.description + "\n")
         lines.append("| key | kind | default | meaning |\n|---|---|---|---|")
         for key, option in section.options.items():
-            kind = option.kind + (f" ({', '.join(option.choices)})" if option.choices else "")
-            name = f"`{key}` / `{key}_file`" if option.kind == "secret" else f"`{key}`"
-            lines.append(f"| {name} | {kind} | {_default_text(option)} | {option.help} |")
+            type_text = option.type + (f" ({', '.join(option.choices)})" if option.choices else "")
+            name = f"`{key}` / `{key}_file`" if option.type == "secret" else f"`{key}`"
+            lines.append(f"| {name} | {type_text} | {_default_text(option)} | {option.help} |")
         lines.append("")
     return "\n".join(lines)

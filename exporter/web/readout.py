@@ -22,9 +22,9 @@ from .view import Device, QuotaWindow, Status, TargetStatus
 
 
 def status(targets: Iterable[TargetConfig], store: SnapshotStore, windows: list[WindowState],
-           kind: Callable[[str], str], now: float | None = None) -> Status:
+           delivery: Callable[[str], str], now: float | None = None) -> Status:
     """The targets the store knows (this replica's, under `--shard`), in configuration order;
-    `kind(name)` says how a target runs ("poll", or "push" for one that listens)."""
+    `delivery(name)` says how a target runs ("poll", or "push" for one that listens)."""
     now = time.time() if now is None else now
     quota = tuple(QuotaWindow(w.api, w.scope, w.window, w.remaining) for w in windows)
     rows = []
@@ -32,7 +32,7 @@ def status(targets: Iterable[TargetConfig], store: SnapshotStore, windows: list[
         state = store.targets.get(target.name)
         if state is None:
             continue
-        runs_as = kind(target.name)
+        runs_as = delivery(target.name)
         # A quota belongs to a target when its scope is the target's name or one of its plain
         # option values (an account, a serial); all of them are listed under "quota" too.
         values = {target.name} | {str(v) for v in target.options.values()

@@ -35,7 +35,7 @@ class TargetStatus:
     name: str
     vendor: str
     transport: str
-    kind: str  # "poll" or "push"
+    kind: str  # "poll" or "push": the target's delivery, under the API's name
     host: str | None
     interval: float
     state: str  # "up", "down" or "pending"

@@ -26,7 +26,7 @@ from ...runtime.state import write_private_file
 from ...transport.http import request
 from ...transport.peercert import colon_hex, peer_fingerprint
 from . import parse
-from .local import _split_host
+from .gateway import split_host
 from .token import ENLIGHTEN_URL, TOKEN_URL, TOKEN_WEB_PAGE, fetch_token
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -87,7 +87,7 @@ async def _gateway(session: aiohttp.ClientSession, host: str) -> tuple[parse.Gat
 
 
 async def _fingerprint(host: str) -> str | None:
-    digest = await peer_fingerprint(*_split_host(host, 443), timeout=10)
+    digest = await peer_fingerprint(*split_host(host, 443), timeout=10)
     return colon_hex(digest) if digest else None
 
 

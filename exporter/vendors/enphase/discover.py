@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ...discover import Device, DeviceProbe, Endpoint, Prober
+from ...discover import Address, Device, DeviceIdentifier, Prober
 from ...model.samples import ParseError
 from ...transport.peercert import colon_hex
 from . import parse as en
 
 
-async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
+async def identify(prober: Prober, endpoint: Address, scheme: str, base: str) -> Device | None:
     resp = await prober.get(f"{base}/info")
     target_endpoint, target_scheme = endpoint, scheme
     if resp is not None and resp.status in (301, 302, 303, 307, 308) and scheme == "http":
         # Firmware 7 and later answer on HTTPS; plain HTTP only redirects there.
-        target_endpoint = Endpoint(endpoint.host, 443) if endpoint.port == 80 else endpoint
+        target_endpoint = Address(endpoint.host, 443) if endpoint.port == 80 else endpoint
         target_scheme = "https"
         resp = await prober.get(f"https://{target_endpoint.netloc}/info")
     if resp is None or resp.status != 200 or b"envoy_info" not in resp.body[:4096]:
@@ -32,7 +32,7 @@ async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -
     if info.needs_token:
         device.api = "HTTPS with a token (firmware 7+)"
         # A gateway that answered on plain HTTP still serves its API on HTTPS (443).
-        tls_endpoint = Endpoint(endpoint.host, 443) if target_scheme == "http" and endpoint.port == 80 \
+        tls_endpoint = Address(endpoint.host, 443) if target_scheme == "http" and endpoint.port == 80 \
             else target_endpoint
         fingerprint = await prober.tls_fingerprint(tls_endpoint)
         if fingerprint:
@@ -62,5 +62,5 @@ def name(device: Device) -> str:
     return "enphase-gateway"
 
 
-PROBE = DeviceProbe(vendor="enphase", identify=identify, services={"_enphase-envoy._tcp.local.": None},
-                    announced=announced, name=name)
+IDENTIFIER = DeviceIdentifier(vendor="enphase", identify=identify, services={"_enphase-envoy._tcp.local.": None},
+                              announced=announced, name=name)

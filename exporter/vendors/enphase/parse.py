@@ -55,7 +55,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ...model import catalogue as cat
+from ...model import catalogue as M
 from ...model.catalogue import JOULES_PER_WH
 from ...model.jsontext import label_text, loads
 from ...model.samples import (DeviceInfo, ParseError, Reading, checked_list, checked_object, kind_of, number_or_none,
@@ -240,8 +240,8 @@ def parse_api_v1_production(payload: Any) -> Reading:
     """`GET /api/v1/production`: system production now (W) and since installation (Wh)."""
     data = checked_object(payload, "/api/v1/production")
     reading = Reading()
-    reading.add(cat.PRODUCTION_POWER, number_or_none(data.get("wattsNow"), "wattsNow"))
-    reading.add(cat.PRODUCTION_ENERGY, _wh(data.get("wattHoursLifetime"), "wattHoursLifetime"))
+    reading.add(M.PRODUCTION_POWER, number_or_none(data.get("wattsNow"), "wattsNow"))
+    reading.add(M.PRODUCTION_ENERGY, _wh(data.get("wattHoursLifetime"), "wattHoursLifetime"))
     return reading
 
 
@@ -262,9 +262,9 @@ def parse_inverters(payload: Any) -> Reading:
         if serial in seen:
             raise ParseError(f"{what}: inverter {serial} listed twice")
         seen.add(serial)
-        reading.add(cat.INVERTER_POWER, number_or_none(row.get("lastReportWatts"), f"{what}.lastReportWatts"), inverter=serial)
-        reading.add(cat.INVERTER_MAX_POWER, number_or_none(row.get("maxReportWatts"), f"{what}.maxReportWatts"), inverter=serial)
-        reading.add(cat.INVERTER_LAST_REPORT, _timestamp(row.get("lastReportDate"), f"{what}.lastReportDate"),
+        reading.add(M.INVERTER_POWER, number_or_none(row.get("lastReportWatts"), f"{what}.lastReportWatts"), inverter=serial)
+        reading.add(M.INVERTER_MAX_POWER, number_or_none(row.get("maxReportWatts"), f"{what}.maxReportWatts"), inverter=serial)
+        reading.add(M.INVERTER_LAST_REPORT, _timestamp(row.get("lastReportDate"), f"{what}.lastReportDate"),
                     inverter=serial)
     return reading
 
@@ -317,17 +317,17 @@ def parse_production_json(payload: Any, phase_count: int | None = None) -> Readi
     inverters = pick(production, "production", "inverters", None)
     if inverters and _in_use(*inverters):
         entry, what = inverters
-        reading.add(cat.MICROINVERTERS_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
-        reading.add(cat.MICROINVERTERS_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
+        reading.add(M.MICROINVERTERS_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(M.MICROINVERTERS_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
     ct_production = pick(production, "production", "eim", "production")
     source = ct_production or inverters
     if source:
         entry, what = source
-        reading.add(cat.PRODUCTION_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
-        reading.add(cat.PRODUCTION_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
+        reading.add(M.PRODUCTION_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(M.PRODUCTION_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
         if ct_production:
             for phase, line in _phase_rows(_opt_list(entry, "lines", what), phase_count, f"{what}.lines"):
-                reading.add(cat.PHASE_PRODUCTION_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
+                reading.add(M.PHASE_PRODUCTION_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
 
     total = pick(consumption, "consumption", "eim", "total-consumption")
     net = pick(consumption, "consumption", "eim", "net-consumption")
@@ -336,16 +336,16 @@ def parse_production_json(payload: Any, phase_count: int | None = None) -> Readi
             total = None  # firmware 8.3.5433: the "total" is a copy of net consumption
     if total:
         entry, what = total
-        reading.add(cat.CONSUMPTION_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
-        reading.add(cat.CONSUMPTION_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
+        reading.add(M.CONSUMPTION_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(M.CONSUMPTION_ENERGY, _wh(entry.get("whLifetime"), f"{what}.whLifetime"))
         for phase, line in _phase_rows(_opt_list(entry, "lines", what), phase_count, f"{what}.lines"):
-            reading.add(cat.PHASE_CONSUMPTION_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
+            reading.add(M.PHASE_CONSUMPTION_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
     if net:
         # Net lifetime energy is import minus export, not a counter: not exported.
         entry, what = net
-        reading.add(cat.ACTIVE_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
+        reading.add(M.ACTIVE_POWER, number_or_none(entry.get("wNow"), f"{what}.wNow"))
         for phase, line in _phase_rows(_opt_list(entry, "lines", what), phase_count, f"{what}.lines"):
-            reading.add(cat.PHASE_ACTIVE_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
+            reading.add(M.PHASE_ACTIVE_POWER, number_or_none(line.get("wNow"), f"{what}.lines.wNow"), phase=phase)
     return reading
 
 
@@ -378,9 +378,9 @@ def parse_production_html(body: bytes | str) -> Reading:
         raise ParseError("/production: not a production page (no 'Currently' or 'Since Installation')")
     reading = Reading()
     if now is not None and now[1] == "W":
-        reading.add(cat.PRODUCTION_POWER, now[0])
+        reading.add(M.PRODUCTION_POWER, now[0])
     if lifetime is not None and lifetime[1] == "Wh":
-        reading.add(cat.PRODUCTION_ENERGY, lifetime[0] * JOULES_PER_WH)
+        reading.add(M.PRODUCTION_ENERGY, lifetime[0] * JOULES_PER_WH)
     return reading
 
 
@@ -425,17 +425,17 @@ def parse_pdm_energy(payload: Any) -> Reading:
     pcu = groups["pcu"]
     if counts(pcu, "production.pcu"):
         assert pcu is not None
-        reading.add(cat.MICROINVERTERS_POWER, number_or_none(pcu.get("wattsNow"), "production.pcu.wattsNow"))
-        reading.add(cat.MICROINVERTERS_ENERGY, _wh(pcu.get("wattHoursLifetime"), "production.pcu.wattHoursLifetime"))
+        reading.add(M.MICROINVERTERS_POWER, number_or_none(pcu.get("wattsNow"), "production.pcu.wattsNow"))
+        reading.add(M.MICROINVERTERS_ENERGY, _wh(pcu.get("wattHoursLifetime"), "production.pcu.wattHoursLifetime"))
     chosen = "eim" if counts(groups["eim"], "production.eim") else "pcu"
     group = groups[chosen]
     if group is not None:
-        reading.add(cat.PRODUCTION_POWER, number_or_none(group.get("wattsNow"), f"production.{chosen}.wattsNow"))
-        reading.add(cat.PRODUCTION_ENERGY, _wh(group.get("wattHoursLifetime"), f"production.{chosen}.wattHoursLifetime"))
+        reading.add(M.PRODUCTION_POWER, number_or_none(group.get("wattsNow"), f"production.{chosen}.wattsNow"))
+        reading.add(M.PRODUCTION_ENERGY, _wh(group.get("wattHoursLifetime"), f"production.{chosen}.wattHoursLifetime"))
     eim = _opt_obj(consumption, "eim", "consumption")
     if counts(eim, "consumption.eim"):
-        reading.add(cat.CONSUMPTION_POWER, number_or_none(eim.get("wattsNow"), "consumption.eim.wattsNow"))
-        reading.add(cat.CONSUMPTION_ENERGY, _wh(eim.get("wattHoursLifetime"), "consumption.eim.wattHoursLifetime"))
+        reading.add(M.CONSUMPTION_POWER, number_or_none(eim.get("wattsNow"), "consumption.eim.wattsNow"))
+        reading.add(M.CONSUMPTION_ENERGY, _wh(eim.get("wattHoursLifetime"), "consumption.eim.wattHoursLifetime"))
     return reading
 
 
@@ -516,7 +516,7 @@ def parse_meter_readings(payload: Any, meters: Mapping[int, MeterConfig]) -> Rea
             _add_grid(reading, row, values, channels, what)
         elif config.label == "storage":
             # The storage CT sits between the batteries and the house: forward = discharging.
-            reading.add(cat.BATTERY_POWER, values["activePower"])
+            reading.add(M.BATTERY_POWER, values["activePower"])
     return reading
 
 
@@ -525,48 +525,48 @@ _CT_FIELDS = ("activePower", "apparentPower", "reactivePower", "voltage", "curre
 
 
 def _add_ct(reading: Reading, meter: str, row: dict, values: dict, channels: list[tuple[str, dict]], what: str) -> None:
-    reading.add(cat.CT_ACTIVE_POWER, values["activePower"], meter=meter)
-    reading.add(cat.CT_APPARENT_POWER, values["apparentPower"], meter=meter)
-    reading.add(cat.CT_REACTIVE_POWER, values["reactivePower"], meter=meter)
-    reading.add(cat.CT_VOLTAGE, values["voltage"], meter=meter)
-    reading.add(cat.CT_CURRENT, values["current"], meter=meter)
-    reading.add(cat.CT_POWER_FACTOR, _pf(values["pwrFactor"], f"{what}.pwrFactor"), meter=meter)
-    reading.add(cat.CT_FREQUENCY, values["freq"], meter=meter)
-    reading.add(cat.CT_ENERGY_DELIVERED, _wh(values["actEnergyDlvd"], f"{what}.actEnergyDlvd"), meter=meter)
-    reading.add(cat.CT_ENERGY_RECEIVED, _wh(values["actEnergyRcvd"], f"{what}.actEnergyRcvd"), meter=meter)
-    reading.add(cat.CT_MEASUREMENT_TIME, _timestamp(values["timestamp"], f"{what}.timestamp"), meter=meter)
+    reading.add(M.CT_ACTIVE_POWER, values["activePower"], meter=meter)
+    reading.add(M.CT_APPARENT_POWER, values["apparentPower"], meter=meter)
+    reading.add(M.CT_REACTIVE_POWER, values["reactivePower"], meter=meter)
+    reading.add(M.CT_VOLTAGE, values["voltage"], meter=meter)
+    reading.add(M.CT_CURRENT, values["current"], meter=meter)
+    reading.add(M.CT_POWER_FACTOR, _pf(values["pwrFactor"], f"{what}.pwrFactor"), meter=meter)
+    reading.add(M.CT_FREQUENCY, values["freq"], meter=meter)
+    reading.add(M.CT_ENERGY_DELIVERED, _wh(values["actEnergyDlvd"], f"{what}.actEnergyDlvd"), meter=meter)
+    reading.add(M.CT_ENERGY_RECEIVED, _wh(values["actEnergyRcvd"], f"{what}.actEnergyRcvd"), meter=meter)
+    reading.add(M.CT_MEASUREMENT_TIME, _timestamp(values["timestamp"], f"{what}.timestamp"), meter=meter)
     for phase, channel in channels:
         cw = f"{what}.channels.{phase}"
-        reading.add(cat.CT_PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_APPARENT_POWER, number_or_none(channel.get("apparentPower"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_CURRENT, number_or_none(channel.get("current"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_POWER_FACTOR, _pf(channel.get("pwrFactor"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_ENERGY_DELIVERED, _wh(channel.get("actEnergyDlvd"), cw), meter=meter, phase=phase)
-        reading.add(cat.CT_PHASE_ENERGY_RECEIVED, _wh(channel.get("actEnergyRcvd"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_APPARENT_POWER, number_or_none(channel.get("apparentPower"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_CURRENT, number_or_none(channel.get("current"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_POWER_FACTOR, _pf(channel.get("pwrFactor"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_ENERGY_DELIVERED, _wh(channel.get("actEnergyDlvd"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_ENERGY_RECEIVED, _wh(channel.get("actEnergyRcvd"), cw), meter=meter, phase=phase)
 
 
 def _add_grid(reading: Reading, row: dict, values: dict, channels: list[tuple[str, dict]], what: str) -> None:
     """The net-consumption CT is the grid connection: the names every meter vendor shares.
     Delivered = imported from the grid, received = exported to it."""
-    reading.add(cat.ACTIVE_POWER, values["activePower"])
-    reading.add(cat.APPARENT_POWER, values["apparentPower"])
-    reading.add(cat.REACTIVE_POWER, values["reactivePower"])
-    reading.add(cat.CURRENT, values["current"])
-    reading.add(cat.POWER_FACTOR, _pf(values["pwrFactor"], f"{what}.pwrFactor"))
-    reading.add(cat.FREQUENCY, values["freq"])
-    reading.add(cat.ENERGY_IMPORTED, _wh(values["actEnergyDlvd"], f"{what}.actEnergyDlvd"))
-    reading.add(cat.ENERGY_EXPORTED, _wh(values["actEnergyRcvd"], f"{what}.actEnergyRcvd"))
-    reading.add(cat.MEASUREMENT_TIME, _timestamp(values["timestamp"], f"{what}.timestamp"))
+    reading.add(M.ACTIVE_POWER, values["activePower"])
+    reading.add(M.APPARENT_POWER, values["apparentPower"])
+    reading.add(M.REACTIVE_POWER, values["reactivePower"])
+    reading.add(M.CURRENT, values["current"])
+    reading.add(M.POWER_FACTOR, _pf(values["pwrFactor"], f"{what}.pwrFactor"))
+    reading.add(M.FREQUENCY, values["freq"])
+    reading.add(M.ENERGY_IMPORTED, _wh(values["actEnergyDlvd"], f"{what}.actEnergyDlvd"))
+    reading.add(M.ENERGY_EXPORTED, _wh(values["actEnergyRcvd"], f"{what}.actEnergyRcvd"))
+    reading.add(M.MEASUREMENT_TIME, _timestamp(values["timestamp"], f"{what}.timestamp"))
     for phase, channel in channels:
         cw = f"{what}.channels.{phase}"
-        reading.add(cat.PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), phase=phase)
-        reading.add(cat.PHASE_APPARENT_POWER, number_or_none(channel.get("apparentPower"), cw), phase=phase)
-        reading.add(cat.PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), phase=phase)
-        reading.add(cat.PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), phase=phase)
-        reading.add(cat.PHASE_CURRENT, number_or_none(channel.get("current"), cw), phase=phase)
-        reading.add(cat.PHASE_POWER_FACTOR, _pf(channel.get("pwrFactor"), cw), phase=phase)
+        reading.add(M.PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), phase=phase)
+        reading.add(M.PHASE_APPARENT_POWER, number_or_none(channel.get("apparentPower"), cw), phase=phase)
+        reading.add(M.PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), phase=phase)
+        reading.add(M.PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), phase=phase)
+        reading.add(M.PHASE_CURRENT, number_or_none(channel.get("current"), cw), phase=phase)
+        reading.add(M.PHASE_POWER_FACTOR, _pf(channel.get("pwrFactor"), cw), phase=phase)
 
 
 # --- /ivp/meters/reports, /ivp/meters/reports/consumption ------------------------------------------
@@ -602,25 +602,25 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None) -> Reading
     if production:
         report, what = production
         cumulative = report["cumulative"]
-        reading.add(cat.PRODUCTION_POWER, power(cumulative, what))
-        reading.add(cat.PRODUCTION_ENERGY, _wh(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
+        reading.add(M.PRODUCTION_POWER, power(cumulative, what))
+        reading.add(M.PRODUCTION_ENERGY, _wh(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
         for phase, line in lines(report, what):
-            reading.add(cat.PHASE_PRODUCTION_POWER, power(line, f"{what}.lines"), phase=phase)
+            reading.add(M.PHASE_PRODUCTION_POWER, power(line, f"{what}.lines"), phase=phase)
     if total and net and _same_figures(total[0]["cumulative"], net[0]["cumulative"], ("actPower", "whDlvdCum"), total[1]):
         if not _nothing_produced((production[0]["cumulative"], production[1]) if production else None, "report"):
             total = None  # firmware 8.3.5433: the "total" is a copy of net consumption
     if total:
         report, what = total
         cumulative = report["cumulative"]
-        reading.add(cat.CONSUMPTION_POWER, power(cumulative, what))
-        reading.add(cat.CONSUMPTION_ENERGY, _wh(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
+        reading.add(M.CONSUMPTION_POWER, power(cumulative, what))
+        reading.add(M.CONSUMPTION_ENERGY, _wh(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
         for phase, line in lines(report, what):
-            reading.add(cat.PHASE_CONSUMPTION_POWER, power(line, f"{what}.lines"), phase=phase)
+            reading.add(M.PHASE_CONSUMPTION_POWER, power(line, f"{what}.lines"), phase=phase)
     if net:
         report, what = net
-        reading.add(cat.ACTIVE_POWER, power(report["cumulative"], what))
+        reading.add(M.ACTIVE_POWER, power(report["cumulative"], what))
         for phase, line in lines(report, what):
-            reading.add(cat.PHASE_ACTIVE_POWER, power(line, f"{what}.lines"), phase=phase)
+            reading.add(M.PHASE_ACTIVE_POWER, power(line, f"{what}.lines"), phase=phase)
     return reading
 
 
@@ -655,13 +655,13 @@ def parse_grid_reading(payload: Any, phase_count: int | None = None) -> Reading:
             zero = _all_zero(channel, _ROW_META, cw)
             if (phase_count and index_of >= phase_count) or (not phase_count and zero):
                 continue
-            reading.add(cat.PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), phase=phase)
-            reading.add(cat.PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), phase=phase)
-            reading.add(cat.PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), phase=phase)
-            reading.add(cat.PHASE_CURRENT, number_or_none(channel.get("current"), cw), phase=phase)
+            reading.add(M.PHASE_ACTIVE_POWER, number_or_none(channel.get("activePower"), cw), phase=phase)
+            reading.add(M.PHASE_REACTIVE_POWER, number_or_none(channel.get("reactivePower"), cw), phase=phase)
+            reading.add(M.PHASE_VOLTAGE, number_or_none(channel.get("voltage"), cw), phase=phase)
+            reading.add(M.PHASE_CURRENT, number_or_none(channel.get("current"), cw), phase=phase)
             if frequency is None:
                 frequency = number_or_none(channel.get("freq"), f"{cw}.freq")
-    reading.add(cat.FREQUENCY, frequency)
+    reading.add(M.FREQUENCY, frequency)
     return reading
 
 
@@ -724,10 +724,10 @@ def parse_livedata(payload: Any, now: float | None = None) -> Reading:
             raise ParseError(f"meters.{key}: stored energy {value} is negative")
     if any(battery.values()):
         soc = battery["soc"] if battery["soc"] is not None else battery["enc_agg_soc"]
-        reading.add(cat.BATTERY_STATE_OF_CHARGE, None if soc is None else soc / 100)
+        reading.add(M.BATTERY_STATE_OF_CHARGE, None if soc is None else soc / 100)
         stored = [v for v in (battery["enc_agg_energy"], battery["acb_agg_energy"]) if v is not None]
-        reading.add(cat.BATTERY_STORED_ENERGY, sum(stored) * JOULES_PER_WH if stored else None)
-        reading.add(cat.BATTERY_POWER, milliwatts("storage"))
+        reading.add(M.BATTERY_STORED_ENERGY, sum(stored) * JOULES_PER_WH if stored else None)
+        reading.add(M.BATTERY_POWER, milliwatts("storage"))
     return reading
 
 
@@ -770,13 +770,13 @@ def parse_ensemble_inventory(payload: Any) -> Reading:
             if capacity is not None and capacity <= 0:
                 capacity = None
             ratio = None if percent is None else percent / 100
-            reading.add(cat.BATTERY_UNIT_STATE_OF_CHARGE, ratio, battery=serial)
-            reading.add(cat.BATTERY_UNIT_TEMPERATURE, number_or_none(device.get("temperature"), f"{what}.temperature"), battery=serial)
-            reading.add(cat.BATTERY_UNIT_CAPACITY, None if capacity is None else capacity * JOULES_PER_WH, battery=serial)
+            reading.add(M.BATTERY_UNIT_STATE_OF_CHARGE, ratio, battery=serial)
+            reading.add(M.BATTERY_UNIT_TEMPERATURE, number_or_none(device.get("temperature"), f"{what}.temperature"), battery=serial)
+            reading.add(M.BATTERY_UNIT_CAPACITY, None if capacity is None else capacity * JOULES_PER_WH, battery=serial)
             weighted.append((ratio, capacity))
     if weighted and all(r is not None and c is not None for r, c in weighted):
         total = sum(c for _, c in weighted)  # type: ignore[misc]
-        reading.add(cat.BATTERY_STATE_OF_CHARGE, sum(r * c for r, c in weighted) / total)  # type: ignore[operator]
+        reading.add(M.BATTERY_STATE_OF_CHARGE, sum(r * c for r, c in weighted) / total)  # type: ignore[operator]
     return reading
 
 
@@ -800,5 +800,5 @@ def parse_device_list(payload: Any) -> Reading:
         info = _opt_obj(device, "dev_info", what) or {}
         capacity = number_or_none(info.get("capacity"), f"{what}.dev_info.capacity")
         if capacity is not None and capacity > 0:
-            reading.add(cat.BATTERY_UNIT_CAPACITY, capacity * JOULES_PER_WH, battery=serial)
+            reading.add(M.BATTERY_UNIT_CAPACITY, capacity * JOULES_PER_WH, battery=serial)
     return reading

@@ -179,7 +179,7 @@ async def fetch_token(
 # --- Persistence --------------------------------------------------------------------------------------
 
 
-class TokenStore:
+class TokenFile:
     """The last token of one target in the state directory (0600), so that a restart does not
     log in to Enlighten again."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ...discover import Device, DeviceProbe, Endpoint, Prober, json_body
+from ...discover import Address, Device, DeviceIdentifier, Prober, json_body
 from ...model.samples import ParseError
 from . import parse as hw
 
@@ -17,12 +17,12 @@ NAMES = {
 }
 
 
-async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
+async def identify(prober: Prober, address: Address, scheme: str, base: str) -> Device | None:
     resp = await prober.get(f"{base}/api", {"X-Api-Version": "2"} if scheme == "https" else None)
     if resp is None:
         return None
     payload = json_body(resp)
-    host = endpoint.target_host(scheme)
+    host = address.target_host(scheme)
     if resp.status == 403 and isinstance(payload, dict) and hw.api_error(payload) == "202":
         return Device("homewizard", host, api="API v1 (switched off)", action_needed=True, notes=[
             "its local API is switched off: enable it in the HomeWizard Energy app "
@@ -85,7 +85,7 @@ def _needs_pairing(device: Device) -> None:
                         "press the button on the device, and set token_file to the file it writes")
 
 
-PROBE = DeviceProbe(
+IDENTIFIER = DeviceIdentifier(
     vendor="homewizard", identify=identify,
     services={"_hwenergy._tcp.local.": "http", "_homewizard._tcp.local.": "https"},
     announced=announced, name=name, merge=merge,

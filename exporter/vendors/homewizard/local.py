@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ... import __version__
-from ...config.loader import Option, TargetConfig
+from ...config.loader import Secret, Settings, TargetConfig, setting
 from ...model.errors import PollError
 from ...model.samples import DeviceInfo, ParseError, Reading
 from ...runtime.context import AdapterContext
@@ -32,16 +32,20 @@ _CERT_NAME = re.compile(r"appliance/[a-z0-9_.-]{1,40}/[a-z0-9_.-]{1,64}")
 SYSTEM_REFRESH = 60.0  # seconds between reads of /api/system (Wi-Fi signal, uptime)
 DEVICE_REFRESH = 3600.0  # seconds between reads of /api (firmware can change under us)
 
-OPTIONS = {
-    "host": Option("str", required=True, help="address of the device, optionally host:port"),
-    "api_version": Option("str", default="auto", choices=("auto", "v1", "v2"),
-                          help="auto: v2 when a token is set, else v1"),
-    "token": Option("secret", help="API v2 token (see `energy-meter-exporter pair homewizard HOST`)"),
-    "ca_file": Option("path", help="CA for v2 TLS (default: HomeWizard's CA, bundled)"),
-    "tls_verify": Option("bool", default=True, help="false turns off v2 certificate checks (logged)"),
-    "serial": Option("str", help="expected serial; the v2 certificate name is checked against it"),
-    "timezone": Option("str", help="time zone of the meter's timestamps (default: this host's)"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HomeWizardSettings(Settings):
+    host: str = setting("str", required=True, help="address of the device, optionally host:port")
+    api_version: str = setting("str", default="auto", choices=("auto", "v1", "v2"),
+                               help="auto: v2 when a token is set, else v1")
+    token: Secret | None = setting("secret", help="API v2 token (see `energy-meter-exporter pair homewizard HOST`)")
+    ca_file: str | None = setting("path", help="CA for v2 TLS (default: HomeWizard's CA, bundled)")
+    tls_verify: bool = setting("bool", default=True, help="false turns off v2 certificate checks (logged)")
+    serial: str | None = setting("str", help="expected serial; the v2 certificate name is checked against it")
+    timezone: str | None = setting("str", help="time zone of the meter's timestamps (default: this host's)")
+
+
+OPTIONS = HomeWizardSettings.table()
 
 
 def check_target(options: Mapping[str, Any]):
@@ -70,11 +74,11 @@ class HomeWizardLocal:
     def __init__(self, target: TargetConfig, ctx: AdapterContext) -> None:
         self.target = target
         self.ctx = ctx
-        self.host = target.option("host")
-        self.token = target.option("token")
-        self.version_wanted = target.option("api_version", "auto")
-        zone = target.option("timezone")
-        self.tz: tzinfo | None = ZoneInfo(zone) if zone else None
+        self.settings = settings = HomeWizardSettings.of(target)
+        self.host = settings.host
+        self.token = settings.token
+        self.version_wanted = settings.api_version
+        self.tz: tzinfo | None = ZoneInfo(settings.timezone) if settings.timezone else None
         self.device: _Device | None = None
         self.device_read_at = 0.0
         self.system: Reading | None = None
@@ -87,7 +91,7 @@ class HomeWizardLocal:
 
     # --- TLS -------------------------------------------------------------------------------
     def _tls(self, check_name: bool) -> ssl.SSLContext:
-        if not self.target.option("tls_verify", True):
+        if not self.settings.tls_verify:
             if not self._warned_insecure:
                 self.ctx.log.warning("TLS verification of the device is turned off (tls_verify: false)")
                 self._warned_insecure = True
@@ -97,7 +101,7 @@ class HomeWizardLocal:
             return context
         cached = self._ssl_named if check_name else self._ssl_ca
         if cached is None:
-            context = ssl.create_default_context(cafile=str(self.target.option("ca_file") or BUNDLED_CA))
+            context = ssl.create_default_context(cafile=str(self.settings.ca_file or BUNDLED_CA))
             # HomeWizard's CA is an X.509 v1 certificate without extensions, which strict
             # verification (the default from Python 3.13) refuses; chain and name are still checked.
             if hasattr(ssl, "VERIFY_X509_STRICT"):
@@ -111,7 +115,7 @@ class HomeWizardLocal:
         return cached
 
     def _cert_name(self) -> str | None:
-        serial = self.target.option("serial") or (self.device.info.serial if self.device else None)
+        serial = self.settings.serial or (self.device.info.serial if self.device else None)
         model = self.device.info.model if self.device else None
         if not serial or not model:
             return None
@@ -119,7 +123,7 @@ class HomeWizardLocal:
         name = f"appliance/{kind}/{serial.lower()}"
         # The name goes to the TLS layer, which refuses (ValueError) what is not a host name.
         if not _CERT_NAME.fullmatch(name):
-            configured = bool(self.target.option("serial"))
+            configured = bool(self.settings.serial)
             raise PollError("config" if configured else "parse",
                             f"the serial {serial[:40]!r} cannot be a certificate name (letters and digits expected)")
         return name
@@ -173,7 +177,7 @@ class HomeWizardLocal:
             raise PollError("parse", str(exc)) from None
         if version == 1 and reported != 1:
             raise PollError("config", f"the device at {self.host} speaks API v2 only: pair with `energy-meter-exporter pair homewizard {self.host}` and configure the token")
-        expected = self.target.option("serial")
+        expected = self.settings.serial
         if expected and info.serial.lower() != expected.lower():
             raise PollError("config", f"the device at {self.host} reports serial {info.serial}, not {expected}")
         return _Device(info, version)

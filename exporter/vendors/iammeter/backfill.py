@@ -141,7 +141,7 @@ class OpenMetricsWriter:
         with open(tmp, "w", encoding="utf-8") as out:
             for metric in sorted(families, key=lambda m: m.name):
                 out.write(f"# HELP {metric.om_name} {_escape(metric.help)}\n")
-                out.write(f"# TYPE {metric.om_name} {metric.kind}\n")
+                out.write(f"# TYPE {metric.om_name} {metric.type}\n")
                 for name in families[metric]:
                     with open(name, encoding="utf-8") as part:
                         for line in part:
@@ -238,6 +238,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.target:
         from ...config.loader import ConfigError, load_config
         from .. import registry
+        from .cloud import IammeterCloudSettings
 
         try:
             config = load_config(args.config_file, vendors=registry)
@@ -246,8 +247,9 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         target = config.target(args.target)
         if target is None or (target.vendor, target.transport) != ("iammeter", "cloud"):
             raise UsageError(f"{args.config_file} has no target {args.target!r} with vendor iammeter, transport cloud")
-        settings = {k: target.option(k) for k in ("username", "password", "base_url", "sns", "names",
-                                                  "installation", "timezone")}
+        typed = IammeterCloudSettings.of(target)
+        settings = {k: getattr(typed, k) for k in ("username", "password", "base_url", "sns", "names",
+                                                   "installation", "timezone")}
         settings["device"] = target.name
         settings["base_url"] = args.base_url or settings["base_url"]
         return settings, args.state_directory or config.state_directory

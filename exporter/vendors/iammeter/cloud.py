@@ -59,7 +59,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ...config.loader import Option, Secret, TargetConfig
+from ...config.loader import Secret, Settings, TargetConfig, setting
 from ...model.errors import PollError
 from ...model.jsontext import header_problem
 from ...model.samples import ParseError, Reading
@@ -99,22 +99,27 @@ MAX_HOLDOFF = 86400.0
 LOGIN_REFUSED_PAUSE = 3600.0  # refused credentials are not retried sooner (the quota is 5/hour)
 ADVANCED_LIMIT_NOTE = "meterdata and meterdata2 count together"
 
-OPTIONS: dict[str, Option] = {
-    "username": Option("str", required=True, help="IAMMETER account (user name)"),
-    "password": Option("secret", required=True, help="password of the account"),
-    "base_url": Option("str", default=DEFAULT_BASE_URL, help="the cloud's address"),
-    "mode": Option("str", default="account", choices=("account", "meter"),
-                   help="account: metersdata (all meters, 1 call per 5 min); meter: meterdata per SN "
-                        "(12 calls per hour per SN)"),
-    "sns": Option("list", default=(), help="SNs to export (mode meter: required; account: empty = all)"),
-    "names": Option("list", default=(), help='meter label per SN, as "SN=name"'),
-    "advanced": Option("bool", default=True, help="mode meter: meterdata2 (with power factor)"),
-    "analysis": Option("bool", default=True,
-                       help="also read powerAnalysis/offlineAnalysis (daily) and energyhistory (hourly)"),
-    "places": Option("list", default=(), help='place ids for energyhistory, "ID" or "ID=name"'),
-    "installation": Option("str", default="", help="value of the installation label of the meters"),
-    "timezone": Option("str", default="", help="the account's time zone (IANA name; default: the system's)"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IammeterCloudSettings(Settings):
+    username: str = setting("str", required=True, help="IAMMETER account (user name)")
+    password: Secret = setting("secret", required=True, help="password of the account")
+    base_url: str = setting("str", default=DEFAULT_BASE_URL, help="the cloud's address")
+    mode: str = setting("str", default="account", choices=("account", "meter"),
+                        help="account: metersdata (all meters, 1 call per 5 min); meter: meterdata per SN "
+                             "(12 calls per hour per SN)")
+    sns: tuple[str, ...] = setting("list", default=(),
+                                   help="SNs to export (mode meter: required; account: empty = all)")
+    names: tuple[str, ...] = setting("list", default=(), help='meter label per SN, as "SN=name"')
+    advanced: bool = setting("bool", default=True, help="mode meter: meterdata2 (with power factor)")
+    analysis: bool = setting("bool", default=True,
+                             help="also read powerAnalysis/offlineAnalysis (daily) and energyhistory (hourly)")
+    places: tuple[str, ...] = setting("list", default=(), help='place ids for energyhistory, "ID" or "ID=name"')
+    installation: str = setting("str", default="", help="value of the installation label of the meters")
+    timezone: str = setting("str", default="", help="the account's time zone (IANA name; default: the system's)")
+
+
+OPTIONS = IammeterCloudSettings.table()
 
 _SN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _PLACE = re.compile(r"^\d{1,18}$")
@@ -354,9 +359,9 @@ class CloudClient:
 
 def make_client(target: TargetConfig, context: AdapterContext) -> CloudClient:
     ledger = context.ledger or QuotaLedger(context.state, context.clock)
+    settings = IammeterCloudSettings.of(target)
     return CloudClient(context.session, context.state, ledger, context.clock, context.log,
-                       str(target.option("base_url", DEFAULT_BASE_URL)), str(target.option("username")),
-                       target.option("password"))
+                       settings.base_url, settings.username, settings.password)
 
 
 # --- The adapter -----------------------------------------------------------------------------
@@ -376,14 +381,15 @@ class IammeterCloudAdapter:
         self._clock = context.clock
         self._timeout = float(target.timeout)
         self._interval = float(target.interval)
-        self._mode = str(target.option("mode", "account"))
-        self._sns = tuple(target.option("sns", ()))
-        self._advanced = bool(target.option("advanced", True))
-        self._analysis_on = bool(target.option("analysis", True))
-        self._installation = str(target.option("installation", ""))
-        self._labels = cp.labels_from(target.option("names", ()), self._installation)
-        self._places = _places(target.option("places", ()))
-        self._tz = _zone(str(target.option("timezone", "")))
+        settings = IammeterCloudSettings.of(target)
+        self._mode = settings.mode
+        self._sns = tuple(settings.sns)
+        self._advanced = settings.advanced
+        self._analysis_on = settings.analysis
+        self._installation = settings.installation
+        self._labels = cp.labels_from(settings.names, self._installation)
+        self._places = _places(settings.places)
+        self._tz = _zone(settings.timezone)
         self.client = make_client(target, context)
         self._account_scope = self.client.username
         self._cache: dict[str, tuple[float, Any]] = {}
@@ -613,11 +619,12 @@ def check_config(config: Any) -> Iterable[tuple[tuple, str]]:
     for index, target in enumerate(config.targets):
         if (target.vendor, target.transport) != ("iammeter", "cloud"):
             continue
-        base = str(target.option("base_url", DEFAULT_BASE_URL)).rstrip("/")
-        if target.option("mode", "account") == "account":
-            users.setdefault(("metersdata", base, str(target.option("username"))), []).append((index, target))
+        settings = IammeterCloudSettings.of(target)
+        base = settings.base_url.rstrip("/")
+        if settings.mode == "account":
+            users.setdefault(("metersdata", base, settings.username), []).append((index, target))
         else:
-            for sn in target.option("sns", ()):
+            for sn in settings.sns:
                 users.setdefault(("meterdata", base, sn), []).append((index, target))
     for (api, _, scope), sharing in users.items():
         limits = METERSDATA_LIMITS if api == "metersdata" else METERDATA_LIMITS

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 
-from ...discover import Device, DeviceProbe, Endpoint, Prober, header, json_body
+from ...discover import Address, Device, DeviceIdentifier, Prober, header, json_body
 from ...model.samples import ParseError
 from . import parse as iam
 
 
-async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
+async def identify(prober: Prober, address: Address, scheme: str, base: str) -> Device | None:
     resp = await prober.get(f"{base}/api/monitorjson")
     if resp is not None and resp.status == 200:
         payload = json_body(resp)
@@ -23,7 +23,7 @@ async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -
         except ParseError:
             return None
         own = reading.devices[0] if reading.devices else None
-        device = Device("iammeter", endpoint.target_host(scheme), model=own.model if own else "",
+        device = Device("iammeter", address.target_host(scheme), model=own.model if own else "",
                         serial=own.serial if own else "", firmware=own.firmware if own else "",
                         api="local HTTP API")
         if not device.serial or not device.firmware:
@@ -43,7 +43,7 @@ async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -
     challenge = header(legacy.headers, "WWW-Authenticate") if legacy is not None else None
     if legacy is None or legacy.status != 401 or not challenge or "iammeter" not in challenge.lower():
         return None
-    device = Device("iammeter", endpoint.target_host(scheme), model="WEM3162 or similar",
+    device = Device("iammeter", address.target_host(scheme), model="WEM3162 or similar",
                     api="legacy /monitorjson with Basic auth")
     device.options["legacy"] = True
     device.hints.append("# username: admin        # only if you changed the meter's login (default admin/admin)")
@@ -57,4 +57,4 @@ def name(device: Device) -> str:
     return f"iammeter-{model}" if model and " " not in device.model else "iammeter"
 
 
-PROBE = DeviceProbe(vendor="iammeter", identify=identify, schemes=("http",), name=name)
+IDENTIFIER = DeviceIdentifier(vendor="iammeter", identify=identify, schemes=("http",), name=name)

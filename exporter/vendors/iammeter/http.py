@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ...config.loader import Option, Secret, TargetConfig
+from ...config.loader import Secret, Settings, TargetConfig, setting
 from ...model.errors import PollError
 from ...model.samples import DeviceInfo, ParseError, Reading, Sample
 from ...runtime.context import AdapterContext
@@ -34,15 +35,19 @@ INFO_RETRY_AFTER_FAILURE = 300.0  # seconds; sooner than a long info_interval, n
 MIN_INFO_BUDGET = 0.2
 INFO_SHARE_OF_TIMEOUT = 0.8
 
-OPTIONS: dict[str, Option] = {
-    "host": Option("str", required=True, help="address of the meter, with :port if not 80"),
-    "legacy": Option("bool", default=False, help="old firmware: read /monitorjson with Basic auth"),
-    "username": Option("str", help="Basic auth user (legacy default: admin)"),
-    "password": Option("secret", help="Basic auth password (legacy default: admin)"),
-    "info_interval": Option(
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IammeterHttpSettings(Settings):
+    host: str = setting("str", required=True, help="address of the meter, with :port if not 80")
+    legacy: bool = setting("bool", default=False, help="old firmware: read /monitorjson with Basic auth")
+    username: str | None = setting("str", help="Basic auth user (legacy default: admin)")
+    password: Secret | None = setting("secret", help="Basic auth password (legacy default: admin)")
+    info_interval: float = setting(
         "duration", default=3600.0, minimum=1.0,
-        help="how often the identity (/api/wifidata) and CT ratio (/api/ratio) are read"),
-}
+        help="how often the identity (/api/wifidata) and CT ratio (/api/ratio) are read")
+
+
+OPTIONS = IammeterHttpSettings.table()
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+)(:\d{1,5})?$")
 
@@ -63,10 +68,11 @@ class IammeterHttpAdapter:
     def __init__(self, target: TargetConfig, context: AdapterContext) -> None:
         self._context = context
         self._timeout = target.timeout
-        self._base = f"http://{target.option('host')}"
-        self._legacy = bool(target.option("legacy", False))
-        self._info_interval = float(target.option("info_interval", 3600.0))
-        self._headers = _auth_headers(target.option("username"), target.option("password"), self._legacy)
+        settings = IammeterHttpSettings.of(target)
+        self._base = f"http://{settings.host}"
+        self._legacy = settings.legacy
+        self._info_interval = float(settings.info_interval)
+        self._headers = _auth_headers(settings.username, settings.password, self._legacy)
         self._lock = asyncio.Lock()  # one request in flight per meter, whatever the caller does
         self._info_due = 0.0  # clock time of the next identity/ratio read; 0 = after the next poll
         self._wifi: WifiData | None = None

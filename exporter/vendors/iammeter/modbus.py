@@ -20,12 +20,13 @@ refusal is an error (reason `modbus_exception`), as is a short answer (`parse`).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from ...config.loader import Option, TargetConfig
+from ...config.loader import Settings, TargetConfig, setting
 from ...model.errors import PollError
 from ...model.samples import ParseError, Reading
 from ...runtime.context import AdapterContext
@@ -35,13 +36,17 @@ from .parse import THREE_PHASE_MODELS, decode_single_phase, decode_three_phase, 
 
 MODELS = ("auto", "WEM3080", *THREE_PHASE_MODELS)
 
-OPTIONS: dict[str, Option] = {
-    "host": Option("str", required=True, help="address of the meter"),
-    "port": Option("int", default=502, minimum=1, help="Modbus/TCP port"),
-    "unit_id": Option("int", default=1, minimum=0, help="Modbus unit (device) id"),
-    "model": Option("str", default="auto", choices=MODELS,
-                    help="register map: auto detects single- or three-phase on the first read"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IammeterModbusSettings(Settings):
+    host: str = setting("str", required=True, help="address of the meter")
+    port: int = setting("int", default=502, minimum=1, help="Modbus/TCP port")
+    unit_id: int = setting("int", default=1, minimum=0, help="Modbus unit (device) id")
+    model: str = setting("str", default="auto", choices=MODELS,
+                         help="register map: auto detects single- or three-phase on the first read")
+
+
+OPTIONS = IammeterModbusSettings.table()
 
 # Exception codes that say "these registers do not exist here" (illegal address or count).
 _NO_SUCH_REGISTERS = (2, 3)
@@ -73,11 +78,12 @@ class RefusedError(Exception):
 class IammeterModbusAdapter:
     def __init__(self, target: TargetConfig, context: AdapterContext) -> None:
         self._context = context
-        self._host = str(target.option("host"))
-        self._port = int(target.option("port", 502))
-        self._unit = int(target.option("unit_id", 1))
+        settings = IammeterModbusSettings.of(target)
+        self._host = settings.host
+        self._port = settings.port
+        self._unit = settings.unit_id
         self._timeout = float(target.timeout)
-        configured = str(target.option("model", "auto"))
+        configured = settings.model
         # The plan in use: "wide" (66), "core" (38), "single" (8); None until detected.
         self._model = "" if configured == "auto" else configured
         self._plan: str | None = None if configured == "auto" else ("single" if configured == "WEM3080" else "wide")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
-from ...config.loader import Config, Option, TargetConfig
+from ...config.loader import Config, Settings, TargetConfig, setting
 from ...model.errors import PollError
 from ...model.jsontext import JsonError, label_text, loads
 from ...model.samples import Emit, ParseError
@@ -37,10 +38,14 @@ DEFAULT_TOPIC = "device/+/realtime"
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_UNKNOWN_LOGGED = 100  # distinct unknown SNs logged once each; the counter counts them all
 
-OPTIONS: dict[str, Option] = {
-    "broker": Option("str", required=True, help="name of the broker under mqtt_brokers"),
-    "sn": Option("str", required=True, help="the meter's serial number, as in its topic device/<SN>/realtime"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IammeterMqttSettings(Settings):
+    broker: str = setting("str", required=True, help="name of the broker under mqtt_brokers")
+    sn: str = setting("str", required=True, help="the meter's serial number, as in its topic device/<SN>/realtime")
+
+
+OPTIONS = IammeterMqttSettings.table()
 
 _SN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -66,11 +71,12 @@ def check_config(config: Config) -> Iterable[tuple[tuple, str]]:
     for index, target in enumerate(config.targets):
         if (target.vendor, target.transport) != ("iammeter", "mqtt"):
             continue
-        broker = target.option("broker")
+        settings = IammeterMqttSettings.of(target)
+        broker = settings.broker
         if broker not in names:
             known = ", ".join(repr(n) for n in names) or "none"
             yield ("targets", index, "broker"), f"no broker named {broker!r} under mqtt_brokers (known: {known})"
-        sn = normalize_id(target.option("sn", ""))
+        sn = normalize_id(settings.sn)
         if sn in seen:
             yield ("targets", index, "sn"), f"SN {sn} is already read over MQTT by target {seen[sn]!r}"
         else:
@@ -172,8 +178,9 @@ class IammeterMqttAdapter:
     def __init__(self, target: TargetConfig, context: AdapterContext) -> None:
         self.target = target
         self._context = context
-        self.sn = normalize_id(target.option("sn"))
-        self.broker = str(target.option("broker"))
+        settings = IammeterMqttSettings.of(target)
+        self.sn = normalize_id(settings.sn)
+        self.broker = settings.broker
         self._router: IammeterMqttRouter | None = None
         self._key: tuple | None = None
         self._emit: Emit | None = None
@@ -232,7 +239,7 @@ SPEC = register(TransportSpec(
     transport="mqtt",
     options=OPTIONS,
     create=create,
-    kind="push",
+    delivery="push",
     default_interval=60.0,  # the meter's default upload interval
     min_interval=2.0,  # the fastest the firmware uploads
     check_target=check_target,

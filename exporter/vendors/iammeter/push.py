@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ...config.loader import Config, Option, TargetConfig
+from ...config.loader import Config, Settings, TargetConfig, setting
 from ...model.errors import PollError
 from ...model.samples import Emit
 from ...runtime import logs
@@ -34,9 +35,13 @@ from .parse import parse_monitorjson
 # a minute. No jitter: the port is local, and the targets share one listener anyway.
 LISTEN_RETRY = Backoff(base=1.0, ceiling=60.0)
 
-OPTIONS: dict[str, Option] = {
-    "sn": Option("str", required=True, help="the meter's serial number; uploads carrying another SN are refused"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IammeterPushSettings(Settings):
+    sn: str = setting("str", required=True, help="the meter's serial number; uploads carrying another SN are refused")
+
+
+OPTIONS = IammeterPushSettings.table()
 
 # The SN of a body that is not valid JSON (a truncated upload still names its meter).
 _SN_IN_BROKEN_JSON = re.compile(r'"SN"\s*:\s*"([^"\\]{1,64})"')
@@ -79,7 +84,7 @@ def check_config(config: Config) -> Iterable[tuple[tuple, str]]:
             yield (("targets", index, "transport"),
                    "transport push receives on the http_push listener, which has no `listen` address: "
                    "add for example `http_push: {listen: \":8088\"}`")
-        sn = normalize_id(target.option("sn", ""))
+        sn = normalize_id(IammeterPushSettings.of(target).sn)
         if sn in seen:
             yield ("targets", index, "sn"), f"SN {sn} is already received by push target {seen[sn]!r}"
         else:
@@ -92,7 +97,7 @@ class IammeterPushAdapter:
     def __init__(self, target: TargetConfig, context: AdapterContext) -> None:
         self.target = target
         self._context = context
-        self.sn = normalize_id(target.option("sn"))
+        self.sn = normalize_id(IammeterPushSettings.of(target).sn)
         self.listener: PushListener | None = None
         self._key: tuple | None = None
         self._sink: Sink | None = None
@@ -142,7 +147,7 @@ SPEC = register(TransportSpec(
     transport="push",
     options=OPTIONS,
     create=create,
-    kind="push",
+    delivery="push",
     default_interval=60.0,  # the meter's default upload interval
     min_interval=2.0,  # the fastest the firmware uploads
     check_target=check_target,

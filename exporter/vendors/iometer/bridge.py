@@ -26,13 +26,14 @@ from typing import Any, Callable, Mapping
 
 import aiohttp
 
-from ...config.loader import Option, TargetConfig
+from ...config.loader import Settings, TargetConfig, setting
 from ...model.catalogue import IOMETER
 from ...model.errors import PollError
 from ...model.jsontext import JsonError, label_text, loads
 from ...model.samples import Emit, ParseError, Reading
 from ...runtime.backoff import Backoff, retry_forever
 from ...runtime.context import AdapterContext
+from ...runtime.tasks import cancel_and_wait
 from ...transport.http import Response, request, status_error
 from ..registry import TransportSpec, register
 from . import parse
@@ -42,17 +43,21 @@ MAX_EVENT_BYTES = 1 << 20  # a bridge event is a few hundred bytes; more is a fa
 # the status stream is given this many times `stream_idle_timeout`.
 STATUS_IDLE_FACTOR = 10
 
-OPTIONS = {
-    "host": Option("str", required=True, help="address of the bridge, optionally host:port"),
-    "mode": Option("str", default="poll", choices=("poll", "sse"),
-                   help="poll: GET every interval; sse: keep the bridge's event streams open"),
-    "status_interval": Option("duration", default=60.0, minimum=1.0,
-                              help="poll mode: time between reads of /v1/status"),
-    "reconnect_delay": Option("duration", default=1.0, minimum=0.001,
-                              help="sse mode: first delay before reconnecting a broken stream"),
-    "stream_idle_timeout": Option("duration", default=60.0, minimum=0.1,
-                                  help="sse mode: reconnect a reading stream silent this long"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BridgeSettings(Settings):
+    host: str = setting("str", required=True, help="address of the bridge, optionally host:port")
+    mode: str = setting("str", default="poll", choices=("poll", "sse"),
+                        help="poll: GET every interval; sse: keep the bridge's event streams open")
+    status_interval: float = setting("duration", default=60.0, minimum=1.0,
+                                     help="poll mode: time between reads of /v1/status")
+    reconnect_delay: float = setting("duration", default=1.0, minimum=0.001,
+                                     help="sse mode: first delay before reconnecting a broken stream")
+    stream_idle_timeout: float = setting("duration", default=60.0, minimum=0.1,
+                                         help="sse mode: reconnect a reading stream silent this long")
+
+
+OPTIONS = BridgeSettings.table()
 
 
 def check_target(options: Mapping[str, Any]):
@@ -164,15 +169,16 @@ class IOmeterBridge:
     def __init__(self, target: TargetConfig, ctx: AdapterContext) -> None:
         self.target = target
         self.ctx = ctx
-        self.base = base_url(target.option("host"))
-        self.mode = target.option("mode", "poll")
+        settings = BridgeSettings.of(target)
+        self.base = base_url(settings.host)
+        self.mode = settings.mode
         # The daemon picks poll or push per spec (poll here); a daemon that reads this runs sse
         # mode as push. Polled, sse mode still streams (see _from_streams).
-        self.kind = "push" if self.mode == "sse" else "poll"
-        self.status_interval = float(target.option("status_interval", 60.0))
-        reconnect_delay = float(target.option("reconnect_delay", 1.0))
+        self.delivery = "push" if self.mode == "sse" else "poll"
+        self.status_interval = float(settings.status_interval)
+        reconnect_delay = float(settings.reconnect_delay)
         self.reconnects = Backoff.for_reconnects(reconnect_delay, max(target.max_backoff, reconnect_delay))
-        self.idle_timeout = float(target.option("stream_idle_timeout", 60.0))
+        self.idle_timeout = float(settings.stream_idle_timeout)
         self.status: Reading | None = None
         self.status_read_at: float | None = None
         self.reading: Reading | None = None
@@ -345,10 +351,8 @@ class IOmeterBridge:
         return self._streams
 
     async def close(self) -> None:
-        if self._background is not None:
-            self._background.cancel()
-            await asyncio.gather(self._background, return_exceptions=True)
-            self._background = None
+        await cancel_and_wait(self._background)
+        self._background = None
         if self._streams is not None:
             await self._streams.close()
             self._streams = None
@@ -388,6 +392,6 @@ def parse_or_fail(parser: Callable[[Any], Reading], payload: Any, path: str) -> 
 
 SPEC = register(TransportSpec(
     vendor=IOMETER, transport="local", options=OPTIONS, create=IOmeterBridge,
-    kind="poll", default_interval=10.0, min_interval=1.0, check_target=check_target,
+    delivery="poll", default_interval=10.0, min_interval=1.0, check_target=check_target,
     description="IOmeter bridge, local API: /v1/reading and /v1/status, polled or as Server-Sent Events",
 ))

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from ...discover import Device, DeviceProbe, Endpoint, Prober, json_body
+from ...discover import Address, Device, DeviceIdentifier, Prober, json_body
 from ...model.samples import ParseError
 from . import parse as io
 
 
-async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -> Device | None:
+async def identify(prober: Prober, address: Address, scheme: str, base: str) -> Device | None:
     resp = await prober.get(f"{base}/v1/status")
     payload = json_body(resp) if resp is not None and resp.status == 200 else None
     if not isinstance(payload, dict) or not str(payload.get("__typename", "")).startswith("iometer.status."):
@@ -19,7 +19,7 @@ async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -
         return None
     meter = next((d for d in reading.devices if d.model == io.METER_MODEL), None)
     bridge = next((d for d in reading.devices if d.model == io.BRIDGE_MODEL), None)
-    device = Device("iometer", endpoint.target_host(scheme), model="bridge",
+    device = Device("iometer", address.target_host(scheme), model="bridge",
                     serial=bridge.serial if bridge else "", firmware=bridge.firmware if bridge else "",
                     api="local API /v1")
     if meter is not None and meter.serial:
@@ -30,5 +30,5 @@ async def identify(prober: Prober, endpoint: Endpoint, scheme: str, base: str) -
     return device
 
 
-PROBE = DeviceProbe(vendor="iometer", identify=identify, schemes=("http",),
+IDENTIFIER = DeviceIdentifier(vendor="iometer", identify=identify, schemes=("http",),
                     services={"_iometer._tcp.local.": "http"})

@@ -4,8 +4,7 @@ Local bridge (`http://<bridge>/v1`): `GET /reading` (`iometer.reading.v1`: one m
 and OBIS registers) and `GET /status` (`iometer.status.v1`: installation, meter number, bridge
 and core state). Partner API (GraphQL, schema in the seed document): installations with their
 meters and devices, `readings` query pages, and `meterReadings` / `liveReadings` subscription
-payloads. `MeterStore` keeps the newest reading of every meter of a Partner API target, so that
-each emitted `Reading` holds the whole account.
+payloads. (The newest reading of every meter of an account is kept by `account.AccountReadings`.)
 
 Everything here is pure: decoded JSON in, `Reading` (or plain records) out, `ParseError` for
 anything malformed, no series for what is merely absent.
@@ -14,18 +13,16 @@ anything malformed, no series for what is merely absent.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Collection, Mapping, NamedTuple
+from typing import Any, Collection, NamedTuple
 
-from ...model.catalogue import (DUPLICATE_READINGS, GATEWAY_CONNECTED, READER_ATTACHED, READER_BATTERY,
-                                READER_CONNECTED, READER_PIN_STATE, READER_POWER_SOURCE, READER_RSSI, READINGS_RECEIVED,
-                                WIFI_RSSI, Metric)
+from ...model.catalogue import (GATEWAY_CONNECTED, READER_ATTACHED, READER_BATTERY, READER_CONNECTED,
+                                READER_PIN_STATE, READER_POWER_SOURCE, READER_RSSI, WIFI_RSSI, Metric)
 from ...model.jsontext import label_text
-from ...model.samples import (DeviceInfo, ParseError, Reading, Sample, checked_list, checked_object, number_or_none,
+from ...model.samples import (DeviceInfo, ParseError, Reading, checked_list, checked_object, number_or_none,
                               optional_list, optional_object)
-from .obis import (ACCOUNT, LOCAL, Held, Register, add_registers, checked_registers, normalize, register,
-                   register_samples)
+from .obis import LOCAL, Register, add_registers, register
 
 BRIDGE_MODEL = "IOmeter bridge"
 CORE_MODEL = "IOmeter core"
@@ -402,7 +399,7 @@ def parse_subscription(data: Any, field_name: str) -> MeterReading:
     return parse_meter_reading(obj.get(field_name), field_name)
 
 
-# --- Partner API: the newest state of every meter of an account -------------------------------
+# --- Partner API: the `meters` option ---------------------------------------------------------
 
 
 def meter_names(entries: Collection[str]) -> dict[str, str]:
@@ -414,145 +411,3 @@ def meter_names(entries: Collection[str]) -> dict[str, str]:
             raise ValueError(f"expected 'meter number=name', got {str(entry)[:60]!r}")
         names[number.strip()] = name.strip()
     return names
-
-
-@dataclass(slots=True)
-class _MeterState:
-    installation: str
-    label: str
-    number: str
-    time: float
-    # Plain floats and strings in tuples of their own, which the garbage collector stops
-    # tracking: 1,000 meters' registers cost its full passes nothing.
-    registers: Held
-    samples: list[Sample] | None = None  # built at the first snapshot after a change
-    held: dict[str, Any] = field(default_factory=dict)  # last samples, for register_samples
-    stamp_labels: tuple[tuple[str, str], ...] = ()
-    info: DeviceInfo | None = None
-
-    def relabel(self, installation: str, label: str) -> None:
-        self.installation, self.label = installation, label
-        self.held.clear()
-        self.stamp_labels = ()
-        self.info = None
-
-
-@dataclass
-class MeterStore:
-    """The newest reading of every meter of a Partner API target, and counts of what came in.
-
-    A reading whose time is not newer than the one held for its meter (a replay after a
-    reconnect, or a repeated delivery) never replaces it and is counted as a duplicate. A newer
-    reading replaces the registers it carries and keeps the others (a meter may send its
-    energy totals less often than its power). A reading is checked when it comes (a bad one is
-    refused then, whole); its samples are built at the next snapshot, once per meter that
-    changed: a meter may send many readings between two snapshots.
-    """
-
-    names: Mapping[str, str] = field(default_factory=dict)  # meter number -> label
-    installations_allowed: Collection[str] | None = None
-    obis_codes: Collection[str] | None = None  # decimal form
-    received: int = 0
-    duplicates: int = 0
-    newest_time: float | None = None  # of any reading received: where a resume starts
-    _meters: dict[str, _MeterState] = field(default_factory=dict)
-    _installations: dict[str, InstallationInfo] = field(default_factory=dict)
-    _meter_installation: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.obis_codes is not None:
-            self.obis_codes = {normalize(code) for code in self.obis_codes}
-        if self.installations_allowed is not None:
-            self.installations_allowed = set(self.installations_allowed)
-
-    def allowed(self, installation: str) -> bool:
-        return self.installations_allowed is None or installation in self.installations_allowed
-
-    def set_installations(self, installations: list[InstallationInfo]) -> None:
-        self._installations = {i.id: i for i in installations if self.allowed(i.id)}
-        for info in self._installations.values():
-            for meter in info.meters:
-                self._meter_installation[meter.id] = info.id
-                if meter.number:
-                    self._meter_installation.setdefault(meter.number, info.id)
-
-    @property
-    def installations(self) -> list[InstallationInfo]:
-        return list(self._installations.values())
-
-    def label_for(self, number: str, key: str) -> str:
-        return self.names.get(number) or number or key
-
-    def offer(self, item: MeterReading) -> bool:
-        """Take a reading in; True if it became the newest of its meter."""
-        self.received += 1
-        if self.newest_time is None or item.time > self.newest_time:
-            self.newest_time = item.time
-        installation = (
-            item.installation
-            or self._meter_installation.get(item.key)
-            or self._meter_installation.get(item.number)
-            or ""
-        )
-        if not self.allowed(installation):
-            return False
-        held = self._meters.get(item.key)
-        if held is not None and item.time <= held.time:
-            self.duplicates += 1
-            return False
-        taken = checked_registers(item.registers, ACCOUNT, self.obis_codes)  # type: ignore[arg-type]
-        label = self.label_for(item.number, item.key)
-        if held is None:
-            held = self._meters[item.key] = _MeterState(installation, label, item.number, item.time, {})
-        elif held.installation != installation or held.label != label:
-            held.relabel(installation, label)
-        if held.number != item.number:
-            held.number, held.info = item.number, None
-        held.time = item.time
-        held.registers.update(taken)
-        held.samples = None
-        return True
-
-    def newest(self, key: str) -> float | None:
-        held = self._meters.get(key)
-        return held.time if held else None
-
-    def snapshot(self) -> Reading:
-        """Every meter's newest state, device states and the counters, as one Reading."""
-        reading = Reading()
-        chosen: dict[tuple[str, str], _MeterState] = {}
-        for state in self._meters.values():
-            key = (state.installation, state.label)
-            other = chosen.get(key)
-            if other is None or state.time > other.time:  # two meters, one name: newest wins
-                chosen[key] = state
-        infos: list[DeviceInfo] = []
-        for state in chosen.values():
-            samples = state.samples
-            if samples is None:
-                samples = state.samples = self._samples(state)
-            reading.samples.extend(samples)
-            if state.info is None:
-                state.info = DeviceInfo(METER_MODEL, state.number, "", meter=state.label)
-            infos.append(state.info)
-        for installation in self._installations.values():
-            reading.samples.extend(installation.devices.samples)
-            infos.extend(installation.devices.devices)
-            for meter in installation.meters:
-                info = DeviceInfo(METER_MODEL, meter.number, "", meter=self.label_for(meter.number, meter.id))
-                infos.append(info)
-        reading.devices.extend(dict.fromkeys(infos))  # each once, in order
-        reading.add(READINGS_RECEIVED, self.received)
-        reading.add(DUPLICATE_READINGS, self.duplicates)
-        return reading
-
-    @staticmethod
-    def _samples(state: _MeterState) -> list[Sample]:
-        labels = {"installation": state.installation, "meter": state.label}
-        samples = register_samples(state.registers, ACCOUNT, labels, state.held)
-        if not state.stamp_labels:
-            stamp = Reading()
-            stamp.add(ACCOUNT.measurement_time, state.time, **labels)
-            state.stamp_labels = stamp.samples[0].labels
-        samples.append(Sample(ACCOUNT.measurement_time, state.stamp_labels, state.time))
-        return samples

@@ -14,7 +14,7 @@ and are dropped as duplicates). Mode `query`: the `readings` query, from the new
 page by page with its cursor, once per interval.
 
 What is emitted: the daemon replaces a target's snapshot whole with each emitted Reading, so
-every Reading holds the newest state of ALL meters of the account (`parse.MeterStore`), plus the
+every Reading holds the newest state of ALL meters of the account (`account.AccountReadings`), plus the
 device states and the counters `energy_meter_exporter_readings_received_total` /
 `..._duplicate_readings_total`. A reading never replaces a newer or equal one of its meter, so a
 replay cannot move a counter backwards. Emits are spaced at least `min_emit_interval` apart;
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from gql import Client, GraphQLRequest, gql
@@ -37,16 +38,18 @@ from gql.transport.exceptions import TransportProtocolError, TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 from graphql import print_ast
 
-from ...config.loader import Option, TargetConfig
+from ...config.loader import Secret, Settings, TargetConfig, setting
 from ...model.catalogue import IOMETER
 from ...model.errors import PollError
 from ...model.jsontext import header_problem
 from ...model.samples import Emit, ParseError, Reading
 from ...runtime.backoff import Backoff, retry_forever
 from ...runtime.context import AdapterContext
+from ...runtime.tasks import cancel_and_wait
 from ...transport.http import request, status_error
 from ..registry import TransportSpec, register
 from . import parse
+from .account import AccountReadings
 from .auth import METHODS, Credentials
 from .obis import normalize
 
@@ -113,30 +116,34 @@ subscription LiveReadings($installationId: ID!, $obisCodes: [ObisCode]) {
 # The queries as sent over HTTP, printed once.
 _TEXTS = {doc: print_ast(doc.document) for doc in (INSTALLATIONS, INSTALLATIONS_UNPAGED, READINGS)}
 
-OPTIONS = {
-    "partner_id": Option("str", required=True, help="partner id (the user name of the Partner API)"),
-    "secret": Option("secret", required=True, help="partner secret"),
-    "auth": Option("str", default="basic", choices=METHODS,
-                   help="basic, or wsse (the secret itself is never sent)"),
-    "endpoint": Option("str", default=DEFAULT_ENDPOINT, help="GraphQL endpoint for queries (https)"),
-    "ws_endpoint": Option("str", help="GraphQL WebSocket endpoint (default: endpoint with wss://)"),
-    "mode": Option("str", default="subscription", choices=("subscription", "query"),
-                   help="subscription: readings pushed over WebSocket; query: `readings` every interval"),
-    "subscription": Option("str", default="meterReadings", choices=("meterReadings", "liveReadings"),
-                           help="meterReadings: all meters, resumable; liveReadings: per installation"),
-    "installations": Option("list", help="installation ids to export (default: all)"),
-    "meters": Option("list", help="names for meters, as 'meter number=name' entries (label meter)"),
-    "obis_codes": Option("list", help="OBIS codes to export (default: all the API sends)"),
-    "lookback": Option("duration", default=900.0, minimum=0.0,
-                       help="how far back the first query or subscription starts (at most 24h)"),
-    "discovery_interval": Option("duration", default=600.0, minimum=10.0,
-                                 help="time between refreshes of installations, meters and devices"),
-    "page_size": Option("int", default=100, minimum=1, help="items asked for per page"),
-    "reconnect_delay": Option("duration", default=1.0, minimum=0.001,
-                              help="first delay before reconnecting a dropped subscription"),
-    "min_emit_interval": Option("duration", default=1.0, minimum=0.0,
-                                help="subscription: least time between two snapshots"),
-}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PartnerSettings(Settings):
+    partner_id: str = setting("str", required=True, help="partner id (the user name of the Partner API)")
+    secret: Secret = setting("secret", required=True, help="partner secret")
+    auth: str = setting("str", default="basic", choices=METHODS,
+                        help="basic, or wsse (the secret itself is never sent)")
+    endpoint: str = setting("str", default=DEFAULT_ENDPOINT, help="GraphQL endpoint for queries (https)")
+    ws_endpoint: str | None = setting("str", help="GraphQL WebSocket endpoint (default: endpoint with wss://)")
+    mode: str = setting("str", default="subscription", choices=("subscription", "query"),
+                        help="subscription: readings pushed over WebSocket; query: `readings` every interval")
+    subscription: str = setting("str", default="meterReadings", choices=("meterReadings", "liveReadings"),
+                                help="meterReadings: all meters, resumable; liveReadings: per installation")
+    installations: tuple[str, ...] = setting("list", help="installation ids to export (default: all)")
+    meters: tuple[str, ...] = setting("list", help="names for meters, as 'meter number=name' entries (label meter)")
+    obis_codes: tuple[str, ...] = setting("list", help="OBIS codes to export (default: all the API sends)")
+    lookback: float = setting("duration", default=900.0, minimum=0.0,
+                              help="how far back the first query or subscription starts (at most 24h)")
+    discovery_interval: float = setting("duration", default=600.0, minimum=10.0,
+                                        help="time between refreshes of installations, meters and devices")
+    page_size: int = setting("int", default=100, minimum=1, help="items asked for per page")
+    reconnect_delay: float = setting("duration", default=1.0, minimum=0.001,
+                                     help="first delay before reconnecting a dropped subscription")
+    min_emit_interval: float = setting("duration", default=1.0, minimum=0.0,
+                                       help="subscription: least time between two snapshots")
+
+
+OPTIONS = PartnerSettings.table()
 
 
 def check_target(options: Mapping[str, Any]):
@@ -173,28 +180,28 @@ class IOmeterPartner:
         self.target = target
         self.ctx = ctx
         self.log = ctx.log
-        option = target.option
-        self.credentials = Credentials(option("auth", "basic"), option("partner_id"), option("secret"), ctx.clock)
-        self.endpoint = option("endpoint", DEFAULT_ENDPOINT)
-        self.ws_endpoint = option("ws_endpoint") or ws_url(self.endpoint)
-        self.mode = option("mode", "subscription")
-        self.kind = "push" if self.mode == "subscription" else "poll"
-        self.subscription = option("subscription", "meterReadings")
-        codes = option("obis_codes")
+        settings = PartnerSettings.of(target)
+        self.credentials = Credentials(settings.auth, settings.partner_id, settings.secret, ctx.clock)
+        self.endpoint = settings.endpoint
+        self.ws_endpoint = settings.ws_endpoint or ws_url(self.endpoint)
+        self.mode = settings.mode
+        self.delivery = "push" if self.mode == "subscription" else "poll"
+        self.subscription = settings.subscription
+        codes = settings.obis_codes
         self.obis_codes = sorted({normalize(c) for c in codes}) if codes else None
-        installations = option("installations")
-        self.store = parse.MeterStore(
-            names=parse.meter_names(option("meters") or ()),
+        installations = settings.installations
+        self.account = AccountReadings(
+            names=parse.meter_names(settings.meters),
             installations_allowed=set(installations) if installations else None,
             obis_codes=self.obis_codes,
         )
-        self.lookback = min(float(option("lookback", 900.0)), MAX_REPLAY)
-        self.discovery_interval = float(option("discovery_interval", 600.0))
-        self.page_size = int(option("page_size", 100))
-        reconnect_delay = float(option("reconnect_delay", 1.0))
+        self.lookback = min(float(settings.lookback), MAX_REPLAY)
+        self.discovery_interval = float(settings.discovery_interval)
+        self.page_size = settings.page_size
+        reconnect_delay = float(settings.reconnect_delay)
         # Reconnections and retries of a failed discovery alike.
         self.reconnects = Backoff.for_reconnects(reconnect_delay, max(target.max_backoff, reconnect_delay))
-        self.min_emit_interval = float(option("min_emit_interval", 1.0))
+        self.min_emit_interval = float(settings.min_emit_interval)
         self.discovered_at: float | None = None
         self.discovered = asyncio.Event()
         self._discovery_done = asyncio.Event()  # set after every discovery
@@ -232,7 +239,7 @@ class IOmeterPartner:
         return result.data
 
     async def discover(self) -> list[parse.InstallationInfo]:
-        """Every installation (all pages), its meters and devices; the store learns them."""
+        """Every installation (all pages), its meters and devices; the account learns them."""
         found: dict[str, parse.InstallationInfo] = {}
         offset = 0
         while True:
@@ -256,7 +263,7 @@ class IOmeterPartner:
                 break
             offset += len(page)
         installations = list(found.values())
-        self.store.set_installations(installations)
+        self.account.set_installations(installations)
         self.discovered_at = self.ctx.clock()
         self.discovered.set()
         self._discovery_done.set()
@@ -266,7 +273,7 @@ class IOmeterPartner:
         """Where a query or subscription starts: the newest reading held, else `lookback` ago;
         never further back than the API keeps."""
         now = self.ctx.clock()
-        start = self.store.newest_time if self.store.newest_time is not None else now - self.lookback
+        start = self.account.newest_time if self.account.newest_time is not None else now - self.lookback
         return parse.format_time(max(start, now - MAX_REPLAY + 60))
 
     async def query_readings(self) -> int:
@@ -279,7 +286,7 @@ class IOmeterPartner:
             data = await self._query(READINGS, variables)
             items, cursor = _parsed(parse.parse_readings_page, data, "readings")
             for item in items:
-                _offer(self.store, item)
+                _offer(self.account, item)
             count += len(items)
             if not cursor:
                 return count
@@ -291,7 +298,7 @@ class IOmeterPartner:
         if self.discovered_at is None or self.ctx.clock() - self.discovered_at >= self.discovery_interval:
             await self.discover()
         await self.query_readings()
-        return self.store.snapshot()
+        return self.account.snapshot()
 
     # --- push ---
     async def run(self, emit: Emit) -> None:
@@ -309,15 +316,13 @@ class IOmeterPartner:
         try:
             await retry_forever(self._subscription, self.reconnects)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
     async def _emitter(self, emit: Emit) -> None:
         while True:
             await self._changed.wait()
             self._changed.clear()
-            emit(self.store.snapshot())
+            emit(self.account.snapshot())
             await asyncio.sleep(self.min_emit_interval)
 
     async def _discover_once(self) -> bool:
@@ -336,7 +341,7 @@ class IOmeterPartner:
     async def _subscription(self) -> bool:
         """One subscription connection, until it ends: True if it delivered readings (a break
         after that is routine, and the backoff starts over)."""
-        before = self.store.received
+        before = self.account.received
         try:
             await self._subscribe_once()
             self.log.info("subscription ended by the server; reconnecting")
@@ -344,12 +349,12 @@ class IOmeterPartner:
             error = _classify(exc, self.ws_endpoint)
             # A message that cannot be read breaks every connection the same way, even one
             # that delivered replayed readings first: that is the target's failure.
-            if self.store.received > before and error.reason not in ("parse", "too_large"):
+            if self.account.received > before and error.reason not in ("parse", "too_large"):
                 # it worked and then broke: reconnecting is routine, not a failed target
                 self.log.info("subscription lost; reconnecting", error=error.message)
             else:
                 self._failed(error)
-        return self.store.received > before
+        return self.account.received > before
 
     def _transport(self) -> "_PartnerTransport":
         # (two headers: WSSE wants a fresh nonce for each use)
@@ -385,7 +390,7 @@ class IOmeterPartner:
                 await self._consume(session, request_, "meterReadings")
                 return
             await self.discovered.wait()
-            watched = sorted(i.id for i in self.store.installations)
+            watched = sorted(i.id for i in self.account.installations)
             tasks = [
                 asyncio.create_task(self._consume(session, GraphQLRequest(
                     LIVE_READINGS, variable_values={"installationId": i, "obisCodes": self.obis_codes}
@@ -399,12 +404,10 @@ class IOmeterPartner:
                 for task in done:
                     task.result()  # a failed subscription ends the connection
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(*tasks)
 
     async def _until_installations_change(self, watched: list[str]) -> None:
-        while sorted(i.id for i in self.store.installations) == watched:
+        while sorted(i.id for i in self.account.installations) == watched:
             self._discovery_done.clear()
             await self._discovery_done.wait()
 
@@ -421,7 +424,7 @@ class IOmeterPartner:
             async for data in messages:
                 try:
                     item = parse.parse_subscription(data, field)
-                    _offer(self.store, item)
+                    _offer(self.account, item)
                 except (ParseError, PollError) as exc:  # one bad message: skip it, keep the stream
                     self._failed(PollError("parse", f"{field}: {exc}"))
                     continue
@@ -455,9 +458,9 @@ class _PartnerTransport(WebsocketsTransport):
             raise UnreadableMessage("a subscription message nested too deeply to decode") from None
 
 
-def _offer(store: parse.MeterStore, item: parse.MeterReading) -> None:
+def _offer(account: AccountReadings, item: parse.MeterReading) -> None:
     try:
-        store.offer(item)
+        account.offer(item)
     except ParseError as exc:
         raise PollError("parse", f"reading of meter {item.number or item.key}: {exc}") from None
 
@@ -500,6 +503,6 @@ def _classify(exc: BaseException, url: str) -> PollError:
 
 SPEC = register(TransportSpec(
     vendor=IOMETER, transport="partner", options=OPTIONS, create=IOmeterPartner,
-    kind="push", default_interval=60.0, min_interval=10.0, check_target=check_target,
+    delivery="push", default_interval=60.0, min_interval=10.0, check_target=check_target,
     description="IOmeter Partner API (GraphQL): every meter of a partner account, by subscription or query",
 ))

@@ -1,0 +1,67 @@
+"""When each endpoint is read, and what the latest reads give together.
+
+Each endpoint has its own cadence. A poll reads what is due, one request at a time; the cached
+results of the others are merged in while they are fresh enough to pass for the present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping
+
+from ...model.samples import Reading
+from . import parse
+from .endpoints import Endpoint
+
+
+@dataclass
+class EndpointState:
+    next_due: float = 0.0
+    off_until: float = 0.0  # switched off (not on this gateway, or not for this account) until then
+    reading: Reading | None = None
+    read_at: float = 0.0
+
+
+class Timetable:
+    def __init__(self, endpoints: tuple[Endpoint, ...], disabled: Iterable[str]) -> None:
+        self.endpoints = endpoints
+        self.disabled = set(disabled)
+        self.states = {e.name: EndpointState() for e in endpoints}
+        self.polls = 0  # polls that read everything due
+
+    def due(self, now: float, interval: float,
+            meters: Mapping[int, parse.MeterConfig]) -> Iterator[tuple[Endpoint, EndpointState]]:
+        """The endpoints to read now, in order. Lazy: reading one may switch on a fallback later
+        in the table. A poll counts once the caller has gone through all of them."""
+        first = self.polls == 0
+        for endpoint in self.endpoints:
+            state = self.states[endpoint.name]
+            if first and endpoint.stagger:
+                state.next_due = now + endpoint.stagger * interval
+            if self.active(endpoint, now, meters) and now >= state.next_due:
+                yield endpoint, state
+        self.polls += 1
+
+    def active(self, endpoint: Endpoint, now: float, meters: Mapping[int, parse.MeterConfig]) -> bool:
+        if endpoint.name in self.disabled or self.states[endpoint.name].off_until > now:
+            return False
+        if not endpoint.applies(meters):
+            return False
+        if endpoint.fallback_of:
+            others = [e for e in self.endpoints if e.name in endpoint.fallback_of]
+            return not any(self.active(e, now, meters) for e in others)
+        return True
+
+    def merge(self, into: Reading, now: float, interval: float, meters: Mapping[int, parse.MeterConfig]) -> Reading:
+        """`into` with the samples of every active endpoint's latest read, one source per metric."""
+        claimed: set[str] = set()
+        for endpoint in self.endpoints:
+            state = self.states[endpoint.name]
+            if state.reading is None or not self.active(endpoint, now, meters):
+                continue
+            if now - state.read_at > 3 * max(endpoint.cadence, interval):
+                continue  # too old to pass for the present
+            # One source per metric: the first endpoint that has it gives all its series.
+            into.samples.extend(s for s in state.reading.samples if s.metric.name not in claimed)
+            claimed.update(s.metric.name for s in state.reading.samples)
+        return into
