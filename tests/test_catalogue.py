@@ -6,7 +6,6 @@ import importlib
 import re
 from pathlib import Path
 
-import pytest
 
 from exporter.model import catalogue as M
 

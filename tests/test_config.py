@@ -123,8 +123,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert f"{path}:5: targets[0].interval: expected a duration" in text
     assert f"{path}:6: targets[1].name: duplicate target name 'p1'" in text
     assert f"{path}:10: targets[2].vendor: unknown vendor 'acme'" in text
-    assert f"targets[3].name: missing" in text
-    assert f"targets[3].timeout: must be at least" in text
+    assert "targets[3].name: missing" in text
+    assert "targets[3].timeout: must be at least" in text
 
 
 @pytest.mark.parametrize("snippet,expected", [

@@ -20,6 +20,7 @@ from exporter.runtime.state import StateDirectory
 from exporter.vendors.enphase.local import SPEC, EnphaseLocal, check_target
 from exporter.vendors.enphase.nightly import parse_window
 from exporter.vendors.enphase.token import TokenFile
+from exporter.vendors.enphase.settings import OPTIONS
 from simulators.enphase import (DEFAULT_FIRMWARE, PACKAGED, EnlightenSimulator, GatewaySimulator, TokenIssuer,
                                 firmware_folder, start_demo)
 
@@ -602,7 +603,9 @@ def test_nightly_window_and_timezone_options_are_checked():
     assert problems(nightly_window="23:00-23:20") == {} and problems(nightly_window="off") == {}
     assert "nightly_window" in problems(nightly_window="11pm")
     assert "nightly_window" in problems(nightly_window="25:00-01:00")
-    assert "timezone" in problems(timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="unknown time zone"):
+        OPTIONS["timezone"].convert("Mars/Olympus")
+    assert OPTIONS["timezone"].convert("Europe/Berlin") == "Europe/Berlin"
     assert parse_window("23:50-00:10").contains(5) and not parse_window("23:50-00:10").contains(60)
 
 

@@ -521,12 +521,13 @@ CLOUD_PASSWORD = "cloud-pass-94c2"
 
 async def iammeter_cloud_rig(tmp_path, monkeypatch) -> Rig:
     from exporter.runtime.quota import Limit
-    from exporter.vendors.iammeter import cloud
+    from exporter.vendors.iammeter import cloud, cloud_quota
     from simulators.iammeter_cloud import CloudLimits, IammeterCloudSimulator, parse_utc
 
     # metersdata at the matrix's pace; a "nothing" answer holds the call back for this window,
     # doubling, as the real quota's 5 minutes do at the default interval of 5 minutes.
-    monkeypatch.setattr(cloud, "METERSDATA_LIMITS", (Limit(1000, INTERVAL, "5m"),))
+    for module in (cloud, cloud_quota):  # the adapter's calls and the configuration's check
+        monkeypatch.setattr(module, "METERSDATA_LIMITS", (Limit(1000, INTERVAL, "5m"),))
     frozen = parse_utc("2024/2/22 3:46:20")  # the cloud's clock stands still: the values do too
     device = IammeterCloudSimulator(clock=lambda: frozen, password=CLOUD_PASSWORD,
                                     limits=CloudLimits(metersdata_every=0.0))

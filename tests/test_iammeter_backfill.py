@@ -15,7 +15,7 @@ import structlog
 from exporter.cli import main
 from exporter.runtime import quota
 from exporter.runtime.state import StateDirectory
-from exporter.vendors.iammeter import backfill, cloud
+from exporter.vendors.iammeter import backfill, cloud_client
 from simulators.iammeter_cloud import IammeterCloudSimulator
 
 from .conftest import free_port, require_binary
@@ -82,7 +82,7 @@ async def test_history_goes_through_promtool_and_reads_back(tmp_path):
     output = tmp_path / "history.om"
     try:
         async with aiohttp.ClientSession() as session:
-            client = cloud.CloudClient(session, state, quota.QuotaLedger(state, clock), clock, structlog.get_logger(),
+            client = cloud_client.CloudClient(session, state, quota.QuotaLedger(state, clock), clock, structlog.get_logger(),
                                        sim.base_url, "test", "123456")
             plan = backfill.Plan(sns=("3FE34ABE", "DA2BED94"), start=date(2024, 2, 20), end=date(2024, 2, 28),
                                  interval=300, names={"DA2BED94": "garage"}, device="home-cloud",
@@ -133,7 +133,7 @@ async def test_one_minute_points_come_one_day_per_call(tmp_path):
     state = StateDirectory(tmp_path / "state")
     try:
         async with aiohttp.ClientSession() as session:
-            client = cloud.CloudClient(session, state, quota.QuotaLedger(state, clock), clock, structlog.get_logger(),
+            client = cloud_client.CloudClient(session, state, quota.QuotaLedger(state, clock), clock, structlog.get_logger(),
                                        sim.base_url, "test", "123456")
             plan = backfill.Plan(sns=("B384789C",), start=date(2024, 2, 26), end=date(2024, 2, 28), interval=60,
                                  api="meterdatalist2", zone=ZONE, pause=0)

@@ -20,7 +20,7 @@ from exporter.runtime import quota
 from exporter.runtime.context import AdapterContext
 from exporter.runtime.state import StateDirectory
 from exporter.store import SnapshotStore
-from exporter.vendors.iammeter import cloud
+from exporter.vendors.iammeter import cloud, cloud_settings
 from simulators import iammeter_cloud as seed
 from simulators.iammeter_cloud import IammeterCloudSimulator
 
@@ -45,8 +45,8 @@ def target(name: str = "cloud", interval: float = 300.0, timeout: float = 20.0, 
     raw.setdefault("username", "test")
     raw.setdefault("password", "123456")
     raw.setdefault("timezone", ZONE)
-    options = {key: cloud.OPTIONS[key].convert(value) for key, value in raw.items()}
-    for key, option in cloud.OPTIONS.items():
+    options = {key: cloud_settings.OPTIONS[key].convert(value) for key, value in raw.items()}
+    for key, option in cloud_settings.OPTIONS.items():
         if key not in options and option.default is not None:
             options[key] = option.default
     return TargetConfig(name=name, vendor="iammeter", transport="cloud", interval=interval, timeout=timeout,
@@ -442,13 +442,17 @@ def test_targets_sharing_a_quota_are_refused_together(tmp_path):
 
 def test_option_mistakes_are_reported(tmp_path):
     path = write_config(tmp_path, CLOUD.format(name="a", user="me") + "    mode: meter\n    names: [nameless]\n"
-                        "    places: [home]\n    timezone: Mars/Olympus\n    base_url: ftp://x\n")
+                        "    places: [home]\n    base_url: ftp://x\n")
     with pytest.raises(ConfigError) as err:
         load_config(path)
     text = str(err.value)
-    for expected in ("mode meter reads the meters listed in sns", '"SN=name"', "place id", "Mars/Olympus",
-                     "not an http(s) address"):
+    for expected in ("mode meter reads the meters listed in sns", '"SN=name"', "place id", "not an http(s) address"):
         assert expected in text
+    # A value of the wrong type is reported first, with its line.
+    path = write_config(tmp_path, CLOUD.format(name="a", user="me") + "    timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "config.yaml:7: targets[0].timezone: unknown time zone 'Mars/Olympus'" in str(err.value)
 
 
 # --- error paths, from a scripted server ---------------------------------------------------------

@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Self, runtime_checkable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -122,7 +123,7 @@ _CEILINGS: dict[str, float] = {"int": 2**31 - 1, "duration": 366 * 86400.0, "flo
 class Option:
     """One key a target (or a section) accepts."""
 
-    type: str  # str | int | float | bool | duration | secret | path | list
+    type: str  # str | int | float | bool | duration | secret | path | list | timezone
     required: bool = False
     default: Any = None
     choices: tuple[str, ...] | None = None
@@ -132,7 +133,7 @@ class Option:
 
     def convert(self, value: Any) -> Any:
         type_ = self.type
-        if type_ in ("str", "path", "secret"):
+        if type_ in ("str", "path", "secret", "timezone"):
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ValueError(f"expected a string, got {type_name(value)}")
             text = value if isinstance(value, str) else str(value)
@@ -141,6 +142,8 @@ class Option:
                 raise ValueError(f"contains a control character ({bad}); it must be one line of text")
             if self.choices and text not in self.choices:
                 raise ValueError(f"must be one of {', '.join(self.choices)}; got {_show(text)}")
+            if type_ == "timezone" and text:
+                _check_zone(text)
             return Secret(text) if type_ == "secret" else text
         if type_ == "int":
             if isinstance(value, bool) or not isinstance(value, int):
@@ -176,6 +179,13 @@ class Option:
         if self.minimum is not None and number < self.minimum:
             raise ValueError(f"must be at least {self.minimum:g}, got {_show(number)}")
         return number
+
+
+def _check_zone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {_show(name)} (an IANA name such as Europe/Berlin)") from None
 
 
 def type_name(value: Any) -> str:

@@ -29,7 +29,7 @@ import asyncio
 import re
 import time
 from typing import Any, Callable, Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from ...config.loader import TargetConfig
 from ...model.catalogue import TOKEN_EXPIRY
@@ -84,12 +84,6 @@ def check_target(options: Mapping[str, Any]):
         parse_window(options.get("nightly_window"))
     except ValueError as exc:
         yield "nightly_window", str(exc)
-    zone = options.get("timezone")
-    if zone:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            yield "timezone", f"unknown time zone {zone!r} (use a name such as America/Los_Angeles)"
 
 
 class EnphaseLocal:

@@ -30,7 +30,7 @@ class EnphaseSettings(Settings):
     nightly_window: str = setting("str", default=NIGHTLY_WINDOW,
                                   help="local time span (HH:MM-HH:MM) in which the gateway's failures are expected "
                                        "(its nightly unresponsive period); 'off' treats them as errors")
-    timezone: str | None = setting("str", help="the gateway's time zone for nightly_window (default: this host's)")
+    timezone: str | None = setting("timezone", help="the gateway's time zone for nightly_window (default: this host's)")
 
 
 OPTIONS = EnphaseSettings.table()

@@ -238,7 +238,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.target:
         from ...config.loader import ConfigError, load_config
         from .. import registry
-        from .cloud import IammeterCloudSettings
+        from .cloud_settings import IammeterCloudSettings
 
         try:
             config = load_config(args.config_file, vendors=registry)
@@ -319,7 +319,9 @@ async def _run(plan: Plan, settings: Mapping[str, Any], state_path: str, output:
     from ...runtime import logs
     from ...runtime.quota import QuotaLedger
     from ...runtime.state import StateDirectory
-    from .cloud import DEFAULT_BASE_URL, METERSDATA, METERSDATA_LIMITS, CloudClient, Quota
+    from .cloud_client import CloudClient
+    from .cloud_quota import METERSDATA, METERSDATA_LIMITS, Quota
+    from .cloud_settings import DEFAULT_BASE_URL
 
     state = StateDirectory(state_path)
     log = logs.get()

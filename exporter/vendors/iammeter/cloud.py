@@ -46,47 +46,33 @@ and a multi-phase meter per-phase series, never both for the same quantity, and 
 row has its own `..._net_...` names (net energy is not the sum of the phase counters). Place
 figures (`energyhistory`) carry `place` (the place id, or its name from `places: ["ID=name"]`)
 and `day` (current, previous).
+
+The parts: `cloud_settings` (the options and their checks), `cloud_quota` (the seed's limits,
+the interval check), `cloud_client` (token, ledger, hold-offs), `cloud_parse` (the answers, pure);
+this module is the adapter that decides what to call when.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, Awaitable, Callable, Iterable, Mapping
-from urllib.parse import quote, urlencode, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
-from ...config.loader import Secret, Settings, TargetConfig, setting
+from ...config.loader import TargetConfig
 from ...model.errors import PollError
-from ...model.jsontext import header_problem
 from ...model.samples import ParseError, Reading
-from ...runtime.backoff import Backoff, Deadline
+from ...runtime.backoff import Deadline
 from ...runtime.context import AdapterContext
-from ...runtime.quota import Limit, QuotaLedger
-from ...runtime.state import StateDirectory
-from ...transport.http import request, status_error
 from ..registry import TransportSpec, register
 from . import cloud_parse as cp
-
-DEFAULT_BASE_URL = "https://www.iammeter.com"
-API = "/api/v1"
-
-# The seed's quotas, as the ledger counts them.
-LOGIN_LIMITS = (Limit(5, 3600, "hour"), Limit(30, 86400, "day"))
-METERDATA_LIMITS = (Limit(12, 3600, "hour"), Limit(288, 86400, "day"))
-METERSDATA_LIMITS = (Limit(1, 300, "5m"),)
-ANALYSIS_LIMITS = (Limit(5, 86400, "day"),)
-ENERGY_HISTORY_LIMITS = (Limit(1, 3600, "hour"),)  # self-imposed: the seed names no quota
-
-LOGIN = "iammeter_login"
-METERDATA = "iammeter_meterdata"
-METERSDATA = "iammeter_metersdata"
-POWER_ANALYSIS = "iammeter_poweranalysis"
-OFFLINE_ANALYSIS = "iammeter_offlineanalysis"
-ENERGY_HISTORY = "iammeter_energyhistory"
+from .cloud_client import make_client
+from .cloud_quota import (ANALYSIS_LIMITS, ENERGY_HISTORY, ENERGY_HISTORY_LIMITS, METERDATA, METERDATA_LIMITS,
+                          METERSDATA, METERSDATA_LIMITS, OFFLINE_ANALYSIS, POWER_ANALYSIS, Quota, QuotaDeferred,
+                          check_config)
+from .cloud_settings import OPTIONS, IammeterCloudSettings, check_target
 
 SHORT_WAIT = 3.0  # seconds a poll may wait for a call that fits a moment later
 SHORT_WAIT_SHARE = 0.3  # ... and at most this share of the poll's timeout
@@ -95,276 +81,8 @@ MAX_ANALYSIS_CALLS = 2  # per poll
 ANALYSIS_RETRY = 3600.0  # after a failed analysis call
 ANALYSIS_SETTLE = timedelta(minutes=30)  # the previous day is analysed this long after midnight
 HISTORY_REFRESH = 3600.0
-MAX_HOLDOFF = 86400.0
-LOGIN_REFUSED_PAUSE = 3600.0  # refused credentials are not retried sooner (the quota is 5/hour)
-ADVANCED_LIMIT_NOTE = "meterdata and meterdata2 count together"
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class IammeterCloudSettings(Settings):
-    username: str = setting("str", required=True, help="IAMMETER account (user name)")
-    password: Secret = setting("secret", required=True, help="password of the account")
-    base_url: str = setting("str", default=DEFAULT_BASE_URL, help="the cloud's address")
-    mode: str = setting("str", default="account", choices=("account", "meter"),
-                        help="account: metersdata (all meters, 1 call per 5 min); meter: meterdata per SN "
-                             "(12 calls per hour per SN)")
-    sns: tuple[str, ...] = setting("list", default=(),
-                                   help="SNs to export (mode meter: required; account: empty = all)")
-    names: tuple[str, ...] = setting("list", default=(), help='meter label per SN, as "SN=name"')
-    advanced: bool = setting("bool", default=True, help="mode meter: meterdata2 (with power factor)")
-    analysis: bool = setting("bool", default=True,
-                             help="also read powerAnalysis/offlineAnalysis (daily) and energyhistory (hourly)")
-    places: tuple[str, ...] = setting("list", default=(), help='place ids for energyhistory, "ID" or "ID=name"')
-    installation: str = setting("str", default="", help="value of the installation label of the meters")
-    timezone: str = setting("str", default="", help="the account's time zone (IANA name; default: the system's)")
-
-
-OPTIONS = IammeterCloudSettings.table()
-
-_SN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_PLACE = re.compile(r"^\d{1,18}$")
-
-
-@dataclass(frozen=True)
-class Quota:
-    api: str
-    scope: str
-    limits: tuple[Limit, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.api}|{self.scope}"
-
-    def describe(self) -> str:
-        return ", ".join(limit.describe() for limit in self.limits)
-
-    def holdoff(self) -> Backoff:
-        """How long the call is held back after "nothing" answers: its shortest window first,
-        doubling while the cloud keeps answering nothing, at most MAX_HOLDOFF. Exact, no jitter:
-        the windows are the quota's own."""
-        return Backoff(base=min(limit.seconds for limit in self.limits), ceiling=MAX_HOLDOFF)
-
-
-class QuotaDeferred(PollError):
-    """A call not made because it does not fit its quota yet (no request went out)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("quota", message)
-
-
-class _TokenInvalid(Exception):
-    pass
-
-
-# --- The client: token, ledger, hold-offs ----------------------------------------------------
-
-
-class CloudClient:
-    """Calls to one account's API. Every call is recorded in the ledger first; the token and
-    the hold-offs after "nothing" answers live in the state directory."""
-
-    def __init__(self, session: Any, state: StateDirectory, ledger: QuotaLedger, clock: Callable[[], float],
-                 log: Any, base_url: str, username: str, password: Secret | str) -> None:
-        self.session = session
-        self.state = state
-        self.ledger = ledger
-        self.clock = clock
-        self.log = log
-        self.base = base_url.rstrip("/")
-        self.username = username
-        self._password = password
-        self.login_quota = Quota(LOGIN, urlsplit(self.base).netloc or self.base, LOGIN_LIMITS)
-        digest = hashlib.sha256(f"{self.base}\n{username}".encode()).hexdigest()[:16]
-        self.state_name = f"iammeter-cloud-{digest}.json"
-        self.account_id = ""
-        self.logins = 0  # made by this client (tests, logs)
-        self._token: str | None = None
-        self._holdoff: dict[str, list[float]] = {}  # quota key -> [until, seconds]
-        self._login_refused_until = 0.0
-        self._lock = asyncio.Lock()
-        self._load()
-        ledger.register(self.login_quota.api, self.login_quota.scope, LOGIN_LIMITS)
-
-    # state ---------------------------------------------------------------------------------
-    def _load(self) -> None:
-        stored = self.state.read_json(self.state_name)
-        if not isinstance(stored, dict):
-            return
-        token = stored.get("token")
-        # A damaged state file must not put a line break into a header: log in again instead.
-        if isinstance(token, str) and token and header_problem(token) is None:
-            self._token = token
-            self.account_id = str(stored.get("account_id") or "")
-        holdoff = stored.get("holdoff")
-        if isinstance(holdoff, dict):
-            for key, value in holdoff.items():
-                if (isinstance(value, list) and len(value) == 2
-                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                    self._holdoff[key] = [float(value[0]), float(value[1])]
-
-    def _save(self) -> None:
-        now = self.clock()
-        self._holdoff = {k: v for k, v in self._holdoff.items() if v[0] > now - MAX_HOLDOFF}
-        self.state.write_json(self.state_name, {
-            "version": 1, "token": self._token, "account_id": self.account_id, "holdoff": self._holdoff,
-        })
-
-    @property
-    def has_token(self) -> bool:
-        return bool(self._token)
-
-    # quota -----------------------------------------------------------------------------------
-    def held_back(self, quota: Quota) -> float:
-        """Seconds this call is still held back after a "nothing" answer (0: not held)."""
-        entry = self._holdoff.get(quota.key)
-        return max(0.0, entry[0] - self.clock()) if entry else 0.0
-
-    def wait_time(self, quota: Quota) -> float:
-        return max(self.ledger.wait_time(quota.api, quota.scope, quota.limits), self.held_back(quota))
-
-    def _acquire(self, quota: Quota | None, what: str) -> None:
-        if quota is None:
-            return
-        held = self.held_back(quota)
-        if held > 0:
-            raise QuotaDeferred(f"{what}: held back for {held:.0f}s more, since the cloud returned nothing "
-                                f"(its answer to a caller over quota: {quota.describe()})")
-        try:
-            self.ledger.acquire(quota.api, quota.scope, quota.limits)
-        except PollError as exc:
-            raise QuotaDeferred(f"{what}: {exc.message}") from None
-
-    def _nothing(self, quota: Quota | None, what: str) -> PollError:
-        """The cloud answered nothing: hold the call back, log, and the error to raise."""
-        detail = ""
-        if quota is not None:
-            policy, previous = quota.holdoff(), self._holdoff.get(quota.key)
-            # (the count of "nothing" answers is not stored, the last hold-off is)
-            seconds = policy.after(previous[1]) if previous else policy.delay(1)
-            self._holdoff[quota.key] = [self.clock() + seconds, seconds]
-            self._save()
-            detail = f"; not asking again for {seconds / 60:.0f} min (quota {quota.describe()})"
-        self.log.warning("iammeter_cloud_returned_nothing", call=what,
-                         api=quota.api if quota else None, scope=quota.scope if quota else None)
-        return PollError("quota", f"{what}: the cloud returned nothing, its answer to a caller over quota{detail}")
-
-    def _succeeded(self, quota: Quota | None) -> None:
-        if quota is not None and self._holdoff.pop(quota.key, None) is not None:
-            self._save()
-
-    # calls -----------------------------------------------------------------------------------
-    def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
-        query = urlencode({k: v for k, v in (params or {}).items() if v is not None})
-        return f"{self.base}{API}{path}" + (f"?{query}" if query else "")
-
-    async def get(self, path: str, params: Mapping[str, Any] | None, quota: Quota | None, what: str) -> Any:
-        """The `data` of one GET; PollError (reason quota, unauthorized, parse, ...) otherwise."""
-        if quota is not None and self.held_back(quota) > 0:
-            self._acquire(quota, what)  # raises: do not even log in for a call held back
-        token = await self.token()
-        self._acquire(quota, what)
-        try:
-            return await self._get(path, params, token, quota, what)
-        except _TokenInvalid:
-            self.log.info("iammeter_cloud_token_invalid", call=what)
-            self.forget_token(token)
-        token = await self.token()
-        try:
-            self._acquire(quota, what)
-        except QuotaDeferred as exc:
-            raise QuotaDeferred(f"new token obtained; {exc.message}") from None
-        try:
-            return await self._get(path, params, token, quota, what)
-        except _TokenInvalid:
-            self.forget_token(token)
-            raise PollError("unauthorized", f"{what}: the cloud refused a token it has just issued") from None
-
-    async def _get(self, path: str, params: Mapping[str, Any] | None, token: str, quota: Quota | None,
-                   what: str) -> Any:
-        url = self.url(path, params)
-        resp = await request(self.session, "GET", url, headers={"token": token, "Accept": "application/json"})
-        if resp.status in (401, 403):
-            raise _TokenInvalid()
-        if resp.status == 204:
-            raise self._nothing(quota, what)
-        if resp.status == 429:
-            raise self._nothing(quota, what)
-        if resp.status != 200:
-            raise status_error(url, resp)
-        try:
-            data = cp.unwrap(resp.body, what)
-        except cp.NothingReturned:
-            raise self._nothing(quota, what) from None
-        except cp.ApiRefused as exc:
-            if exc.token_invalid:
-                raise _TokenInvalid() from None
-            raise PollError("http_error", f"{what}: the cloud refused: {exc.message}") from None
-        except ParseError as exc:
-            raise PollError("parse", f"{url}: {exc}") from None
-        self._succeeded(quota)
-        return data
-
-    # token -----------------------------------------------------------------------------------
-    async def token(self) -> str:
-        if self._token:
-            return self._token
-        async with self._lock:
-            if not self._token:
-                self._load()  # another target of the same account may have logged in meanwhile
-            if not self._token:
-                await self._login()
-        assert self._token
-        return self._token
-
-    def forget_token(self, token: str | None = None) -> None:
-        """Drop the token the API called invalid: the next call logs in again, unless another
-        target of the account has stored a newer one meanwhile."""
-        failed = token or self._token
-        self._token = None
-        self._load()
-        if self._token is None or self._token == failed:
-            self._token = None
-            self._save()
-
-    async def _login(self) -> None:
-        now = self.clock()
-        if now < self._login_refused_until:
-            raise PollError("unauthorized", f"login: the cloud refused these credentials; not trying again for "
-                                            f"{self._login_refused_until - now:.0f}s (logins: {self.login_quota.describe()})")
-        self._acquire(self.login_quota, "login")
-        url = self.url("/user/login")
-        password = self._password.reveal() if isinstance(self._password, Secret) else str(self._password)
-        self.logins += 1
-        resp = await request(self.session, "POST", url, json_body={"userName": self.username, "password": password},
-                             headers={"Accept": "application/json"})
-        if resp.status in (204, 429):
-            raise self._nothing(self.login_quota, "login")
-        if resp.status != 200:
-            raise status_error(url, resp)
-        try:
-            login = cp.parse_login(cp.unwrap(resp.body, "login"))
-        except cp.NothingReturned:
-            raise self._nothing(self.login_quota, "login") from None
-        except cp.ApiRefused as exc:
-            self._login_refused_until = self.clock() + LOGIN_REFUSED_PAUSE
-            raise PollError("unauthorized", f"login refused: {exc.message}") from None
-        except ParseError as exc:
-            raise PollError("parse", f"{url}: {exc}") from None
-        self._token = login.token
-        self.account_id = login.account_id
-        self._holdoff.pop(self.login_quota.key, None)
-        self._save()
-        self.log.info("iammeter_cloud_login", account_id=login.account_id)
-
-
-def make_client(target: TargetConfig, context: AdapterContext) -> CloudClient:
-    ledger = context.ledger or QuotaLedger(context.state, context.clock)
-    settings = IammeterCloudSettings.of(target)
-    return CloudClient(context.session, context.state, ledger, context.clock, context.log,
-                       settings.base_url, settings.username, settings.password)
-
-
-# --- The adapter -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -572,81 +290,6 @@ def _zone(name: str) -> tzinfo | None:
 
 # --- Configuration checks --------------------------------------------------------------------
 
-
-def check_target(options: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-    base = options.get("base_url")
-    if isinstance(base, str):
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            yield "base_url", f"{base!r} is not an http(s) address such as {DEFAULT_BASE_URL}"
-    sns = tuple(options.get("sns") or ())
-    for sn in sns:
-        if not _SN.match(sn):
-            yield "sns", f"{sn!r} is not a meter SN (letters and digits)"
-    if len(set(sns)) != len(sns):
-        yield "sns", "an SN is listed twice"
-    if options.get("mode") == "meter" and not sns:
-        yield "sns", "mode meter reads the meters listed in sns: list at least one (or use mode account)"
-    seen = set()
-    for entry in options.get("names") or ():
-        sn, sep, name = entry.partition("=")
-        if not sep or not sn.strip() or not name.strip():
-            yield "names", f'{entry!r}: expected "SN=name"'
-        elif sn.strip() in seen:
-            yield "names", f"{sn.strip()} is named twice"
-        seen.add(sn.strip())
-    for entry in options.get("places") or ():
-        place = entry.partition("=")[0].strip()
-        if not _PLACE.match(place):
-            yield "places", f'{entry!r}: expected a place id (digits), optionally "ID=name"'
-    zone = options.get("timezone")
-    if zone:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            yield "timezone", f"{zone!r} is not a known time zone (e.g. Europe/Berlin, Asia/Shanghai)"
-
-
-def _window_text(limit: Limit) -> str:
-    return {3600: "hour", 86400: "day", 300: "5 minutes"}.get(int(limit.seconds), f"{limit.seconds:g}s")
-
-
-def check_config(config: Any) -> Iterable[tuple[tuple, str]]:
-    """Intervals against the quotas, per account (metersdata) and per SN (meterdata), summed
-    over the targets that share one (check_config runs only on a valid configuration, so the
-    targets' positions are those of the file)."""
-    users: dict[tuple[str, str, str], list[tuple[int, TargetConfig]]] = {}
-    for index, target in enumerate(config.targets):
-        if (target.vendor, target.transport) != ("iammeter", "cloud"):
-            continue
-        settings = IammeterCloudSettings.of(target)
-        base = settings.base_url.rstrip("/")
-        if settings.mode == "account":
-            users.setdefault(("metersdata", base, settings.username), []).append((index, target))
-        else:
-            for sn in settings.sns:
-                users.setdefault(("meterdata", base, sn), []).append((index, target))
-    for (api, _, scope), sharing in users.items():
-        limits = METERSDATA_LIMITS if api == "metersdata" else METERDATA_LIMITS
-        for limit in limits:
-            calls = sum(limit.seconds / target.interval for _, target in sharing)
-            if calls <= limit.calls + 1e-9:
-                continue
-            needed = limit.seconds / limit.calls
-            quota = f"{limit.calls} call{'s' if limit.calls > 1 else ''} per {_window_text(limit)}"
-            if api == "meterdata":
-                quota += f" per meter ({ADVANCED_LIMIT_NOTE})"
-            index, target = sharing[0]
-            if len(sharing) == 1:
-                message = (f"interval {target.interval:g}s would exceed {api}'s quota of {quota}; "
-                           f"use an interval of {needed:g}s or more")
-            else:
-                names = ", ".join(t.name for _, t in sharing)
-                what = f"account {scope}" if api == "metersdata" else f"meter {scope}"
-                message = (f"targets {names} share {api}'s quota of {quota} for {what}: together they would "
-                           f"call it {calls:.3g} times per {_window_text(limit)}")
-            yield ("targets", index, "interval"), message
-            break
 
 
 def create(target: TargetConfig, context: AdapterContext) -> IammeterCloudAdapter:

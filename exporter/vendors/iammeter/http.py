@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 from ...config.loader import Secret, Settings, TargetConfig, setting
 from ...model.errors import PollError
 from ...model.samples import DeviceInfo, ParseError, Reading, Sample
+from ...runtime.backoff import Deadline
 from ...runtime.context import AdapterContext
 from ...transport.http import request, status_error
 from ..registry import TransportSpec, register
@@ -84,8 +85,7 @@ class IammeterHttpAdapter:
 
     async def poll(self) -> Reading:
         async with self._lock:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._timeout * INFO_SHARE_OF_TIMEOUT
+            deadline = Deadline.from_now(self._timeout)
             payload = await self._get_json(self.url)
             try:
                 reading = parse_monitorjson(payload)
@@ -104,7 +104,7 @@ class IammeterHttpAdapter:
             raise status_error(url, resp)
         return resp.json()
 
-    async def _refresh_info(self, reading: Reading, deadline: float) -> None:
+    async def _refresh_info(self, reading: Reading, deadline: Deadline) -> None:
         model = reading.devices[0].model if reading.devices else ""
         ok = await self._optional(self._base + "/api/wifidata", deadline, self._take_wifidata)
         if model == "WEM3046T":
@@ -114,8 +114,8 @@ class IammeterHttpAdapter:
         retry = self._info_interval if ok else min(self._info_interval, INFO_RETRY_AFTER_FAILURE)
         self._info_due = self._context.clock() + retry
 
-    async def _optional(self, url: str, deadline: float, take) -> bool:
-        budget = deadline - asyncio.get_running_loop().time()
+    async def _optional(self, url: str, deadline: Deadline, take) -> bool:
+        budget = deadline.left(INFO_SHARE_OF_TIMEOUT)
         if budget < MIN_INFO_BUDGET:
             return False
         try:
