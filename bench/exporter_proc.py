@@ -73,7 +73,7 @@ class Stats:
             up += state.up
             for reason, count in state.errors.items():
                 errors[reason] = errors.get(reason, 0) + count
-        received = sum(getattr(getattr(r.adapter, "store", None), "received", 0) for r in self.daemon.runners.values())
+        received = sum(getattr(getattr(r.adapter, "account", None), "received", 0) for r in self.daemon.runners.values())
         return web.json_response({
             "seconds": time.monotonic() - self.marked_at, "polls": polls, "targets": len(now), "up": up,
             "errors": errors, "lag_p50": q(50), "lag_p99": q(99), "lag_max": lags[-1] if lags else None,

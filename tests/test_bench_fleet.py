@@ -4,6 +4,7 @@ meter, and `make bench` runs end to end (at a tiny scale here; figures are not c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -67,3 +68,6 @@ def test_make_bench_runs_end_to_end(tmp_path):
         assert heading in text
     assert "Command: `python -m bench.run --sizes 20" in text and "nproc" in text
     assert "40/40" in text or "| 40 |" in text  # every simulated meter was polled
+    # The subscription's readings reached the exporter (a figure, not a speed: any rate above 0).
+    pushed = re.search(r"\*\*([\d,]+) readings/s\*\*", text)
+    assert pushed and int(pushed.group(1).replace(",", "")) > 0, text

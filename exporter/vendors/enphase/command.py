@@ -22,6 +22,7 @@ import aiohttp
 
 from ...console import Console, next_step
 from ...model.errors import PollError
+from ...model.samples import ParseError
 from ...runtime.state import write_private_file
 from ...transport.http import request
 from ...transport.peercert import colon_hex, peer_fingerprint
@@ -80,7 +81,7 @@ async def _gateway(session: aiohttp.ClientSession, host: str) -> tuple[parse.Gat
             continue
         try:
             info = parse.parse_info(resp.body)
-        except parse.ParseError as exc:
+        except ParseError as exc:
             raise PollError("parse", f"{url}: {exc}") from None
         return info, (await _fingerprint(host) if scheme == "https" else None)
     raise PollError("connection", "; ".join(errors))

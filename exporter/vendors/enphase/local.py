@@ -39,7 +39,7 @@ from ...runtime.backoff import Backoff
 from ...runtime.context import AdapterContext
 from ...transport.http import Response
 from ..registry import TransportSpec, register
-from . import parse
+from . import derived, parse
 from .endpoints import ENDPOINT_NAMES, ENDPOINTS, Endpoint, Facts
 from .endpoints.meters import CT_LIST_PATH, CT_LIST_REFRESH, read_ct_list
 from .gateway import Gateway, looks_like_html, normalize_fingerprint
@@ -97,6 +97,7 @@ class EnphaseLocal:
                                tls_fingerprint=settings.tls_fingerprint, tls_verify=settings.tls_verify)
         self.tokens = Tokens(target, ctx.session, ctx.state, self.log, self._serial)
         self.timetable = Timetable(ENDPOINTS, settings.disable)
+        self.derived_steps = derived.new_steps()
         self.info: parse.GatewayInfo | None = None
         self.info_read_at = 0.0
         self.meters: dict[int, parse.MeterConfig] = {}
@@ -169,7 +170,8 @@ class EnphaseLocal:
             await self._read_meters(now)
         for endpoint, state in self.timetable.due(now, self.target.interval, self.meters):
             await self._read(endpoint, state, now)
-        return self.timetable.merge(self._identity(), now, self.target.interval, self.meters)
+        latest = self.timetable.latest(now, self.target.interval, self.meters)
+        return derived.finish(Timetable.merge(self._identity(), latest), latest, self.derived_steps)
 
     # --- reads ------------------------------------------------------------------------------
 

@@ -52,16 +52,25 @@ class Timetable:
             return not any(self.active(e, now, meters) for e in others)
         return True
 
-    def merge(self, into: Reading, now: float, interval: float, meters: Mapping[int, parse.MeterConfig]) -> Reading:
-        """`into` with the samples of every active endpoint's latest read, one source per metric."""
-        claimed: set[str] = set()
+    def latest(self, now: float, interval: float, meters: Mapping[int, parse.MeterConfig]) -> dict[str, Reading]:
+        """The latest read of every active endpoint while it is fresh enough to pass for the
+        present, by endpoint name, in the order of the table."""
+        fresh = {}
         for endpoint in self.endpoints:
             state = self.states[endpoint.name]
             if state.reading is None or not self.active(endpoint, now, meters):
                 continue
             if now - state.read_at > 3 * max(endpoint.cadence, interval):
                 continue  # too old to pass for the present
-            # One source per metric: the first endpoint that has it gives all its series.
-            into.samples.extend(s for s in state.reading.samples if s.metric.name not in claimed)
-            claimed.update(s.metric.name for s in state.reading.samples)
+            fresh[endpoint.name] = state.reading
+        return fresh
+
+    @staticmethod
+    def merge(into: Reading, latest: Mapping[str, Reading]) -> Reading:
+        """`into` with the samples of `latest` (see above), one source per metric: the first
+        endpoint that has a metric gives all its series."""
+        claimed: set[str] = set()
+        for reading in latest.values():
+            into.samples.extend(s for s in reading.samples if s.metric.name not in claimed)
+            claimed.update(s.metric.name for s in reading.samples)
         return into
