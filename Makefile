@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PORT   ?= 9896
-PYTEST_ARGS ?=
+# Two workers: the suite mostly waits on sockets and timers. PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n 2 --dist load
 
 .PHONY: demo test system-deps venv clean check-config readme-tables soak bench
 
