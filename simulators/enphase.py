@@ -17,8 +17,16 @@ Enlighten hands out.
 
 Switches for tests: `GatewaySimulator.expire_tokens()`, `.force(path, status)`,
 `.installer_only` (paths that refuse owner tokens with 401 although `/auth/check_jwt` accepts
-them), `.hang()` / `.wake()` (the nightly unresponsive period: requests get no answer),
-`.bodies` (file name -> body, to add or replace an endpoint), `EnlightenSimulator.mfa`,
+them), `.refusing` (paths refused with 401 whatever the credentials, as firmware D3.18 does for
+`/ivp/meters`: a fresh Digest challenge each time, or for tokens a 401 while `/auth/check_jwt`
+accepts them), `.garbled` (paths answered 200 with a body cut short), `.slow` (path -> seconds
+before the answer), `.hang()` / `.wake()` (the nightly unresponsive period: requests get no answer),
+`.bodies` (file name -> body, to add or replace an endpoint), the site switches
+`.add_acb_inventory()`, `.set_battery_status(...)`, `.set_grid_relay(state)`,
+`.set_ct_status(...)`, `.disable_ct(measurement_type)` (a CT disabled in /ivp/meters, noise
+in its /production.json entries), `.drop_measurement_type()` (CT entries without
+`measurementType`, as firmware 4.2.x), `.serve_livedata(updated, ...)`, `.serve_device_data(limit)` (bodies made
+from the served ones in the shapes of the seed, the captures and pyenphase), `EnlightenSimulator.mfa`,
 `.token_lifetime`, and the request logs `requests`, `login_calls`.
 
 Demo: `python -m simulators.enphase [--firmware NAME]` prints the URLs, the
@@ -303,6 +311,10 @@ class GatewaySimulator:
         self.requests: deque[str] = deque(maxlen=100_000)  # path (with query) of each request, in order
         self.forced: dict[str, int] = {}
         self.installer_only: set[str] = set()
+        self.refusing: set[str] = set()
+        self.garbled: set[str] = set()
+        self.slow: dict[str, float] = {}
+        self._stopping = asyncio.Event()
         self.sessions: set[str] = set()
         self._awake = asyncio.Event()
         self._awake.set()
@@ -333,6 +345,147 @@ class GatewaySimulator:
 
     def count(self, path: str) -> int:
         return sum(1 for p in self.requests if p.split("?")[0] == path)
+
+    # switches of the site's batteries and health, built from the served bodies
+    def _json(self, name: str) -> Any:
+        return json.loads(self.bodies[name])
+
+    def _put(self, name: str, value: Any) -> None:
+        self.bodies[name] = json.dumps(value, indent=4).encode()
+
+    def add_acb_inventory(self) -> None:
+        """An inventory group of type "ACB" (the shape pyenphase documents; no capacity field):
+        one unit per devType 11 row of /api/v1/production/inverters, charged as the storage entry
+        of /production.json says."""
+        rows = self._json("api_v1_production_inverters")
+        storage = [e for e in self._json("production.json").get("storage", []) if e.get("type") == "acb"]
+        percent = storage[0].get("percentFull", 0) if storage else 0
+        units = [{"part_num": "800-00930-r03", "serial_num": r["serialNumber"], "installed": r["lastReportDate"],
+                  "device_status": ["envoy.global.ok"], "last_rpt_date": r["lastReportDate"],
+                  "communicating": True, "operating": True, "producing": True, "sleep_enabled": False,
+                  "percentFull": percent, "maxCellTemp": 18, "sleep_min_soc": 25, "sleep_max_soc": 30,
+                  "charge_status": "idle"} for r in rows if r.get("devType") == 11]
+        inventory = [g for g in self._json("ivp_ensemble_inventory") if g.get("type") != "ACB"]
+        self._put("ivp_ensemble_inventory", [*inventory, {"type": "ACB", "devices": units}])
+
+    def set_battery_status(self, serial: str, *, communicating: bool = True,
+                           device_status: list[str] | None = None) -> None:
+        """One battery of the inventory stops communicating or reports a condition."""
+        inventory = self._json("ivp_ensemble_inventory")
+        for group in inventory:
+            for device in group.get("devices", []):
+                if device.get("serial_num") == serial:
+                    device["communicating"] = communicating
+                    if device_status is not None:
+                        device["device_status"] = device_status
+        self._put("ivp_ensemble_inventory", inventory)
+
+    def set_grid_relay(self, state: str) -> None:
+        """The relay to the grid "open" (islanded) or "closed", in /ivp/ensemble/status (made
+        from the 8.2.4382 shape when the firmware folder has none) and any Enpower."""
+        status = self._json("ivp_ensemble_status") if "ivp_ensemble_status" in self.bodies else {}
+        relay = status.setdefault("relay", {"mains_admin_state": "closed", "mains_oper_state": "closed",
+                                            "Enchg_grid_mode": "grid-tied", "Solar_grid_mode": "unknown"})
+        relay["mains_oper_state"] = state
+        relay["Enchg_grid_mode"] = "grid-tied" if state == "closed" else "multimode-offgrid"
+        self._put("ivp_ensemble_status", status)
+        if "ivp_ensemble_inventory" in self.bodies:
+            inventory = self._json("ivp_ensemble_inventory")
+            for group in inventory:
+                if group.get("type") == "ENPOWER":
+                    for device in group.get("devices", []):
+                        device["mains_oper_state"] = state
+            self._put("ivp_ensemble_inventory", inventory)
+
+    def set_ct_status(self, measurement_type: str, metering_status: str, flags: list[str] | None = None) -> None:
+        """A CT of /ivp/meters with another `meteringStatus` and `statusFlags`."""
+        meters = self._json("ivp_meters")
+        for meter in meters:
+            if meter.get("measurementType") == measurement_type:
+                meter["meteringStatus"] = metering_status
+                meter["statusFlags"] = list(flags or [])
+        self._put("ivp_meters", meters)
+
+    def serve_livedata(self, updated: float, *, main_relay_state: int = 1, gen_relay_state: int = 5,
+                       sc_stream: str = "enabled") -> None:
+        """/ivp/livedata/status in the seed's shape (TEB-00060), refreshed at `updated`, with the
+        batteries' aggregates of /ivp/ensemble/secctrl where the firmware folder has one."""
+        secctrl = self._json("ivp_ensemble_secctrl") if "ivp_ensemble_secctrl" in self.bodies else {}
+        zero = {"agg_p_mw": 0, "agg_s_mva": 0, "agg_p_ph_a_mw": 0, "agg_p_ph_b_mw": 0, "agg_p_ph_c_mw": 0,
+                "agg_s_ph_a_mva": 0, "agg_s_ph_b_mva": 0, "agg_s_ph_c_mva": 0}
+        self._put("ivp_livedata_status", {
+            "connection": {"mqtt_state": "connected", "prov_state": "configured", "auth_state": "ok",
+                           "sc_stream": sc_stream, "sc_debug": "disabled"},
+            "meters": {"last_update": int(updated), "soc": secctrl.get("agg_soc", 0),
+                       "main_relay_state": main_relay_state, "gen_relay_state": gen_relay_state,
+                       "backup_bat_mode": 1, "backup_soc": 10, "is_split_phase": 0, "phase_count": 1,
+                       "enc_agg_soc": secctrl.get("ENC_agg_soc", 0),
+                       "enc_agg_energy": secctrl.get("ENC_agg_avail_energy", 0),
+                       "acb_agg_soc": secctrl.get("ACB_agg_soc", 0), "acb_agg_energy": secctrl.get("ACB_agg_energy", 0),
+                       "pv": dict(zero), "storage": dict(zero), "grid": dict(zero), "load": dict(zero),
+                       "generator": dict(zero)},
+            "tasks": {"task_id": 27672012, "timestamp": int(updated)},
+            "counters": {"main_CfgLoad": 1, "rest_Status": 579},
+        })
+
+    def serve_device_data(self, limit: int = 50) -> None:
+        """/ivp/pdm/device_data in the shape pyenphase documents, made from the microinverters
+        (devType 1) of /api/v1/production/inverters: the first `limit` of them."""
+        rows = [r for r in self._json("api_v1_production_inverters") if r.get("devType", 1) == 1]
+        data: dict[str, Any] = {"deviceCount": len(rows), "deviceDataLimit": limit}
+        for n, row in enumerate(rows[:limit]):
+            end = row["lastReportDate"]
+            data[str(553648384 + n)] = {
+                "devName": "pcu", "sn": row["serialNumber"], "active": True, "modGone": False,
+                "channels": [{"chanEid": 1627390225 + n, "created": end,
+                              "wattHours": {"today": 0, "yesterday": 0, "week": 0},
+                              "watts": {"now": row["lastReportWatts"], "nowUsed": 0, "max": row["maxReportWatts"]},
+                              "lastReading": {"eid": 1627390225 + n, "endDate": end, "duration": 900,
+                                              "joulesProduced": row["lastReportWatts"] * 900},
+                              "lifetime": {"createdTime": end - 86400, "duration": 86400, "joulesProduced": 0}}],
+            }
+        self._put("ivp_pdm_device_data", data)
+
+    # switches of the CTs, built from the served bodies
+    _PRODUCTION_BODIES = ("production.json", "production.json_details_1", "production")
+
+    def _production_bodies(self) -> list[tuple[str, Any]]:
+        """The served bodies in the shape of /production.json (the JSON /production included)."""
+        out = []
+        for name in self._PRODUCTION_BODIES:
+            body = self.bodies.get(name)
+            if body is not None and body.lstrip().startswith(b"{"):
+                out.append((name, json.loads(body)))
+        return out
+
+    def drop_measurement_type(self) -> None:
+        """CT entries ("eim") of /production.json without `measurementType`, as firmware 4.2.x
+        serves them (the order of the entries stays: production, then total and net consumption)."""
+        for name, data in self._production_bodies():
+            for entry in data.get("production", []) + data.get("consumption", []):
+                if entry.get("type") == "eim":
+                    entry.pop("measurementType", None)
+            self._put(name, data)
+
+    def disable_ct(self, measurement_type: str, noise_w: float = 37.5) -> None:
+        """One CT of /ivp/meters switched to "disabled" (as an installer leaves an unconnected
+        clamp): its /production.json entries keep their lifetime and carry `noise_w` as power,
+        `activeCount` 0 (a consumption CT's noise is in both consumption entries, which the
+        gateway computes from it)."""
+        meters = self._json("ivp_meters")
+        for meter in meters:
+            if meter.get("measurementType") == measurement_type:
+                meter["state"] = "disabled"
+        self._put("ivp_meters", meters)
+        consumption = measurement_type.endswith("consumption")
+        for name, data in self._production_bodies():
+            section = data.get("consumption" if consumption else "production", [])
+            for entry in section:
+                if entry.get("type") == "eim" and (consumption or entry.get("measurementType") == measurement_type):
+                    entry["wNow"], entry["activeCount"] = noise_w, 0
+                    for line in entry.get("lines", []):
+                        line["wNow"] = noise_w / 2
+            self._put(name, data)
 
     @property
     def scheme(self) -> str:
@@ -375,6 +528,7 @@ class GatewaySimulator:
 
     async def stop(self) -> None:
         self._awake.set()  # let hanging requests finish, so that shutting down does not wait for them
+        self._stopping.set()  # and slow ones
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -385,6 +539,17 @@ class GatewaySimulator:
         path, query = request.path, request.query_string
         self.requests.append(f"{path}?{query}" if query else path)
         await self._awake.wait()
+        if path in self.slow:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.slow[path])
+            except TimeoutError:
+                pass
+        if path in self.refusing:
+            response = web.Response(status=401, body=b"<html><body><h2>401 Unauthorized</h2></body></html>\n",
+                                    content_type="text/html")
+            if not self.tokens_required:
+                response.headers["WWW-Authenticate"] = self._challenge()
+            return response
         if path in self.forced:
             status = self.forced[path]
             return web.Response(status=status, body=NOT_FOUND if status == 404 else b"",
@@ -400,6 +565,9 @@ class GatewaySimulator:
             body = self.bodies.get(file_name(path))  # older firmware ignores ?details=1
         if body is None:
             return web.Response(status=404, body=NOT_FOUND, content_type="application/json")
+        if path in self.garbled:
+            body = body.lstrip()[: max(1, len(body.lstrip()) // 2)]  # cut mid-answer, as a dropped link leaves it
+            return web.Response(status=200, body=body, content_type="application/json")
         status = _error_status(body) or 200
         response = web.Response(status=status, body=body, content_type=_content_type(body))
         if status == 401 and not self.tokens_required:

@@ -27,6 +27,15 @@ CONFORMANCE = ROOT.parent / "shared" / "conformance"
 
 
 @pytest.fixture
+async def session():
+    """An aiohttp client session, as the daemon gives its adapters."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
 def conformance() -> Path:
     if not CONFORMANCE.is_dir():
         pytest.skip(f"conformance corpus not found at {CONFORMANCE} (it lives in shared/ beside the project)")

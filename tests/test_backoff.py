@@ -14,9 +14,8 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import aiohttp
 import pytest
 import structlog
 
@@ -262,12 +261,6 @@ async def test_a_target_failing_for_days_is_still_polled():
 
 
 # --- the IOmeter bridge's event streams ----------------------------------------------------------
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def converted(options: dict, raw: dict[str, Any]) -> dict[str, Any]:

@@ -185,14 +185,16 @@ def test_8_3_5169_every_endpoint():
     assert parse.parse_ensemble_inventory(load(name, "ivp_ensemble_inventory")).samples == []  # Enpower only
 
 
-def test_8_3_5433_total_consumption_copy_of_net_is_not_exported():
+def test_8_3_5433_house_consumption_is_production_plus_net_when_total_copies_net():
     name = "8.3.5433_tot_is_net_cons"
-    production = parse.parse_production_json(load(name, "production.json"), 2)
+    production = parse.parse_production_json(load(name, "production.json_details_1"), 2, meters(name))
     assert production.value_of(M.PRODUCTION_POWER) == 357.492
-    # total-consumption == net-consumption (428.414 W, 5649402.426 Wh): the total is the fault.
-    assert production.value_of(M.CONSUMPTION_POWER) is None
-    assert production.value_of(M.CONSUMPTION_ENERGY) is None
-    assert phases(production, M.PHASE_CONSUMPTION_POWER) == {}
+    # total-consumption == net-consumption (428.414 W, 5649402.426 Wh): the total is the fault;
+    # the house takes production + net import (the total CT itself reads 786.513 W).
+    assert production.value_of(M.CONSUMPTION_POWER) == pytest.approx(357.492 + 428.414)
+    assert production.value_of(M.CONSUMPTION_ENERGY) == pytest.approx((14405465.109 + 5649402.426) * WH)
+    assert phases(production, M.PHASE_CONSUMPTION_POWER) == pytest.approx({"l1": 174.574 + 249.477,
+                                                                         "l2": 182.918 + 178.936})
     assert production.value_of(M.ACTIVE_POWER) == 428.414
     assert phases(production, M.PHASE_ACTIVE_POWER) == {"l1": 249.477, "l2": 178.936}
     # The physical CT is configured as total-consumption and reads the real house load.

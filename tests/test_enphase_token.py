@@ -6,7 +6,6 @@ import base64
 import json
 import stat
 
-import aiohttp
 import pytest
 
 from exporter.model.errors import PollError
@@ -22,12 +21,6 @@ def jwt(payload: dict) -> str:
     def part(data: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
     return f"{part({'alg': 'ES256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from exporter.config.loader import Secret, TargetConfig
@@ -23,12 +22,6 @@ def target(**options) -> TargetConfig:
     options.setdefault("tls_verify", True)
     return TargetConfig(name="hw", vendor="homewizard", transport="local", interval=10, timeout=5,
                         max_backoff=60, stale_after=60, jitter=0, options=options)
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def adapter(session, tmp_path, **options) -> HomeWizardLocal:

@@ -91,12 +91,6 @@ class Exporter:
 
 
 @pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def clock() -> Clock:
     return Clock()
 

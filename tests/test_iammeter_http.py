@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import re
 
-import aiohttp
 import pytest
 import structlog
 from aiohttp import web
@@ -38,12 +37,6 @@ def target(timeout: float = 2.0, **raw) -> TargetConfig:
             options[key] = option.default
     return TargetConfig(name="meter", vendor="iammeter", transport="http", interval=10.0, timeout=timeout,
                         max_backoff=300.0, stale_after=60.0, jitter=0.0, options=options)
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -92,4 +92,4 @@ def test_the_wheel_carries_the_exporter_and_its_files_only(tmp_path):
     page = [n for n in names if n.startswith("exporter/web/assets/")]
     assert {Path(n).name for n in page} >= {"status.html", "status.js"}
     assert any(n.startswith("exporter/vendors/homewizard/") and n.endswith(".pem") for n in names)
-    assert "exporter/cli.py" in names and "exporter/vendors/enphase/parse.py" in names
+    assert "exporter/cli.py" in names and "exporter/vendors/enphase/parse/__init__.py" in names

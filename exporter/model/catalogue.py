@@ -482,8 +482,9 @@ CT_REACTIVE_POWER = Metric(
     "Reactive power through one current transformer.", labels=("meter",), vendors=(ENPHASE,))
 CT_VOLTAGE = Metric(
     "energy_meter_ct_voltage_volts", "gauge", "V",
-    "Voltage at one current transformer, as the gateway reports it for all its phases "
-    "(split phase: line to line).", labels=("meter",), vendors=(ENPHASE,))
+    "Voltage at one current transformer that measures one phase. On CTs of two or three "
+    "phases the gateway reports the sum of the phase voltages, which is no voltage: those CTs "
+    "give energy_meter_ct_phase_voltage_volts only.", labels=("meter",), vendors=(ENPHASE,))
 CT_CURRENT = Metric(
     "energy_meter_ct_current_amperes", "gauge", "A",
     "Current through one current transformer, all its phases together.", labels=("meter",),
@@ -503,6 +504,18 @@ CT_ENERGY_RECEIVED = Metric(
     "energy_meter_ct_energy_received_joules_total", "counter", "J",
     "Active energy through one current transformer backwards (net-consumption: exported to the "
     "grid).", labels=("meter",), vendors=(ENPHASE,))
+CT_APPARENT_ENERGY = Metric(
+    "energy_meter_ct_apparent_energy_volt_ampere_seconds_total", "counter", "VA*s",
+    "Apparent energy through one current transformer (1 kVAh = 3.6e6 VA*s).", labels=("meter",),
+    vendors=(ENPHASE,))
+CT_REACTIVE_ENERGY_INDUCTIVE = Metric(
+    "energy_meter_ct_reactive_energy_inductive_volt_ampere_reactive_seconds_total", "counter", "var*s",
+    "Inductive (lagging) reactive energy through one current transformer (1 kvarh = 3.6e6 var*s).",
+    labels=("meter",), vendors=(ENPHASE,))
+CT_REACTIVE_ENERGY_CAPACITIVE = Metric(
+    "energy_meter_ct_reactive_energy_capacitive_volt_ampere_reactive_seconds_total", "counter", "var*s",
+    "Capacitive (leading) reactive energy through one current transformer (1 kvarh = 3.6e6 var*s).",
+    labels=("meter",), vendors=(ENPHASE,))
 CT_MEASUREMENT_TIME = Metric(
     "energy_meter_ct_measurement_timestamp_seconds", "gauge", "s",
     "When the gateway took the reading of one current transformer (Unix time).",
@@ -539,6 +552,18 @@ CT_PHASE_ENERGY_RECEIVED = Metric(
     "energy_meter_ct_phase_energy_received_joules_total", "counter", "J",
     "Active energy through one current transformer in one phase, backwards.",
     labels=("meter", "phase"), vendors=(ENPHASE,))
+CT_PHASE_APPARENT_ENERGY = Metric(
+    "energy_meter_ct_phase_apparent_energy_volt_ampere_seconds_total", "counter", "VA*s",
+    "Apparent energy through one current transformer in one phase (1 kVAh = 3.6e6 VA*s).",
+    labels=("meter", "phase"), vendors=(ENPHASE,))
+CT_PHASE_REACTIVE_ENERGY_INDUCTIVE = Metric(
+    "energy_meter_ct_phase_reactive_energy_inductive_volt_ampere_reactive_seconds_total", "counter",
+    "var*s", "Inductive (lagging) reactive energy through one current transformer in one phase "
+    "(1 kvarh = 3.6e6 var*s).", labels=("meter", "phase"), vendors=(ENPHASE,))
+CT_PHASE_REACTIVE_ENERGY_CAPACITIVE = Metric(
+    "energy_meter_ct_phase_reactive_energy_capacitive_volt_ampere_reactive_seconds_total", "counter",
+    "var*s", "Capacitive (leading) reactive energy through one current transformer in one phase "
+    "(1 kvarh = 3.6e6 var*s).", labels=("meter", "phase"), vendors=(ENPHASE,))
 BATTERY_UNIT_STATE_OF_CHARGE = Metric(
     "energy_meter_battery_unit_state_of_charge_ratio", "gauge", "",
     "State of charge of one battery of several (0..1); the whole storage is "
@@ -556,6 +581,71 @@ BATTERY_POWER = Metric(
 BATTERY_STORED_ENERGY = Metric(
     "energy_meter_battery_stored_energy_joules", "gauge", "J",
     "Energy stored in all batteries together now (1 kWh = 3.6e6 J).", vendors=(ENPHASE,))
+BATTERY_CAPACITY = Metric(
+    "energy_meter_battery_capacity_joules", "gauge", "J",
+    "Usable capacity of all batteries together (1 kWh = 3.6e6 J).", vendors=(ENPHASE,))
+# One series per kind of battery (group: encharge = IQ Batteries, acb = AC Batteries); names
+# apart from the site totals above, so that sum() over a name never counts a battery twice.
+BATTERY_GROUP_STATE_OF_CHARGE = Metric(
+    "energy_meter_battery_group_state_of_charge_ratio", "gauge", "",
+    "State of charge of all batteries of one kind (group: encharge, acb) together (0..1).",
+    labels=("group",), vendors=(ENPHASE,))
+BATTERY_GROUP_STORED_ENERGY = Metric(
+    "energy_meter_battery_group_stored_energy_joules", "gauge", "J",
+    "Energy stored in all batteries of one kind (group: encharge, acb) now (1 kWh = 3.6e6 J).",
+    labels=("group",), vendors=(ENPHASE,))
+BATTERY_GROUP_CAPACITY = Metric(
+    "energy_meter_battery_group_capacity_joules", "gauge", "J",
+    "Usable capacity of all batteries of one kind (group: encharge, acb) (1 kWh = 3.6e6 J).",
+    labels=("group",), vendors=(ENPHASE,))
+BATTERY_GROUP_POWER = Metric(
+    "energy_meter_battery_group_power_watts", "gauge", "W",
+    "Power out of all batteries of one kind (group: encharge, acb); positive when discharging.",
+    labels=("group",), vendors=(ENPHASE,))
+BATTERY_UNIT_POWER = Metric(
+    "energy_meter_battery_unit_power_watts", "gauge", "W",
+    "Power out of one battery; positive when discharging.", labels=("battery",), vendors=(ENPHASE,))
+BATTERY_UNIT_COMMUNICATING = Metric(
+    "energy_meter_battery_unit_communicating", "gauge", "",
+    "1 while one battery communicates with the gateway, else 0.", labels=("battery",), vendors=(ENPHASE,))
+BATTERY_UNIT_FAULT = Metric(
+    "energy_meter_battery_unit_fault", "gauge", "",
+    "1 while the gateway lists a fault condition for one battery (its device status is not "
+    "envoy.global.ok), else 0.", labels=("battery",), vendors=(ENPHASE,))
+BATTERY_BACKUP_RESERVE = Metric(
+    "energy_meter_battery_backup_reserve_ratio", "gauge", "",
+    "The gateway's backup_soc figure (0..1): the charge the batteries keep for a grid outage.",
+    vendors=(ENPHASE,))
+BATTERY_BACKUP_MODE_CODE = Metric(
+    "energy_meter_battery_backup_mode_code", "gauge", "",
+    "The gateway's backup battery mode (backup_bat_mode), a code Enphase does not document.",
+    vendors=(ENPHASE,))
+GRID_RELAY_STATE = Metric(
+    "energy_meter_grid_relay_state", "gauge", "",
+    "1 for the state (closed, open) of the relay between the site and the grid, 0 for the other; "
+    "open = the site runs islanded (off grid).", labels=("state",), vendors=(ENPHASE,))
+RELAY_STATE_CODE = Metric(
+    "energy_meter_relay_state_code", "gauge", "",
+    "State of one relay of the gateway (relay: main, generator) as the raw code of its live data, "
+    "which Enphase does not document.", labels=("relay",), vendors=(ENPHASE,))
+GATEWAY_LINK_STATE = Metric(
+    "energy_meter_gateway_link_state", "gauge", "",
+    "1 for the state the gateway reports for one of its links (link: mqtt, provisioning, auth, "
+    "live_stream, debug_stream; state as the gateway words it).", labels=("link", "state"),
+    vendors=(ENPHASE,))
+ENSEMBLE_DEVICE_CONNECTED = Metric(
+    "energy_meter_ensemble_device_connected", "gauge", "",
+    "1 when a provisioned device (device_type: storage, microinverter, unknown) is connected to "
+    "the gateway, else 0.", labels=("device_id", "device_type"), vendors=(ENPHASE,))
+CT_METERING_STATUS = Metric(
+    "energy_meter_ct_metering_status", "gauge", "",
+    "1 for the metering status of one current transformer (normal, not-metering, check-wiring), "
+    "0 for the others.", labels=("meter", "status"), vendors=(ENPHASE,))
+CT_STATUS_FLAG = Metric(
+    "energy_meter_ct_status_flag", "gauge", "",
+    "1 for each status flag the gateway raises for one current transformer (production-imbalance, "
+    "negative-production, power-on-unused-phase, negative-total-consumption), 0 for the others.",
+    labels=("meter", "flag"), vendors=(ENPHASE,))
 MICROINVERTERS_POWER = Metric(
     "energy_meter_microinverters_power_watts", "gauge", "W",
     "Production power of all microinverters together, from their last reports (the production "
@@ -569,6 +659,11 @@ TOKEN_EXPIRY = Metric(
     "energy_meter_exporter_token_expiry_timestamp_seconds", "gauge", "s",
     "When the access token the exporter uses for the device expires (Unix time).",
     vendors=(ENPHASE,))
+ENDPOINT_UP = Metric(
+    "energy_meter_exporter_endpoint_up", "gauge", "",
+    "1 if the device's endpoint answered at its last read, 0 if that read failed (its figures are "
+    "left out while it fails); endpoints the device does not have are not listed.",
+    labels=("endpoint",), vendors=(ENPHASE,))
 
 # --- IAMMETER push ---------------------------------------------------------------------------
 # Series of the shared receivers (the HTTP push listener, one connection per MQTT broker), not

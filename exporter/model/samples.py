@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .catalogue import Metric
+from .catalogue import ENDPOINT_UP, Metric
 from .errors import PollError
 
 
@@ -35,6 +35,19 @@ class Reading:
 
     samples: list[Sample] = field(default_factory=list)
     devices: list[DeviceInfo] = field(default_factory=list)
+    # Endpoints of the device that failed at their last read (name -> what went wrong, short:
+    # "HTTP 500", "timeout"), for the status page; see `report_endpoint`. None: none failed.
+    endpoints_down: dict[str, str] | None = None
+
+    def report_endpoint(self, name: str, problem: str | None = None) -> None:
+        """The health of one endpoint of a device read through several: `problem` None when it
+        answered at its last read. Gives energy_meter_exporter_endpoint_up{endpoint} (1/0); a
+        failing one is also listed in `endpoints_down`."""
+        self.add(ENDPOINT_UP, 0 if problem else 1, endpoint=name)
+        if problem:
+            if self.endpoints_down is None:
+                self.endpoints_down = {}
+            self.endpoints_down[name] = problem
 
     def add(self, metric: Metric, value: Any, **labels: str) -> None:
         """Add a sample, silently skipping values the device did not send.

@@ -41,6 +41,10 @@ RETIRED_MIN = 256
 MAX_DEVICES = 20_000
 
 DEVICE_FAMILIES_KEY = "device"
+# Failing endpoints kept per target for the status page (a device has a dozen), and the length
+# of a name shown.
+MAX_ENDPOINTS_DOWN = 50
+MAX_ENDPOINT_NAME = 80
 
 
 # Targets of one kind export the same families and series: one tuple for all of them, and
@@ -143,6 +147,7 @@ class SnapshotStore:
             if M.DEVICE_INFO in fragments and M.DEVICE_INFO not in state.device_families:
                 state.device_families = _shared(state.device_families + (M.DEVICE_INFO,))
         state.has_series = True
+        state.endpoints_down = _endpoints_down(reading.endpoints_down)
         state.up = True
         state.last_success = now
         state.last_attempt = now
@@ -186,6 +191,7 @@ class SnapshotStore:
                 self.cache.drop_owner(state.name, scope=state.device_families)
                 state.device_families = ()
                 state.has_series = False
+                state.endpoints_down = ()
                 expired.append(state.name)
         return expired
 
@@ -480,6 +486,14 @@ def _first_of_each(samples: list[Sample], changes: _Changes) -> list[Sample]:
             seen.add(key)
             kept.append(sample)
     return kept
+
+
+def _endpoints_down(down: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """A reading's failing endpoints as kept for the status page: valid text, bounded."""
+    if not down:
+        return ()
+    return tuple((safe_message(str(name))[:MAX_ENDPOINT_NAME], safe_message(str(problem)))
+                 for name, problem in islice(down.items(), MAX_ENDPOINTS_DOWN))
 
 
 def _safe_devices(devices: list[DeviceInfo]) -> list[DeviceInfo]:

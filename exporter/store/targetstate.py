@@ -52,4 +52,6 @@ class TargetState:
     disputed_since: dict[tuple[str, tuple], float] | None = None
     device_families: tuple[Metric, ...] = ()
     base: str = ""  # the target's labels, rendered once: vendor="...",device="..."
+    # Endpoints that failed at the last successful poll, with what went wrong (status page).
+    endpoints_down: tuple[tuple[str, str], ...] = ()
     info_lines: bytes = b""  # device_info lines of `devices`

@@ -18,7 +18,7 @@ from ..exposition import headers
 from ..model import catalogue as M
 from ..runtime.quota import WindowState
 from ..store import SnapshotStore
-from .view import Device, QuotaWindow, Status, TargetStatus
+from .view import Device, EndpointDown, QuotaWindow, Status, TargetStatus
 
 
 def status(targets: Iterable[TargetConfig], store: SnapshotStore, windows: list[WindowState],
@@ -56,6 +56,7 @@ def status(targets: Iterable[TargetConfig], store: SnapshotStore, windows: list[
             errors=dict(sorted(state.errors.items())),
             devices=tuple(Device(d.model, d.serial, d.firmware, d.meter) for d in state.devices),
             token_expiry=store.target_value(target.name, M.TOKEN_EXPIRY),
+            endpoints_down=tuple(EndpointDown(name, problem) for name, problem in state.endpoints_down),
             quota=tuple(q for q in quota if q.scope in values),
             metrics_url="metrics?" + urllib.parse.urlencode({"target": target.name}),
         ))

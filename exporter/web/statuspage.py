@@ -109,6 +109,11 @@ def row(t: TargetStatus, now: float) -> str:
         error = f"<b>{e(t.last_reason or '')}</b>: {e(t.last_error)}"
         if t.next_step:
             error += f"<br><small>What to do: {e(t.next_step)}</small>"
+    if t.state == "up" and t.endpoints_down:
+        # The target is up on its other endpoints; these ones' figures are missing.
+        down = ", ".join(f"{e(d.endpoint)} ({e(d.problem)})" for d in t.endpoints_down)
+        note = f"<span class='warn endpoints-down'>endpoints down: {down}</span>"
+        error = note if error == DASH else f"{error}<br>{note}"
     quota = "<br>".join(f"{e(q.api)} {e(q.window)}: {q.remaining} left" for q in t.quota) or DASH
     target = (f"<b>{e(t.name)}</b><br><small>{e(t.vendor)} {e(t.transport)}"
               f"{' · ' + e(t.host) if t.host else ''}{'<br>' + e(devices) if devices else ''}</small>")

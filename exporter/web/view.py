@@ -29,6 +29,14 @@ class QuotaWindow:
 
 
 @dataclass(frozen=True)
+class EndpointDown:
+    """An endpoint of a device read through several that failed at its last read."""
+
+    endpoint: str
+    problem: str  # short: "HTTP 500", "timeout", "parse"
+
+
+@dataclass(frozen=True)
 class TargetStatus:
     """One target as the status page shows it; its fields are those of /api/v1/targets."""
 
@@ -49,6 +57,8 @@ class TargetStatus:
     errors: dict[str, int]
     devices: tuple[Device, ...]
     token_expiry: float | None
+    # Endpoints that failed at the last successful poll while the target stayed up on the others.
+    endpoints_down: tuple[EndpointDown, ...]
     quota: tuple[QuotaWindow, ...]
     metrics_url: str
 
@@ -56,6 +66,7 @@ class TargetStatus:
         doc = dict(vars(self))  # the fields, in order
         doc["errors"] = dict(self.errors)
         doc["devices"] = [dict(vars(d)) for d in self.devices]
+        doc["endpoints_down"] = [dict(vars(d)) for d in self.endpoints_down]
         doc["quota"] = [dict(vars(q)) for q in self.quota]
         return doc
 

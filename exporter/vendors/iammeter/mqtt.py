@@ -230,15 +230,11 @@ class IammeterMqttAdapter:
         await self._context.shared.release(self._key)
 
 
-def create(target: TargetConfig, context: AdapterContext) -> IammeterMqttAdapter:
-    return IammeterMqttAdapter(target, context)
-
-
 SPEC = register(TransportSpec(
     vendor="iammeter",
     transport="mqtt",
     options=OPTIONS,
-    create=create,
+    create=IammeterMqttAdapter,
     delivery="push",
     default_interval=60.0,  # the meter's default upload interval
     min_interval=2.0,  # the fastest the firmware uploads

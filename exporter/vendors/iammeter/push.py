@@ -138,15 +138,11 @@ class IammeterPushAdapter:
         await self._context.shared.release(self._key)
 
 
-def create(target: TargetConfig, context: AdapterContext) -> IammeterPushAdapter:
-    return IammeterPushAdapter(target, context)
-
-
 SPEC = register(TransportSpec(
     vendor="iammeter",
     transport="push",
     options=OPTIONS,
-    create=create,
+    create=IammeterPushAdapter,
     delivery="push",
     default_interval=60.0,  # the meter's default upload interval
     min_interval=2.0,  # the fastest the firmware uploads

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 
 from ....model.samples import Reading
 from .. import parse
+from ..parse.meters import CtList
 
 
 def has_cts(meters: Mapping[int, parse.MeterConfig]) -> bool:
@@ -28,6 +29,13 @@ class Facts:
     @property
     def phases(self) -> int | None:
         return parse.gateway_phase_count(self.meters)
+
+    @property
+    def ct_list(self) -> Mapping[int, parse.MeterConfig] | None:
+        """The CT list as the gateway gave it (maybe empty: no CTs), or None when the gateway
+        has none to give (`/ivp/meters` missing on older firmware, or not read yet): then the
+        parsers judge the CT figures by themselves."""
+        return self.meters if isinstance(self.meters, CtList) else None
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ def _readings(payload: Any, facts: Facts) -> Reading:
 
 
 def _reports(payload: Any, facts: Facts) -> Reading:
-    return parse.parse_meter_reports(payload, facts.phases)
+    return parse.parse_meter_reports(payload, facts.phases, facts.ct_list)
 
 
 def _grid(payload: Any, facts: Facts) -> Reading:
-    return parse.parse_grid_reading(payload, facts.phases)
+    return parse.parse_grid_reading(payload, facts.phases, facts.ct_list)
 
 
 METERS_READINGS = Endpoint("meters_readings", "/ivp/meters/readings", 0, _readings, needs_cts=True)

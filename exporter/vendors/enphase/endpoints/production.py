@@ -12,7 +12,7 @@ from .base import Endpoint, Facts
 
 
 def _production_json(payload: Any, facts: Facts) -> Reading:
-    return parse.parse_production_json(payload, facts.phases)
+    return parse.parse_production_json(payload, facts.phases, facts.ct_list)
 
 
 def _api_v1(payload: Any, facts: Facts) -> Reading:
@@ -20,7 +20,7 @@ def _api_v1(payload: Any, facts: Facts) -> Reading:
 
 
 def _page(body: bytes, facts: Facts) -> Reading:
-    return parse.parse_production_page(body, facts.phases)
+    return parse.parse_production_page(body, facts.phases, facts.ct_list)
 
 
 PRODUCTION_JSON = Endpoint("production_json", "/production.json?details=1", 60, _production_json)

@@ -71,6 +71,20 @@ def wh_to_joules(value: Any, what: str) -> float | None:
     return number * JOULES_PER_WH
 
 
+def lifetime_to_joules(value: Any, what: str) -> float | None:
+    """A lifetime figure of the system (Wh) -> J; None for absent, negative or 0: a gateway
+    reports a lifetime of 0 for a source that does not count (CTs not installed, and
+    `/api/v1/production` on some firmware while the CTs are disabled), never for a system that
+    has produced or consumed anything."""
+    joules = wh_to_joules(value, what)
+    return joules if joules else None
+
+
+def add(a: float | None, b: float | None) -> float | None:
+    """The sum of two figures, None unless both are known."""
+    return None if a is None or b is None else a + b
+
+
 def power_factor(value: Any, what: str) -> float | None:
     number = number_or_none(value, what)
     if number is None or abs(number) > 1.0:
@@ -126,3 +140,15 @@ def nothing_produced(source: tuple[dict, str] | None, kind: str) -> bool:
     entry, what = source
     lifetime = number_or_none(entry.get("whLifetime") if kind == "production" else entry.get("whDlvdCum"), what)
     return not lifetime
+
+
+def unique_serial(row: dict, key: str, what: str, seen: set[str], kind: str) -> str:
+    """The serial number of one row of a list: present, and not listed before in the same answer
+    (two rows of one unit cannot both be true)."""
+    serial = serial_of(row.get(key), f"{what}.{key}")
+    if serial is None:
+        raise ParseError(f"{what}: no {key}")
+    if serial in seen:
+        raise ParseError(f"{what}: {kind} {serial} listed twice")
+    seen.add(serial)
+    return serial

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ....model import catalogue as M
+from ....model.catalogue import JOULES_PER_WH
 from ....model.jsontext import label_text
 from ....model.samples import ParseError, Reading, checked_list, checked_object, number_or_none
 from .common import (
     PHASES,
     ROW_META,
+    add,
     all_zero,
     int_or_none,
+    lifetime_to_joules,
     nothing_produced,
     opt_list,
     opt_obj,
@@ -40,10 +43,45 @@ class MeterConfig:
     phase_mode: str | None = None
 
 
-def parse_meters(payload: Any) -> dict[int, MeterConfig]:
+class CtList(dict):
+    """`/ivp/meters` as the gateway answered it, `eid` -> MeterConfig; it may be empty (firmware
+    5.0.62 answers `[]`: no CTs). A gateway without the endpoint (404 on older firmware) has no
+    CtList, and then which CTs exist is unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class CtRoles:
+    """Which CTs the CT list says are there and enabled, by role."""
+
+    production: bool
+    net: bool
+    total: bool
+
+    @property
+    def consumption(self) -> bool:
+        # With one consumption CT, net or total, the gateway computes the other figure from it.
+        return self.net or self.total
+
+
+def ct_roles(meters: Mapping[int, MeterConfig] | None) -> CtRoles | None:
+    """The enabled CTs by role; None when the CT list is unknown (then the parsers judge the
+    figures themselves, as on firmware without `/ivp/meters`)."""
+    if meters is None:
+        return None
+    roles = {m.role for m in meters.values() if m.enabled}
+    return CtRoles("production" in roles, "net-consumption" in roles, "total-consumption" in roles)
+
+
+# The CTs in the order every firmware lists them (their eids count up the same way); older
+# firmware may leave out `measurementType`, and then the position is what tells the role. The
+# second is taken as the usual net-consumption ("load with solar") CT.
+ROLES_BY_ORDER = ("production", "net-consumption", "storage")
+
+
+def parse_meters(payload: Any) -> CtList:
     """`GET /ivp/meters`: the CTs, keyed by `eid` (the key of `/ivp/meters/readings`)."""
     rows = checked_list(payload, "/ivp/meters")
-    meters: dict[int, MeterConfig] = {}
+    meters = CtList()
     used: dict[str, int] = {}
     for index, row in enumerate(rows):
         what = f"meters[{index}]"
@@ -54,6 +92,8 @@ def parse_meters(payload: Any) -> dict[int, MeterConfig]:
         if eid in meters:
             raise ParseError(f"{what}: eid {eid} listed twice")
         role = opt_str(row, "measurementType", what)
+        if role is None and "measurementType" not in row and index < len(ROLES_BY_ORDER):
+            role = ROLES_BY_ORDER[index]
         state = opt_str(row, "state", what)
         phase_count = int_or_none(row.get("phaseCount"), f"{what}.phaseCount")
         if phase_count is not None and not 0 <= phase_count <= 3:
@@ -97,7 +137,9 @@ def parse_meter_readings(payload: Any, meters: Mapping[int, MeterConfig]) -> Rea
         values = {key: number_or_none(row.get(key), f"{what}.{key}") for key in _CT_FIELDS}
         if config is None or not config.enabled or not config.label:
             continue
-        _add_ct(reading, config.label, row, values, channels, what)
+        # One phase: `phaseCount` 1, or, without one, a single channel that carries anything.
+        single_phase = config.phase_count == 1 if config.phase_count else len(channels) <= 1
+        _add_ct(reading, config.label, row, values, channels, what, single_phase)
         if config.label == "net-consumption":
             _add_grid(reading, row, values, channels, what)
         elif config.label == "storage":
@@ -107,19 +149,43 @@ def parse_meter_readings(payload: Any, meters: Mapping[int, MeterConfig]) -> Rea
 
 
 _CT_FIELDS = ("activePower", "apparentPower", "reactivePower", "voltage", "current", "pwrFactor", "freq",
-              "actEnergyDlvd", "actEnergyRcvd", "timestamp")
+              "actEnergyDlvd", "actEnergyRcvd", "apparentEnergy", "reactEnergyLagg", "reactEnergyLead", "timestamp")
 
 
-def _add_ct(reading: Reading, meter: str, row: dict, values: dict, channels: list[tuple[str, dict]], what: str) -> None:
+def _apparent_energy(row: dict, what: str) -> float | None:
+    """Apparent energy (VAh -> VA*s). It cannot be less than the active energy through the CT in
+    both directions (|S| >= |P| at every moment); firmware 8.3.5433 reports a few VAh against
+    millions of Wh, and channels of phases that do not exist carry such values too: dropped."""
+    apparent = number_or_none(row.get("apparentEnergy"), f"{what}.apparentEnergy")
+    delivered = number_or_none(row.get("actEnergyDlvd"), f"{what}.actEnergyDlvd") or 0.0
+    received = number_or_none(row.get("actEnergyRcvd"), f"{what}.actEnergyRcvd") or 0.0
+    if apparent is None or apparent < 0 or apparent < max(delivered, 0.0) + max(received, 0.0):
+        return None
+    return apparent * JOULES_PER_WH
+
+
+def _reactive_energy(row: dict, key: str, what: str) -> float | None:
+    """Reactive energy (varh -> var*s), a counter: negative values are dropped."""
+    return wh_to_joules(row.get(key), f"{what}.{key}")
+
+
+def _add_ct(reading: Reading, meter: str, row: dict, values: dict, channels: list[tuple[str, dict]], what: str,
+            single_phase: bool) -> None:
     reading.add(M.CT_ACTIVE_POWER, values["activePower"], meter=meter)
     reading.add(M.CT_APPARENT_POWER, values["apparentPower"], meter=meter)
     reading.add(M.CT_REACTIVE_POWER, values["reactivePower"], meter=meter)
-    reading.add(M.CT_VOLTAGE, values["voltage"], meter=meter)
+    if single_phase:
+        # On CTs of two or three phases the top-level voltage is the sum of the phases' (split
+        # phase: ~247 V for two 123.5 V legs): no voltage. Those have per-phase voltages only.
+        reading.add(M.CT_VOLTAGE, values["voltage"], meter=meter)
     reading.add(M.CT_CURRENT, values["current"], meter=meter)
     reading.add(M.CT_POWER_FACTOR, power_factor(values["pwrFactor"], f"{what}.pwrFactor"), meter=meter)
     reading.add(M.CT_FREQUENCY, values["freq"], meter=meter)
     reading.add(M.CT_ENERGY_DELIVERED, wh_to_joules(values["actEnergyDlvd"], f"{what}.actEnergyDlvd"), meter=meter)
     reading.add(M.CT_ENERGY_RECEIVED, wh_to_joules(values["actEnergyRcvd"], f"{what}.actEnergyRcvd"), meter=meter)
+    reading.add(M.CT_APPARENT_ENERGY, _apparent_energy(row, what), meter=meter)
+    reading.add(M.CT_REACTIVE_ENERGY_INDUCTIVE, _reactive_energy(row, "reactEnergyLagg", what), meter=meter)
+    reading.add(M.CT_REACTIVE_ENERGY_CAPACITIVE, _reactive_energy(row, "reactEnergyLead", what), meter=meter)
     reading.add(M.CT_MEASUREMENT_TIME, timestamp_of(values["timestamp"], f"{what}.timestamp"), meter=meter)
     for phase, channel in channels:
         cw = f"{what}.channels.{phase}"
@@ -131,6 +197,11 @@ def _add_ct(reading: Reading, meter: str, row: dict, values: dict, channels: lis
         reading.add(M.CT_PHASE_POWER_FACTOR, power_factor(channel.get("pwrFactor"), cw), meter=meter, phase=phase)
         reading.add(M.CT_PHASE_ENERGY_DELIVERED, wh_to_joules(channel.get("actEnergyDlvd"), cw), meter=meter, phase=phase)
         reading.add(M.CT_PHASE_ENERGY_RECEIVED, wh_to_joules(channel.get("actEnergyRcvd"), cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_APPARENT_ENERGY, _apparent_energy(channel, cw), meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_REACTIVE_ENERGY_INDUCTIVE, _reactive_energy(channel, "reactEnergyLagg", cw),
+                    meter=meter, phase=phase)
+        reading.add(M.CT_PHASE_REACTIVE_ENERGY_CAPACITIVE, _reactive_energy(channel, "reactEnergyLead", cw),
+                    meter=meter, phase=phase)
 
 
 def _add_grid(reading: Reading, row: dict, values: dict, channels: list[tuple[str, dict]], what: str) -> None:
@@ -158,11 +229,14 @@ def _add_grid(reading: Reading, row: dict, values: dict, channels: list[tuple[st
 # --- /ivp/meters/reports, /ivp/meters/reports/consumption ------------------------------------------
 
 
-def parse_meter_reports(payload: Any, phase_count: int | None = None) -> Reading:
+def parse_meter_reports(payload: Any, phase_count: int | None = None,
+                        meters: Mapping[int, MeterConfig] | None = None) -> Reading:
     """`GET /ivp/meters/reports` (a list of reports) or `/ivp/meters/reports/<type>` (one).
 
     Reports are per role, like `/production.json`: production, net-consumption and the derived
-    total-consumption; they map to the same names (see the module docstring)."""
+    total-consumption; they map to the same names (see the module docstring), and follow the
+    same rules: `meters` (the CT list; None when unknown) decides which CTs are there, and a
+    total that copies net consumption is replaced by production + net consumption."""
     reports = payload if isinstance(payload, list) else [checked_object(payload, "/ivp/meters/reports")]
     by_type: dict[str, tuple[dict, str]] = {}
     for index, report in enumerate(reports):
@@ -185,21 +259,40 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None) -> Reading
 
     reading = Reading()
     production, total, net = (by_type.get(k) for k in ("production", "total-consumption", "net-consumption"))
+    roles = ct_roles(meters)
+    if roles is not None:
+        # Reports of CTs the CT list does not have enabled are noise of an unconnected clamp.
+        production = production if roles.production else None
+        total, net = (total, net) if roles.consumption else (None, None)
     if production:
         report, what = production
         cumulative = report["cumulative"]
         reading.add(M.PRODUCTION_POWER, power(cumulative, what))
-        reading.add(M.PRODUCTION_ENERGY, wh_to_joules(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
+        reading.add(M.PRODUCTION_ENERGY, lifetime_to_joules(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
         for phase, line in lines(report, what):
             reading.add(M.PHASE_PRODUCTION_POWER, power(line, f"{what}.lines"), phase=phase)
+    copied = False
     if total and net and same_figures(total[0]["cumulative"], net[0]["cumulative"], ("actPower", "whDlvdCum"), total[1]):
         if not nothing_produced((production[0]["cumulative"], production[1]) if production else None, "report"):
-            total = None  # firmware 8.3.5433: the "total" is a copy of net consumption
+            total, copied = None, True  # firmware 8.3.5433: the "total" is a copy of net consumption
+    if copied and production and net:
+        # House consumption = production + net import, both from CTs.
+        (prod_report, pw), (net_report, nw) = production, net
+        pc, nc = prod_report["cumulative"], net_report["cumulative"]
+        reading.add(M.CONSUMPTION_POWER, add(power(pc, pw), power(nc, nw)))
+        reading.add(M.CONSUMPTION_ENERGY, lifetime_to_joules(
+            add(number_or_none(pc.get("whDlvdCum"), f"{pw}.whDlvdCum"), number_or_none(nc.get("whDlvdCum"), f"{nw}.whDlvdCum")),
+            f"{pw}.whDlvdCum"))
+        net_lines = dict(lines(net_report, nw))
+        for phase, line in lines(prod_report, pw):
+            if phase in net_lines:
+                reading.add(M.PHASE_CONSUMPTION_POWER, add(power(line, f"{pw}.lines"), power(net_lines[phase], f"{nw}.lines")),
+                            phase=phase)
     if total:
         report, what = total
         cumulative = report["cumulative"]
         reading.add(M.CONSUMPTION_POWER, power(cumulative, what))
-        reading.add(M.CONSUMPTION_ENERGY, wh_to_joules(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
+        reading.add(M.CONSUMPTION_ENERGY, lifetime_to_joules(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
         for phase, line in lines(report, what):
             reading.add(M.PHASE_CONSUMPTION_POWER, power(line, f"{what}.lines"), phase=phase)
     if net:
@@ -213,10 +306,17 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None) -> Reading
 # --- /ivp/meters/gridReading -------------------------------------------------------------------------
 
 
-def parse_grid_reading(payload: Any, phase_count: int | None = None) -> Reading:
-    """`GET /ivp/meters/gridReading`: per phase at the grid connection; negative = exporting."""
+def parse_grid_reading(payload: Any, phase_count: int | None = None,
+                       meters: Mapping[int, MeterConfig] | None = None) -> Reading:
+    """`GET /ivp/meters/gridReading`: per phase at the grid connection; negative = exporting.
+
+    The gateway measures the grid connection with its consumption CT; when the CT list
+    (`meters`; None when unknown) has none enabled, the figures are noise: no series."""
     rows = checked_list(payload, "/ivp/meters/gridReading")
     reading = Reading()
+    roles = ct_roles(meters)
+    if roles is not None and not roles.consumption:
+        return reading
     seen: set[str] = set()
     frequency: float | None = None
     for index, row in enumerate(rows):
