@@ -18,7 +18,9 @@ demo)
     need prometheus-pushgateway prometheus-pushgateway
     need chromium chromium
     # `docker-compose config` validates the shipped docker-compose.yml (no Docker engine needed).
-    need docker-compose docker-compose ;;
+    need docker-compose docker-compose
+    # `systemd-analyze verify` and `security` check deploy/systemd (systemd need not be running).
+    need systemd-analyze systemd ;;
 esac
 [ -z "$missing" ] && exit 0
 packages=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
