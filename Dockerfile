@@ -13,9 +13,12 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/energy-meter-exporter --cre
  && chmod 0700 /var/lib/energy-meter-exporter
 
 WORKDIR /src
+# The pinned versions of requirements/app.lock, then the exporter without resolving anything again.
+COPY requirements/app.lock ./requirements/
+RUN pip install -r requirements/app.lock
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN pip install . && rm -rf /src
+RUN pip install --no-deps . && rm -rf /src
 
 USER exporter
 WORKDIR /var/lib/energy-meter-exporter
@@ -32,7 +35,8 @@ CMD ["--web.listen-address=:9896"]
 # The simulators and the demo run from their source folders (they are not part of the installed package).
 FROM exporter AS demo
 USER root
-RUN pip install 'cryptography>=42'
+COPY requirements/demo.lock /tmp/demo.lock
+RUN pip install -r /tmp/demo.lock && rm /tmp/demo.lock
 USER exporter
 COPY simulators /opt/energy-meter-exporter-demo/simulators
 COPY demo /opt/energy-meter-exporter-demo/demo

@@ -5,14 +5,24 @@ PORT   ?= 9896
 # Two workers: the suite mostly waits on sockets and timers. PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n 2 --dist load
 
-.PHONY: demo test system-deps venv clean check-config readme-tables soak bench
+.PHONY: demo test system-deps venv clean check-config readme-tables soak bench lock
 
-$(VENV)/.installed: pyproject.toml
+# The versions in requirements/test.lock (every dependency of the exporter, the demo and the
+# tests, pinned), then the exporter itself; `make lock` refreshes the locks from pyproject.toml.
+$(VENV)/.installed: pyproject.toml requirements/test.lock
 	@sh scripts/ensure-venv-support.sh $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -r requirements/test.lock
+	$(VENV)/bin/pip install --quiet --no-deps -e '.[test]'
 	@touch $@
+
+LOCK_ARGS = --quiet --strip-extras --no-emit-index-url --no-emit-find-links --unsafe-package energy-meter-exporter
+lock: venv
+	$(VENV)/bin/pip install --quiet pip-tools
+	$(VENV)/bin/pip-compile $(LOCK_ARGS) --upgrade -o requirements/app.lock pyproject.toml
+	$(VENV)/bin/pip-compile $(LOCK_ARGS) --upgrade --extra demo -o requirements/demo.lock pyproject.toml
+	$(VENV)/bin/pip-compile $(LOCK_ARGS) --upgrade --extra test -o requirements/test.lock pyproject.toml
 
 venv: $(VENV)/.installed
 
@@ -27,7 +37,7 @@ test: system-deps venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 check-config: venv
-	$(VENV)/bin/energy-meter-exporter check-config --config.file config.example.yaml
+	$(VENV)/bin/energy-meter-exporter check-config --no-secrets --config.file config.example.yaml
 
 # The exporter at fleet scale beside prometheus_client and a real Pushgateway (under 10 minutes):
 # prints a table and writes bench/RESULTS.md. BENCH_ARGS: e.g. --sizes 100,1000 for a quick run.

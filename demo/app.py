@@ -106,6 +106,28 @@ async def iammeter(workdir: Path) -> Participant:
     states.append(push_meter.state)
     notes.append(f"IAMMETER HTTP upload: a WEM3046T posts to http://127.0.0.1:{push_port}/ every 2 s")
 
+    # Two meters in TCP upload mode: one on plain TCP keeping its connection, one over TLS (a
+    # certificate generated for the exporter's listener) with a connection per upload.
+    from simulators.iammeter_tcp import TcpMeter
+    from simulators.tls import new_authority
+
+    authority = new_authority("energy-meter-exporter demo upload CA", "energy-meter-exporter", workdir / "tcp-tls")
+    authority.issue("127.0.0.1", dns_names=("localhost",), ip_addresses=("127.0.0.1",), name="tcp-push")
+    tcp_port, tls_port = free_port(), free_port()
+    sections["tcp_push"] = {"listen": f"127.0.0.1:{tcp_port}", "tls_listen": f"127.0.0.1:{tls_port}",
+                            "tls_cert_file": str(authority.directory / "tcp-push.pem"),
+                            "tls_key_file": str(authority.directory / "tcp-push.key"),
+                            "allowed_networks": ["127.0.0.0/8"]}
+    tcp_meter = await TcpMeter("WEM3080", port=tcp_port, serial="5DB50BF5", interval=2.0).start()
+    tls_meter = await TcpMeter("WEM3080T", port=tls_port, tls=True, ca_file=authority.ca_file, serial="3E0BAF88",
+                               keep=False, interval=2.0).start()
+    for name, meter in (("iammeter-tcp", tcp_meter), ("iammeter-tls", tls_meter)):
+        targets.append({"name": name, "vendor": "iammeter", "transport": "tcp", "sn": meter.serial, "interval": "2s"})
+        stops.insert(0, meter.stop)
+        states.append(meter.state)
+    notes.append(f"IAMMETER TCP upload: a WEM3080 writes to {tcp_meter.address} on a kept connection, a WEM3080T to "
+                 f"{tls_meter.address} (CA {authority.ca_file}) with a connection per upload, every 2 s")
+
     # A cloud account with two meters and a place. Real clock and the seed's quotas: one
     # metersdata call per 5 minutes, so the values change every 5 minutes.
     from simulators.iammeter_cloud import IammeterCloudSimulator, seed_meters

@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the configuration and exit (0 valid, 2 invalid)")
     _common(p, with_defaults=False)
+    p.add_argument("--no-secrets", action="store_true",
+                   help="do not resolve secrets: ${VAR} not set here and *_file paths are checked for form only "
+                        "(for a file written for another machine)")
 
     p = sub.add_parser("probe", help="poll one configured target once and print what it would export")
     _common(p, with_defaults=False)
@@ -174,10 +177,10 @@ def _command_arguments(vendor: str, command: str, parser: argparse.ArgumentParse
     registry.load_command(vendor, command).add_arguments(parser)
 
 
-def load_or_exit(path: str, next_step: str | None = None):
+def load_or_exit(path: str, next_step: str | None = None, *, read_secrets: bool = True):
     """The configuration, or its problems on stderr and exit status 2, never a traceback."""
     try:
-        return load_config(path, vendors=registry)
+        return load_config(path, vendors=registry, read_secrets=read_secrets)
     except Exception as exc:  # whatever reading the file raises, it is bad input, not a crash
         problems = exc.problems if isinstance(exc, ConfigError) else [
             f"{path}: cannot read the configuration ({type(exc).__name__})"]
@@ -189,14 +192,17 @@ def load_or_exit(path: str, next_step: str | None = None):
         sys.exit(EXIT_USAGE)
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, read_secrets: bool = True) -> int:
     """`check-config`: the verdict and the targets on stdout, the next step on stderr."""
     from .console import Console
 
-    config = load_or_exit(path, f"correct the lines above and run `energy-meter-exporter check-config "
-                                f"--config.file {path}` again")
+    again = "" if read_secrets else " --no-secrets"
+    config = load_or_exit(path, f"correct the lines above and run `energy-meter-exporter check-config{again} "
+                                f"--config.file {path}` again", read_secrets=read_secrets)
     console = Console()
-    lines = [f"{path}: valid, {len(config.targets)} targets"]
+    lines = [f"{path}: valid, {len(config.targets)} targets"
+             + ("" if read_secrets else " (secrets not read: environment variables and files are checked where "
+                                        "the exporter runs)")]
     lines += [f"  {t.name}: {t.vendor} {t.transport}, every {t.interval:g}s" for t in config.targets]
     console.product("\n".join(lines))
     if config.targets:
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logs.get()
 
     if args.command == "check-config":
-        return check_config(args.config_file)
+        return check_config(args.config_file, read_secrets=not args.no_secrets)
     if args.command == "probe":
         from .probe import probe
 

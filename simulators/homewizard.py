@@ -4,7 +4,9 @@ Answers with the bodies of real devices (`data/homewizard/`), the same paths, st
 error bodies: v1 403 `{"error":{"id":202,...}}` when the local API is off, v2 401
 `{"error":"user:unauthorized"}` for a missing or wrong token, 403 `user:creation-not-enabled`
 from `POST /api/user` until the (simulated) button is pressed. v2 runs behind real TLS with a
-certificate named `appliance/<kind>/<serial>` from a CA generated at start-up.
+certificate named `appliance/<kind>/<serial>` from a CA generated at start-up. P1 and kWh meters
+on v2 answer `/api/batteries` (the plug-in battery group they control) with their captured body;
+`batteries = None` makes it answer 404 as firmware without it does.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class HomeWizardSimulator:
         self.v2_device = _load("v2", self.product, "device.json") if self.v2 else None
         self.v2_measurement = _load("v2", self.product, v2_file) if self.v2 else None
         self.v2_system = _load("v2", self.product, "system.json") if self.v2 else None
+        batteries = DATA / "v2" / self.product / "batteries.json"
+        self.batteries: dict | None = _load("v2", self.product, "batteries.json") if self.v2 and batteries.is_file() else None
         if self.serial is None:
             self.serial = (self.v2_device or self.v1_device)["serial"]
         for device in (self.v1_device, self.v2_device):
@@ -243,6 +247,14 @@ class HomeWizardSimulator:
             body["uptime_s"] = int(body.get("uptime_s", 0) + time.time() - self.started)
             return _json(body)
 
+        async def batteries(request: web.Request) -> web.Response:
+            self.requests.append("v2 /api/batteries")
+            if not self._authorized(request):
+                return unauthorized()
+            if self.batteries is None:
+                return web.Response(status=404, text="404: Not Found")  # no documented error body for it
+            return _json(self.batteries)
+
         async def create_user(request: web.Request) -> web.Response:
             self.requests.append("v2 POST /api/user")
             try:
@@ -272,6 +284,7 @@ class HomeWizardSimulator:
         app.router.add_get("/api", api)
         app.router.add_get("/api/measurement", measurement)
         app.router.add_get("/api/system", system)
+        app.router.add_get("/api/batteries", batteries)
         app.router.add_post("/api/user", create_user)
         app.router.add_delete("/api/user", delete_user)
         return app

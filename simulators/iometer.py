@@ -5,9 +5,9 @@ back to copies embedded here when the corpus is absent). With `Accept: text/even
 same paths stream Server-Sent Events, as the bridge does: `event: readingEvent` /
 `event: statusEvent`, `data:` the JSON body on one line, the current state first, then every
 change. Tests change the state with `set_reading` / `set_status` and cut streams with
-`drop_streams`. `stream_fault` makes the reading stream hostile: "endless_line" (an event whose
-data line never ends, sent as fast as the client reads), or a poison of `hostile.BODY_POISONS`
-in the reading event (see `POISON_SPOTS`); `poisoned_reading(poison)` is the same body for
+`drop_streams`, and make `/v1/status` answer 404 with `status_missing`. `stream_fault` makes
+the reading stream hostile: "endless_line" (an event whose data line never ends, sent as fast
+as the client reads), or a poison of `hostile.BODY_POISONS` in the reading event (see `POISON_SPOTS`); `poisoned_reading(poison)` is the same body for
 `set_reading` in poll mode.
 
 Run `python -m simulators.iometer` for a demo: a bridge whose meter counts up, and a
@@ -65,9 +65,10 @@ EMBEDDED_STATUS: dict[str, Any] = {
     },
 }
 
-# Not a capture: a bridge on a three-phase meter with the PIN entered, sending every code the
-# exporter names (hex notation, as the bridge writes it) plus two it does not (1.7.0 and 2.7.0,
-# in kW). Used by the demo, the tests and the catalogue check of which metrics IOmeter emits.
+# Not a capture: a bridge on a three-phase meter with the PIN entered, sending every code with a
+# standard meaning (IEC 62056-6-1, DSMR 5.0.2; hex notation, as the bridge writes it) plus one
+# without (15.7.0, the absolute power, in kW). Used by the demo, the tests and the catalogue check
+# of which metrics IOmeter emits.
 THREE_PHASE_READING: dict[str, Any] = {
     "__typename": "iometer.reading.v1",
     "meter": {
@@ -98,6 +99,34 @@ THREE_PHASE_READING: dict[str, Any] = {
                 {"obis": "01-00:21.07.00*ff", "value": 0.99, "unit": ""},
                 {"obis": "01-00:35.07.00*ff", "value": 0.88, "unit": ""},
                 {"obis": "01-00:49.07.00*ff", "value": 0.85, "unit": ""},
+                {"obis": "01-00:15.07.00*ff", "value": 0, "unit": "W"},
+                {"obis": "01-00:29.07.00*ff", "value": 150, "unit": "W"},
+                {"obis": "01-00:3d.07.00*ff", "value": 100, "unit": "W"},
+                {"obis": "01-00:16.07.00*ff", "value": 1500, "unit": "W"},
+                {"obis": "01-00:2a.07.00*ff", "value": 0, "unit": "W"},
+                {"obis": "01-00:3e.07.00*ff", "value": 0, "unit": "W"},
+                {"obis": "01-00:15.08.00*ff", "value": 6041152.2, "unit": "Wh"},
+                {"obis": "01-00:29.08.00*ff", "value": 6041152.2, "unit": "Wh"},
+                {"obis": "01-00:3d.08.00*ff", "value": 6041152.3, "unit": "Wh"},
+                {"obis": "01-00:16.08.00*ff", "value": 2345678.9, "unit": "Wh"},
+                {"obis": "01-00:2a.08.00*ff", "value": 0, "unit": "Wh"},
+                {"obis": "01-00:3e.08.00*ff", "value": 0, "unit": "Wh"},
+                {"obis": "01-00:03.07.00*ff", "value": 0.12, "unit": "kvar"},
+                {"obis": "01-00:04.07.00*ff", "value": 0, "unit": "kvar"},
+                {"obis": "01-00:03.08.00*ff", "value": 1234.5, "unit": "kvarh"},
+                {"obis": "01-00:04.08.00*ff", "value": 456.7, "unit": "kvarh"},
+                {"obis": "01-00:01.04.00*ff", "value": 0.35, "unit": "kW"},
+                {"obis": "01-00:01.06.00*ff", "value": 4.21, "unit": "kW"},
+                {"obis": "00-00:60.0e.00*ff", "value": 1, "unit": ""},
+                {"obis": "00-00:60.07.15*ff", "value": 4, "unit": ""},
+                {"obis": "00-00:60.07.09*ff", "value": 2, "unit": ""},
+                {"obis": "01-00:20.20.00*ff", "value": 3, "unit": ""},
+                {"obis": "01-00:34.20.00*ff", "value": 1, "unit": ""},
+                {"obis": "01-00:48.20.00*ff", "value": 0, "unit": ""},
+                {"obis": "01-00:20.24.00*ff", "value": 0, "unit": ""},
+                {"obis": "01-00:34.24.00*ff", "value": 0, "unit": ""},
+                {"obis": "01-00:48.24.00*ff", "value": 1, "unit": ""},
+                {"obis": "01-00:0f.07.00*ff", "value": 1.25, "unit": "kW"},
             ],
         },
     },
@@ -143,6 +172,10 @@ class BridgeSimulator:
         self.requests: dict[str, int] = {"reading": 0, "status": 0}
         self.stream_requests: dict[str, int] = {"reading": 0, "status": 0}
         self.fail_with: int | None = None  # answer every request with this status
+        # /v1/status answers 404 while /v1/reading works, as some device states make the bridge
+        # do (the vendor's own client has an error type for it).
+        self.status_missing = False
+        self.status_404s = 0  # requests answered 404 for that
         self.stream_fault: str | None = None  # see the module's docstring
         self.endless_full = 0  # endless lines the client read to the cap (it never gave up)
         self._runner: web.AppRunner | None = None
@@ -219,6 +252,9 @@ class BridgeSimulator:
     async def _serve(self, name: str, request: web.Request) -> web.StreamResponse:
         if self.fail_with is not None:
             return web.Response(status=self.fail_with, text="error")
+        if name == "status" and self.status_missing:
+            self.status_404s += 1
+            return web.Response(status=404, text="404 page not found")
         if "text/event-stream" in request.headers.get("Accept", ""):
             return await self._stream(name, request)
         self.requests[name] += 1
@@ -335,8 +371,12 @@ async def start_demo(tick: float = 2.0) -> Demo:
         {"name": "iometer-partner", "vendor": "iometer", "transport": "partner",
          "partner_id": partner.partner_id, "secret": partner.secret, "auth": "wsse",
          "endpoint": partner.url, "meters": [f"{first}=house"], "interval": "60s"},
+        {"name": "iometer-partner-sse", "vendor": "iometer", "transport": "partner",
+         "partner_id": partner.partner_id, "secret": partner.secret, "subscription_protocol": "sse",
+         "endpoint": partner.url, "interval": "60s"},
     ]
-    notes = [f"IOmeter bridge at {bridge.host}; IOmeter Partner API at {partner.url} (subscriptions on {partner.ws_url})"]
+    notes = [f"IOmeter bridge at {bridge.host}; IOmeter Partner API at {partner.url} (subscriptions over "
+             f"WebSocket on {partner.ws_url}, over Server-Sent Events on {partner.url})"]
     return Demo(bridge, partner, targets, notes, asyncio.create_task(advance_all()))
 
 

@@ -2,8 +2,12 @@
 
 It implements the seed document's schema with graphql-core (no other GraphQL package): queries
 and the mutation over HTTP POST/GET at `/api/v1/query`, subscriptions over WebSocket on the same
-path with both subprotocols (`graphql-transport-ws` and the legacy `graphql-ws`), Basic and WSSE
-authorization (header on the request or the WebSocket upgrade, or `Authorization` in the
+path with both subprotocols (`graphql-transport-ws` and the legacy `graphql-ws`), and over
+Server-Sent Events on the same path (the seed names both protocols; GraphQL over SSE in its
+distinct-connections mode: a POST with `Accept: text/event-stream` is answered with a stream of
+`event: next` / `data: <execution result as JSON>` events and a final `event: complete`;
+validation errors come as a `next` event with `errors`, refused credentials as HTTP 401), Basic
+and WSSE authorization (header on the request or the WebSocket upgrade, or `Authorization` in the
 `connection_init` payload), cursor-paged `readings`, paged `installations`, repeated
 deliveries (the seed warns they happen) and connections dropped on command.
 
@@ -189,7 +193,8 @@ def demo_installations(count: int = 2, meters_per_installation: int = 1) -> list
     return out
 
 
-# A three-phase reading with every code the exporter names, plus two it does not (1.7.0, 2.7.0).
+# A three-phase reading with every code of a standard meaning (IEC 62056-6-1, DSMR 5.0.2), plus
+# one without (15.7.0, the absolute power).
 def demo_values(energy_wh: float, power_w: float) -> list[tuple[str, float, str]]:
     return [
         ("1-0:1.8.0", energy_wh, "Wh"),
@@ -215,6 +220,34 @@ def demo_values(energy_wh: float, power_w: float) -> list[tuple[str, float, str]
         ("1-0:33.7.0", 0.98, ""),
         ("1-0:53.7.0", 0.96, ""),
         ("1-0:73.7.0", 0.95, ""),
+        ("1-0:21.7.0", max(power_w * 0.5, 0.0), "W"),
+        ("1-0:41.7.0", max(power_w * 0.3, 0.0), "W"),
+        ("1-0:61.7.0", max(power_w * 0.2, 0.0), "W"),
+        ("1-0:22.7.0", max(-power_w * 0.5, 0.0), "W"),
+        ("1-0:42.7.0", max(-power_w * 0.3, 0.0), "W"),
+        ("1-0:62.7.0", max(-power_w * 0.2, 0.0), "W"),
+        ("1-0:21.8.0", energy_wh * 0.5, "Wh"),
+        ("1-0:41.8.0", energy_wh * 0.3, "Wh"),
+        ("1-0:61.8.0", energy_wh * 0.2, "Wh"),
+        ("1-0:22.8.0", 760.25, "Wh"),
+        ("1-0:42.8.0", 456.15, "Wh"),
+        ("1-0:62.8.0", 304.1, "Wh"),
+        ("1-0:3.7.0", 0.12, "kvar"),
+        ("1-0:4.7.0", 0.0, "kvar"),
+        ("1-0:3.8.0", 123.4, "kvarh"),
+        ("1-0:4.8.0", 45.6, "kvarh"),
+        ("1-0:1.4.0", 0.35, "kW"),
+        ("1-0:1.6.0", 4.21, "kW"),
+        ("0-0:96.14.0", 1.0, ""),
+        ("0-0:96.7.21", 4.0, ""),
+        ("0-0:96.7.9", 2.0, ""),
+        ("1-0:32.32.0", 3.0, ""),
+        ("1-0:52.32.0", 1.0, ""),
+        ("1-0:72.32.0", 0.0, ""),
+        ("1-0:32.36.0", 0.0, ""),
+        ("1-0:52.36.0", 0.0, ""),
+        ("1-0:72.36.0", 1.0, ""),
+        ("1-0:15.7.0", abs(power_w) / 1000, "kW"),
     ]
 
 
@@ -263,6 +296,11 @@ class PartnerApiSimulator:
         # What happened, for tests and the demo:
         self.http_requests = 0
         self.ws_connections = 0
+        self.sse_connections = 0  # GraphQL over SSE requests answered with a stream
+        # An SSE stream's fault, for tests: "garbage" (a `next` event whose data is no JSON),
+        # "oversized" (a `next` event of 2 MiB).
+        self.sse_fault: str | None = None
+        self._sse_transports: set[Any] = set()
         self.subscriptions_started: list[dict[str, Any]] = []  # variables of each subscription
         self.rejected = 0
         self._nonces: set[str] = set()
@@ -276,7 +314,9 @@ class PartnerApiSimulator:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", PATH, self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # A client that goes away ends its handler (an event stream's listener with it) at once,
+        # not at the next write.
+        self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -332,7 +372,7 @@ class PartnerApiSimulator:
         return reading
 
     async def drop_connections(self) -> int:
-        """Cut every WebSocket connection without a closing handshake (a network failure)."""
+        """Cut every WebSocket connection and event stream without a goodbye (a network failure)."""
         dropped = 0
         for conn in list(self._connections):
             for task in conn.tasks.values():
@@ -341,6 +381,10 @@ class PartnerApiSimulator:
                 conn.transport.abort()
             dropped += 1
         self._connections.clear()
+        for transport in list(self._sse_transports):
+            transport.abort()
+            dropped += 1
+        self._sse_transports.clear()
         await asyncio.sleep(0)
         return dropped
 
@@ -381,6 +425,8 @@ class PartnerApiSimulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
+        if request.method == "POST" and "text/event-stream" in request.headers.get("Accept", ""):
+            return await self._event_stream(request)
         self.http_requests += 1
         if not self.authorized(request.headers.get("Authorization")):
             self.rejected += 1
@@ -406,6 +452,64 @@ class PartnerApiSimulator:
             operation_name=body.get("operationName"),
         )
         return web.json_response(_result_json(result))
+
+    # --- Server-Sent Events (GraphQL over SSE, distinct connections mode) ---
+    async def _event_stream(self, request: web.Request) -> web.StreamResponse:
+        if not self.authorized(request.headers.get("Authorization")):
+            self.rejected += 1
+            return _unauthorized()
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"errors": [{"message": "body is not JSON"}]}, status=400)
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            return web.json_response({"errors": [{"message": "no query"}]}, status=400)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        self.sse_connections += 1
+        self._sse_transports.add(request.transport)
+        try:
+            async for result in self._results(body):
+                await response.write(_sse_next(result, self.sse_fault))
+            await response.write(b"event: complete\ndata:\n\n")
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away
+        finally:
+            self._sse_transports.discard(request.transport)
+        return response
+
+    async def _results(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The execution results of one operation: one for a query, a stream for a subscription;
+        parse and validation errors as one result with `errors`."""
+        try:
+            document = graphql.parse(payload.get("query") or "")
+        except graphql.GraphQLError as exc:
+            yield {"errors": [exc.formatted]}
+            return
+        errors = graphql.validate(self.schema, document)
+        if errors:
+            yield {"errors": [e.formatted for e in errors]}
+            return
+        variables = payload.get("variables")
+        operation = graphql.get_operation_ast(document, payload.get("operationName"))
+        if operation is None or operation.operation != graphql.OperationType.SUBSCRIPTION:
+            result = graphql.execute(self.schema, document, variable_values=variables,
+                                     operation_name=payload.get("operationName"))
+            if inspect.isawaitable(result):
+                result = await result
+            yield _result_json(result)  # type: ignore[arg-type]
+            return
+        self.subscriptions_started.append(dict(variables or {}))
+        stream = graphql.subscribe(self.schema, document, variable_values=variables,
+                                   operation_name=payload.get("operationName"))
+        if inspect.isawaitable(stream):
+            stream = await stream
+        if isinstance(stream, graphql.ExecutionResult):
+            yield _result_json(stream)
+            return
+        async with contextlib.aclosing(stream) as items:  # type: ignore[type-var]
+            async for item in items:
+                yield _result_json(item)
 
     # --- WebSocket ---
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
@@ -674,6 +778,18 @@ def _result_json(result: graphql.ExecutionResult) -> dict[str, Any]:
     if result.errors:
         body["errors"] = [e.formatted for e in result.errors]
     return body
+
+
+OVERSIZED_EVENT = 2 * 1024 * 1024
+
+
+def _sse_next(result: dict[str, Any], fault: str | None) -> bytes:
+    """One `next` event: the result as JSON on one data line (or the stream's fault)."""
+    if fault == "garbage":
+        return b"event: next\ndata: <html><body><h1>502 Bad Gateway</h1></body></html>\n\n"
+    if fault == "oversized":
+        return b"event: next\ndata: {\"data\": \"" + b"x" * OVERSIZED_EVENT + b"\"}\n\n"
+    return b"event: next\ndata: " + json.dumps(result, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _unauthorized() -> web.Response:

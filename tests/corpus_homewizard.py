@@ -22,6 +22,8 @@ def readings(conformance_root: Path) -> Iterator[tuple[str, Reading]]:
             yield rel, parse.parse_v2_measurement(payload, timezone.utc)
         elif path.name == "system.json" and rel.startswith("v2/"):
             yield rel, parse.parse_v2_system(payload)
+        elif path.name.startswith("batteries"):
+            yield rel, parse.parse_v2_batteries(payload)
         elif path.name == "device.json":
             yield rel, Reading(devices=[parse.parse_device(payload)])
 

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from exporter.model.samples import Reading
 from exporter.vendors.iammeter.parse import (decode_single_phase, decode_three_phase, parse_monitor, parse_monitorjson,
-                                             parse_ratio)
+                                             parse_ratio, parse_wifidata)
 
 
 def readings(conformance_root: Path) -> Iterator[tuple[str, Reading]]:
@@ -23,7 +23,7 @@ def readings(conformance_root: Path) -> Iterator[tuple[str, Reading]]:
 def documented() -> Iterator[tuple[str, Reading]]:
     """Shapes the seed and the facts sheet document but the corpus holds no capture of: NEM rows,
     reactive data, single phase `Data`, `/api/monitor`, `/api/ratio`, Modbus register images."""
-    from tests.test_iammeter_parse import NEM, REACTIVE, SINGLE, TWO_PHASE_NEM
+    from tests.test_iammeter_parse import NEM, REACTIVE, SEED_WIFIDATA, SINGLE, TWO_PHASE_NEM
     from tests.test_iammeter_registers import three_phase_image
 
     yield "single phase with EA.Reactive", parse_monitorjson({**SINGLE, "EA": {"Reactive": [[3.0, 1.0, 2.0]]}})
@@ -32,6 +32,7 @@ def documented() -> Iterator[tuple[str, Reading]]:
     yield "/api/monitor", parse_monitor({**SINGLE, "sig": 70})
     yield "/api/monitor dBm", parse_monitor({"sig": -60})
     yield "/api/ratio", parse_ratio({"CTratio": 400})
+    yield "/api/wifidata", parse_wifidata(SEED_WIFIDATA).reading()
     yield "modbus three phase", decode_three_phase(three_phase_image(), "WEM3080T")
     yield "modbus single phase", decode_single_phase([23000, 100, 0, 230, 0, 3200, 0, 0])
     yield from cloud_documented()

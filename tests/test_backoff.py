@@ -9,6 +9,7 @@ which it would not if it still computed a sleep of its own (the configured delay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -321,10 +322,11 @@ def partner_target(sim: PartnerApiSimulator, **options: Any) -> TargetConfig:
                         max_backoff=90.0, stale_after=180.0, jitter=0.1, options=converted(iometer_partner.OPTIONS, raw))
 
 
-async def test_the_partner_subscription_reconnects_with_the_policys_delays(asked, session, tmp_path):
+@pytest.mark.parametrize("protocol", ["websocket", "sse"])
+async def test_the_partner_subscription_reconnects_with_the_policys_delays(asked, session, tmp_path, protocol):
     sim = PartnerApiSimulator(installations=demo_installations(1, 1))
     await sim.start()
-    adapter = iometer_partner.IOmeterPartner(partner_target(sim, reconnect_delay="4s"),
+    adapter = iometer_partner.IOmeterPartner(partner_target(sim, reconnect_delay="4s", subscription_protocol=protocol),
                                              AdapterContext(session, StateDirectory(tmp_path), structlog.get_logger()))
     meter = sim.installations[0].meters[0]
     runner = asyncio.create_task(adapter.run(lambda item: None))
@@ -344,6 +346,7 @@ async def test_the_partner_subscription_reconnects_with_the_policys_delays(asked
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+        await adapter.close()
         await sim.stop()
     asks = subscription_asks()
     assert asks[:4] == [1, 2, 3, 4]  # the break after a reading, then refusals: 1, 2, 3 ...
@@ -361,8 +364,12 @@ async def test_a_failed_discovery_is_retried_with_the_policys_delays(asked, sess
         await async_wait_until(lambda: len([a for a in asked if a.task is not runner]) >= 3, what="failed discoveries")
     finally:
         runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        await sim.stop()
+        # The adapter stops when cancelled (what the daemon relies on), even in the middle of
+        # the refused reconnections this test provokes 100 times a second...
+        await asyncio.wait_for(asyncio.gather(runner, return_exceptions=True), 20)
+        # ... while the simulator may still be closing the connections they left behind.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sim.stop(), 20)
     discovery = [a.failures for a in asked if a.task is not runner]
     assert discovery[:3] == [1, 2, 3]
     assert {a.policy for a in asked} == {Backoff.for_reconnects(4.0, 90.0)}

@@ -40,7 +40,7 @@ def test_each_simulated_meter_is_its_own_host_and_answers_like_a_p1_meter(fleet)
         serials.add(device.serial)
         first = parse_v1_data(json.loads(http_get(f"http://{host}/api/v1/data")[2]))
         second = parse_v1_data(json.loads(http_get(f"http://{host}/api/v1/data")[2]))
-        assert len(first.samples) == 40  # 3-phase, tariffs, gas and the other M-Bus meters
+        assert len(first.samples) == 41  # 3-phase, tariffs, gas, the other M-Bus meters, the smart meter
         assert [(s.metric, s.labels) for s in first.samples] == [(s.metric, s.labels) for s in second.samples]
         assert [s.value for s in first.samples] != [s.value for s in second.samples]  # it moves
         status, _, body = http_get(f"http://{host}/api/v2/nothing")

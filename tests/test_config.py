@@ -375,12 +375,20 @@ _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
                      st.sampled_from(["yes", "off", "0x1f", "1e3", "~", "10s", "2024-01-31", "a: b", "- x", "#"]))
 _KEYS = st.one_of(st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8),
                   st.integers(0, 99))
-_DOCUMENTS = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                            st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=25)
+
+
+def _mappings(values, max_size: int):
+    """Mappings whose keys stay distinct as text: a configuration's keys are text, so `0` and
+    `'0'` in one mapping are one key given twice (a duplicate either reader reports)."""
+    return st.dictionaries(_KEYS, values, max_size=max_size).filter(lambda d: len({str(k) for k in d}) == len(d))
+
+
+_DOCUMENTS = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4), _mappings(inner, 4)),
+                          max_leaves=25)
 
 
 @settings(max_examples=150, deadline=None)
-@given(document=st.dictionaries(_KEYS, _DOCUMENTS, max_size=5), flow=st.booleans())
+@given(document=_mappings(_DOCUMENTS, 5), flow=st.booleans())
 def test_yaml_readers_agree_on_any_plain_document(document, flow):
     """The event reader (fast, for plain YAML) and the node tree (for anchors, aliases, merges
     and tags) give the same data and the same line of every key."""

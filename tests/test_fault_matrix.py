@@ -514,6 +514,58 @@ IAMMETER_PUSH_FAULTS = [
 ]
 
 
+# --- IAMMETER TCP upload over TLS (stream receiver) ---------------------------------------------
+
+
+async def iammeter_tcp_rig(tmp_path, monkeypatch) -> Rig:
+    from simulators.iammeter_tcp import TcpMeter
+
+    authority = new_authority("Upload CA", "tests", tmp_path / "pki")
+    authority.issue("127.0.0.1", ip_addresses=("127.0.0.1",), name="server")
+    authority.issue("meter", name="client")
+    stranger = new_authority("Other CA", "someone else", tmp_path / "other")
+    stranger.issue("meter", name="client")
+    port = free_port()
+    client = (authority.directory / "client.pem", authority.directory / "client.key")
+    meter = TcpMeter("WEM3080T", port=port, tls=True, ca_file=authority.ca_file, client_cert=client,
+                     interval=PUSH_EVERY)
+    control = await HomeWizardSimulator("HWE-KWH3", v2=False).start()
+    head = (f"tcp_push:\n  tls_listen: 127.0.0.1:{port}\n  max_messages_per_minute: 0\n  read_timeout: 1s\n"
+            f"  tls_cert_file: {authority.directory / 'server.pem'}\n  tls_key_file: {authority.directory / 'server.key'}\n"
+            f"  tls_client_ca_file: {authority.ca_file}\n")
+    daemon = daemon_config(tmp_path, f"  - name: faulty\n    vendor: iammeter\n    transport: tcp\n"
+                           f"    sn: {meter.serial}\n    stale_after: {STALE_AFTER}s\n", control, head)
+    await meter.start()  # it retries until the daemon listens, as a meter does
+    rig = Rig(meter, None, control, daemon, stops=[meter.stop])
+    rig.extra.update(listener="tcp_push", client=client,
+                     stranger=(stranger.directory / "client.pem", stranger.directory / "client.key"))
+    return rig
+
+
+def _stranger_certificate(rig: Rig) -> None:
+    rig.device.client_cert = rig.extra["stranger"]
+
+
+def _own_certificate(rig: Rig) -> None:
+    rig.device.client_cert = rig.extra["client"]
+
+
+IAMMETER_TCP_FAULTS = [
+    Fault("upload:stopped", ("stale",), _stop_meter, _start_meter, repeats=False),
+    attr_fault("garbage", "fault", "garbage", ("parse",), prefix="upload", counted="malformed"),
+    attr_fault("wrong_types", "fault", "string_value", ("parse",), prefix="upload", counted="malformed"),
+    # Refused before any target sees them: the target hears nothing and goes stale.
+    attr_fault("wrong_sn", "fault", "wrong_sn", ("stale",), prefix="upload", counted="unknown_sn", repeats=False),
+    # The connection is dropped once the document passes the limit; the SN at its start is told.
+    attr_fault("too_large", "fault", "huge", ("too_large",), prefix="upload", counted="too_large"),
+    # A document slower than read_timeout: the connection is dropped, the SN it got to is told.
+    attr_fault("drip", "fault", "drip", ("timeout",), prefix="upload", counted="timeout"),
+    # Plain TCP to the TLS listener (the meter's address lacks tls://): refused in the handshake.
+    attr_fault("no_tls", "fault", "no_tls", ("stale",), prefix="tls", counted="tls", repeats=False),
+    Fault("tls:client_cert", ("stale",), _stranger_certificate, _own_certificate, repeats=False, counted="tls"),
+]
+
+
 # --- IAMMETER cloud API -------------------------------------------------------------------------
 
 CLOUD_PASSWORD = "cloud-pass-94c2"
@@ -977,6 +1029,7 @@ RIGS: dict[str, tuple[Callable[..., Awaitable[Rig]], list[Fault]]] = {
     "iammeter-modbus": (iammeter_modbus_rig, IAMMETER_MODBUS_FAULTS + IAMMETER_MODBUS_HOSTILE),
     "iammeter-mqtt": (iammeter_mqtt_rig, IAMMETER_MQTT_FAULTS + IAMMETER_MQTT_HOSTILE),
     "iammeter-push": (iammeter_push_rig, IAMMETER_PUSH_FAULTS + IAMMETER_PUSH_HOSTILE),
+    "iammeter-tcp": (iammeter_tcp_rig, IAMMETER_TCP_FAULTS),
     "iammeter-cloud": (iammeter_cloud_rig, IAMMETER_CLOUD_FAULTS + IAMMETER_CLOUD_HOSTILE),
     "enphase-local": (enphase_rig, ENPHASE_FAULTS + ENPHASE_TOKEN_FAULTS + ENPHASE_HOSTILE),
     "iometer-bridge": (iometer_bridge_rig, IOMETER_BRIDGE_FAULTS + IOMETER_BRIDGE_HOSTILE),

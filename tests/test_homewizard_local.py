@@ -152,3 +152,67 @@ async def test_device_gone_and_back(session, tmp_path):
         assert (await a.poll()).value_of(M.FREQUENCY) == pytest.approx(49.926)
     finally:
         await sim2.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def v2_adapter(sim: HomeWizardSimulator, session, tmp_path, clock=None) -> HomeWizardLocal:
+    ctx = AdapterContext(session=session, state=StateDirectory(tmp_path), log=get_log(), clock=clock or Clock())
+    return HomeWizardLocal(target(host=sim.v2_host, token=Secret(sim.issue_token()), ca_file=str(sim.ca_file)), ctx)
+
+
+async def test_p1_exports_its_battery_group_every_poll_and_its_smart_meter(p1, session, tmp_path):
+    a = v2_adapter(p1, session, tmp_path)
+    reading = await a.poll()
+    assert reading.value_of(M.BATTERY_POWER) == 404  # the group discharges 404 W (power_w -404)
+    assert reading.value_of(M.BATTERY_CONTROL_MODE, mode="zero") == 1
+    assert reading.value_of(M.SMART_METER_INFO, model="ISKRA  2M550T-101", protocol_version="50") == 1
+    p1.batteries = {**p1.batteries, "power_w": 1599, "mode": "to_full"}
+    reading = await a.poll()
+    assert reading.value_of(M.BATTERY_POWER) == -1599  # charging now
+    assert reading.value_of(M.BATTERY_CONTROL_MODE, mode="to_full") == 1
+    assert p1.requests.count("v2 /api/batteries") == 2
+
+
+async def test_meter_without_batteries_is_asked_once_a_minute_and_a_missing_path_not_again(session, tmp_path):
+    clock = Clock()
+    sim = await HomeWizardSimulator("HWE-KWH3", v1=False).start()
+    try:
+        sim.batteries = {"mode": "zero", "battery_count": 0, "power_w": 0}
+        a = v2_adapter(sim, session, tmp_path, clock)
+        assert (await a.poll()).value_of(M.BATTERY_COUNT) == 0
+        clock.now += 10
+        assert (await a.poll()).value_of(M.BATTERY_POWER) is None
+        assert sim.requests.count("v2 /api/batteries") == 1
+        sim.batteries = None  # firmware without the path: 404
+        clock.now += 61
+        reading = await a.poll()
+        assert reading.value_of(M.ACTIVE_POWER) is not None and reading.value_of(M.BATTERY_COUNT) is None
+        clock.now += 61
+        await a.poll()
+        assert sim.requests.count("v2 /api/batteries") == 2
+    finally:
+        await sim.stop()
+
+
+async def test_failing_battery_read_keeps_the_poll_and_the_battery_itself_is_not_asked(session, tmp_path):
+    battery = await HomeWizardSimulator("HWE-BAT").start()
+    try:
+        reading = await v2_adapter(battery, session, tmp_path).poll()
+        assert reading.value_of(M.BATTERY_STATE_OF_CHARGE) is not None
+        assert "v2 /api/batteries" not in battery.requests
+    finally:
+        await battery.stop()
+    sim = await HomeWizardSimulator("HWE-P1", v1=False).start()
+    try:
+        sim.batteries = {"mode": 7}  # not a mode
+        reading = await v2_adapter(sim, session, tmp_path).poll()
+        assert reading.value_of(M.ACTIVE_POWER) == -543 and reading.value_of(M.BATTERY_POWER) is None
+    finally:
+        await sim.stop()

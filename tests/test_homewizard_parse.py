@@ -163,3 +163,77 @@ def test_any_json_gives_a_reading_or_a_parse_error(payload):
             continue
         assert isinstance(result, Reading)
         assert all(s.value == s.value for s in result.samples)  # never NaN
+
+
+# --- the smart meter behind a P1 meter, and the battery group (v2 /api/batteries) ------------------
+
+
+def smart_meter(reading: Reading) -> list[dict[str, str]]:
+    return [dict(s.labels) for s in reading.samples if s.metric is M.SMART_METER_INFO and s.value == 1]
+
+
+def test_p1_tells_its_smart_meter_on_both_apis(conformance):
+    v1 = parse.parse_v1_data(load(conformance, "v1/HWE-P1/data.json"), UTC)
+    assert smart_meter(v1) == [{"model": "ISKRA  2M550T-101", "meter_id": "4E47475955", "protocol_version": "50"}]
+    v2 = parse.parse_v2_measurement(load(conformance, "v2/HWE-P1/measurement_3_phase_with_gas_with_watermeter.json"), UTC)
+    assert smart_meter(v2) == [{"model": "ISKRA  2M550T-101",
+                                "meter_id": "4E6576657220476F6E6E61204C657420596F7520446F776E",
+                                "protocol_version": "50"}]
+    # an all-zero id is the placeholder of a meter that sends none
+    zero = parse.parse_v2_measurement(load(conformance, "v2/HWE-P1/measurement_invalid_ean.json"), UTC)
+    assert smart_meter(zero) == []
+    placeholder = parse.parse_v2_measurement({"unique_id": "0000", "protocol_version": 50})
+    assert smart_meter(placeholder) == [{"model": "", "meter_id": "", "protocol_version": "50"}]
+
+
+def test_devices_without_a_smart_meter_give_no_smart_meter_series(conformance):
+    for rel in ("v1/HWE-KWH3/data.json", "v1/HWE-SKT/data.json", "v1/HWE-WTR/data.json"):
+        assert smart_meter(parse.parse_v1_data(load(conformance, rel), UTC)) == []
+    assert smart_meter(parse.parse_v2_measurement(load(conformance, "v2/HWE-BAT/measurement.json"), UTC)) == []
+
+
+def test_smart_meter_labels_are_bounded_and_odd_versions_tolerated():
+    r = parse.parse_v2_measurement({"meter_model": "X\n\x00", "unique_id": "AB" * 200, "protocol_version": 5.5})
+    (labels,) = smart_meter(r)
+    assert len(labels["meter_id"]) == 128 and "\x00" not in labels["model"] and labels["protocol_version"] == "5.5"
+    odd = parse.parse_v2_measurement({"meter_model": "M", "protocol_version": True})
+    assert smart_meter(odd) == [{"model": "M", "meter_id": "", "protocol_version": ""}]
+
+
+def test_battery_group_in_the_catalogue_sign(conformance):
+    r = parse.parse_v2_batteries(load(conformance, "v2/HWE-P1/batteries.json"))
+    # power_w -404 = the batteries deliver 404 W: positive when discharging
+    assert r.value_of(M.BATTERY_POWER) == 404
+    assert r.value_of(M.BATTERY_TARGET_POWER) == 400
+    assert r.value_of(M.BATTERY_MAX_CHARGE_POWER) == 1600
+    assert r.value_of(M.BATTERY_MAX_DISCHARGE_POWER) == 800
+    assert r.value_of(M.BATTERY_COUNT) == 2
+    assert r.value_of(M.BATTERY_CONTROL_MODE, mode="zero") == 1
+    assert r.value_of(M.BATTERY_CONTROL_MODE, mode="to_full") == 0
+    assert r.value_of(M.BATTERY_PERMISSION, permission="charge_allowed") == 1
+
+
+def test_battery_group_across_api_versions(conformance):
+    old = parse.parse_v2_batteries(load(conformance, "v2/HWE-P1/batteries_2_1_0.json"))
+    assert old.value_of(M.BATTERY_COUNT) is None and old.value_of(M.BATTERY_POWER) == 404
+    assert not [s for s in old.samples if s.metric is M.BATTERY_PERMISSION]  # 2.1.0 has no permissions
+    new = parse.parse_v2_batteries(load(conformance, "v2/HWE-P1/batteries_2_3_0.json"))
+    assert new.value_of(M.BATTERY_CONTROL_MODE, mode="predictive") == 1
+    assert new.value_of(M.BATTERY_CONTROL_MODE, mode="zero") == 0
+    novel = parse.parse_v2_batteries({"mode": "boost", "permissions": ["discharge_allowed"], "power_w": 0})
+    assert novel.value_of(M.BATTERY_CONTROL_MODE, mode="boost") == 1
+    assert novel.value_of(M.BATTERY_PERMISSION, permission="charge_allowed") == 0
+    assert novel.value_of(M.BATTERY_POWER) == 0
+
+
+def test_meter_without_batteries_gives_the_count_only():
+    r = parse.parse_v2_batteries({"mode": "zero", "battery_count": 0, "power_w": 0, "target_power_w": 0,
+                                  "max_consumption_w": 0, "max_production_w": 0})
+    assert [(s.metric, s.value) for s in r.samples] == [(M.BATTERY_COUNT, 0)]
+
+
+@pytest.mark.parametrize("payload", [[], {"mode": 3}, {"permissions": "charge_allowed"}, {"permissions": [1]},
+                                     {"power_w": "much"}, {"battery_count": [2]}])
+def test_malformed_battery_group_is_refused(payload):
+    with pytest.raises(ParseError):
+        parse.parse_v2_batteries(payload)

@@ -261,8 +261,15 @@ def test_power_analysis():
 def test_offline_analysis_in_seconds():
     reading = cp.parse_offline_analysis(seed.SEED_OFFLINE_ANALYSIS["data"], LABELS)
     assert reading.value_of(M.ACCOUNT_OFFLINE_TIME, meter="kitchen") == 906 * 60
-    assert cp.parse_offline_analysis({"totalCount": 1440}, LABELS).samples == []
-    for bad in ({"offlineCount": 2000, "totalCount": 1440}, {"offlineCount": -1}, {"offlineCount": [1]}):
+    # the seed's week (10080 minutes) and its one gap longer than the interval
+    assert reading.value_of(M.ACCOUNT_OFFLINE_ANALYSIS_PERIOD, meter="kitchen") == 10080 * 60
+    assert reading.value_of(M.ACCOUNT_OFFLINE_GAPS, meter="kitchen") == 1
+    quiet = cp.parse_offline_analysis({"offlineCount": 0, "totalCount": 1440, "list": []}, LABELS)
+    assert quiet.value_of(M.ACCOUNT_OFFLINE_GAPS) == 0 and quiet.value_of(M.ACCOUNT_OFFLINE_TIME) == 0
+    bare = cp.parse_offline_analysis({"totalCount": 1440}, LABELS)
+    assert [s.metric for s in bare.samples] == [M.ACCOUNT_OFFLINE_ANALYSIS_PERIOD]  # no count, no list: no series
+    for bad in ({"offlineCount": 2000, "totalCount": 1440}, {"offlineCount": -1}, {"offlineCount": [1]},
+                {"totalCount": -5}, {"offlineCount": 3, "list": {"startTime": "x"}}):
         with pytest.raises(ParseError):
             cp.parse_offline_analysis(bad, LABELS)
 
@@ -273,6 +280,10 @@ def test_energy_history_of_the_current_and_previous_day():
     assert reading.value_of(M.PLACE_DAILY_GRID_IMPORT, day="current") == pytest.approx(0.22 * KWH)
     assert reading.value_of(M.PLACE_DAILY_GRID_EXPORT, day="current") == pytest.approx(7.15 * KWH)
     assert reading.value_of(M.PLACE_DAILY_SELF_USE, day="previous") == 0
+    assert reading.value_of(M.PLACE_DAILY_SPECIAL_LOAD, day="current") == 0  # the seed's specialLoad
+    rows = [{**row, "specialLoad": 1.25} for row in seed.SEED_ENERGY_HISTORY["2393"]["data"]]
+    special = cp.parse_energy_history(rows, "home", date(2024, 5, 6))
+    assert special.value_of(M.PLACE_DAILY_SPECIAL_LOAD, place="home", day="current") == pytest.approx(1.25 * KWH)
     later = cp.parse_energy_history(seed.SEED_ENERGY_HISTORY["2393"]["data"], "home", date(2024, 5, 7))
     assert later.value_of(M.PLACE_DAILY_YIELD, day="previous") == pytest.approx(0.1 * KWH)
     assert later.value_of(M.PLACE_DAILY_YIELD, day="current") is None  # today's row not there yet
@@ -281,6 +292,7 @@ def test_energy_history_of_the_current_and_previous_day():
 def test_malformed_energy_history_is_refused():
     rows = seed.SEED_ENERGY_HISTORY["1360"]["data"]
     for data, message in ((rows + rows[:1], "twice"), ([{**rows[0], "fromGrid": -1}], "negative"),
+                          ([{**rows[0], "specialLoad": -2}], "negative"), ([{**rows[0], "specialLoad": "x"}], "specialLoad"),
                           ([{**rows[0], "time": "5 May"}], "not a time"), ({"x": 1}, "expected a list")):
         with pytest.raises(ParseError, match=message):
             cp.parse_energy_history(data, "1360", date(2024, 5, 6))

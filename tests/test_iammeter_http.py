@@ -78,10 +78,35 @@ async def test_identity_is_read_once_per_info_interval_not_every_poll(make, cloc
         adapter = make(host=sim.host, info_interval="1h")
         await adapter.poll()
         await adapter.poll()
-        assert sim.requests == ["/api/monitorjson", "/api/wifidata", "/api/monitorjson"]
+        assert sim.requests == ["/api/monitorjson", "/api/wifidata", "/api/monitor", "/api/monitorjson"]
         clock.now += 3601
         await adapter.poll()
-    assert sim.requests[3:] == ["/api/monitorjson", "/api/wifidata"]
+    assert sim.requests[4:] == ["/api/monitorjson", "/api/wifidata", "/api/monitor"]
+
+
+async def test_wifi_signal_and_upload_settings_are_exported(make):
+    async with running(IammeterHttpSimulator("WEM3080T")) as sim:
+        sim.state.signal = 64
+        reading = await make(host=sim.host).poll()
+    assert reading.value_of(M.WIFI_SIGNAL) == 0.64
+    # the simulated meter runs standalone, uploading every 60 s (its /api/wifidata)
+    assert reading.value_of(M.UPLOAD_MODE, mode="standalone") == 1
+    assert reading.value_of(M.UPLOAD_MODE, mode="mqtt") == 0
+    assert reading.value_of(M.UPLOAD_INTERVAL) == 60
+
+
+async def test_wifi_signal_is_read_every_five_minutes_and_kept_between_reads(make, clock):
+    async with running(IammeterHttpSimulator("WEM3080T")) as sim:
+        adapter = make(host=sim.host, info_interval="1h")
+        await adapter.poll()
+        sim.state.signal = 30
+        clock.now += 60
+        assert (await adapter.poll()).value_of(M.WIFI_SIGNAL) == 0.8  # the last read's, not asked again
+        assert sim.requests.count("/api/monitor") == 1
+        clock.now += 241
+        assert (await adapter.poll()).value_of(M.WIFI_SIGNAL) == 0.3
+        assert sim.requests.count("/api/monitor") == 2
+        assert sim.requests.count("/api/wifidata") == 1
 
 
 async def test_changed_values_show_on_the_next_poll(make):
@@ -259,6 +284,28 @@ async def test_slow_identity_read_does_not_make_the_poll_overrun_its_timeout(mak
     assert reading.value_of(M.PHASE_VOLTAGE, phase="l1") == 231.4
     assert reading.devices[0].serial == "7A30C2E1"
     assert counts["/api/wifidata"] == 1
+
+
+async def test_meter_without_api_monitor_is_asked_again_only_after_info_interval(make, clock):
+    routes = {
+        "/api/monitorjson": (200, WEM3046T_BODY),
+        "/api/wifidata": (200, '{"SN":"7A30C2E1","runMode":2,"uploadinterval":"10","sig":-67}'),
+        "/api/ratio": (200, '{"CTratio":400}'),
+    }
+    async with scripted(routes) as (host, counts):
+        adapter = make(host=host, info_interval="1h")
+        reading = await adapter.poll()
+        # /api/monitor answers 404 here: the poll succeeds, the signal comes from /api/wifidata
+        assert counts["/api/monitor"] == 1
+        assert reading.value_of(M.WIFI_RSSI) == -67
+        assert reading.value_of(M.UPLOAD_MODE, mode="http") == 1
+        assert reading.value_of(M.UPLOAD_INTERVAL) == 10
+        clock.now += 600
+        await adapter.poll()
+        assert counts["/api/monitor"] == 1
+        clock.now += 3001
+        await adapter.poll()
+        assert counts["/api/monitor"] == 2
 
 
 async def test_wifidata_fills_identity_the_measurement_lacks(make):

@@ -386,6 +386,33 @@ def test_wifidata_gives_identity_and_settings():
     assert info.net_metering is None
 
 
+# The seed's `GET /api/wifidata` example (local integration guide, 5.3).
+SEED_WIFIDATA = {"version": "i.75.97.9", "SN": "3E0BAF87", "mac": "B0F8933C4F94", "type": "PM",
+                 "ssid": "CMCC-laohe", "ip": "192.168.11.62", "netmask": "255.255.255.0", "gw": "192.168.11.253",
+                 "dns": "114.114.114.114", "dhcp": 1, "runMode": "tcp", "uploadinterval": 60}
+
+
+def test_wifidata_series_are_the_upload_mode_and_interval_not_the_network_settings():
+    reading = parse_wifidata(SEED_WIFIDATA).reading()
+    modes = {dict(s.labels)["mode"]: s.value for s in reading.samples if s.metric is M.UPLOAD_MODE}
+    assert modes == {"cloud": 0, "tcp": 1, "http": 0, "mqtt": 0, "standalone": 0}
+    assert reading.value_of(M.UPLOAD_INTERVAL) == 60
+    assert {s.metric for s in reading.samples} == {M.UPLOAD_MODE, M.UPLOAD_INTERVAL}
+    labels = {v for s in reading.samples for _, v in s.labels}
+    assert not labels & {"CMCC-laohe", "192.168.11.62"}
+
+
+def test_wifidata_keeps_a_mode_it_does_not_know_and_its_signal():
+    reading = parse_wifidata({"runMode": "Modbus", "sig": 55}).reading()
+    assert reading.value_of(M.UPLOAD_MODE, mode="Modbus") == 1
+    assert reading.value_of(M.UPLOAD_MODE, mode="tcp") == 0
+    assert reading.value_of(M.WIFI_SIGNAL) == 0.55
+    assert parse_wifidata({"runMode": "MQTT"}).run_mode == "mqtt"
+    assert parse_wifidata({}).reading().samples == []
+    with pytest.raises(ParseError):
+        parse_wifidata({"sig": 300})
+
+
 def test_wifidata_tolerates_numeric_run_mode_and_quoted_interval():
     info = parse_wifidata({"runMode": 4, "uploadInterval": "30", "netmeter": 1})
     assert info.run_mode == "standalone" and info.upload_interval == 30 and info.net_metering is True

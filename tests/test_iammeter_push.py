@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import textwrap
 
 import aiohttp
@@ -20,6 +21,7 @@ from exporter.runtime.state import StateDirectory
 from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import push as iam_push
 from simulators.iammeter_push import HttpPushMeter
+from simulators.tls import new_authority
 
 from .configs import load_config
 from .conftest import async_wait_until, exposition_text, free_port, sample_value
@@ -225,33 +227,41 @@ def write(path, text: str):
     return path
 
 
-TARGETS = "targets:\n  - name: a\n    vendor: iammeter\n    transport: push\n    sn: 3E0BAF87\n"
+TARGETS = "targets:\n  - name: a\n    vendor: iammeter\n    transport: {transport}\n    sn: 3E0BAF87\n"
 
 
-@pytest.mark.parametrize("section, expected", [
-    ("", ":4: targets[0].transport: transport push receives on the http_push listener, which has no `listen`"),
-    ("http_push:\n  listen: localhost\n", ":2: http_push.listen: 'localhost': expected [host]:port"),
-    ("http_push:\n  listen: ':8088'\n  allowed_networks: [10.0.0.0/33]\n",
+@pytest.mark.parametrize("transport, section, expected", [
+    ("push", "", ":4: targets[0].transport: transport push receives on the http_push listener, which has no `listen`"),
+    ("push", "http_push:\n  listen: localhost\n", ":2: http_push.listen: 'localhost': expected [host]:port"),
+    ("push", "http_push:\n  listen: ':8088'\n  allowed_networks: [10.0.0.0/33]\n",
      ":3: http_push.allowed_networks: '10.0.0.0/33' is not a network"),
+    ("tcp", "", ":4: targets[0].transport: transport tcp receives on the tcp_push listeners, which have no address"),
+    ("tcp", "tcp_push:\n  listen: localhost\n", ":2: tcp_push.listen: 'localhost': expected [host]:port"),
+    ("tcp", "tcp_push:\n  tls_listen: ':9101'\n", ":2: tcp_push.tls_listen: a TLS listener needs tls_cert_file"),
+    ("tcp", "tcp_push:\n  listen: ':9100'\n  allowed_networks: [10.0.0.0/33]\n",
+     ":3: tcp_push.allowed_networks: '10.0.0.0/33' is not a network"),
+    ("tcp", "tcp_push:\n  tls_listen: ':9101'\n  tls_cert_file: /nonexistent/c.pem\n  tls_key_file: /nonexistent/k.pem\n",
+     ":3: tcp_push.tls_cert_file: cannot load the certificate"),
 ])
-def test_config_problems_of_the_listener(tmp_path, section, expected):
-    config = write(tmp_path / "c.yaml", section + TARGETS)
+def test_config_problems_of_the_upload_listeners(tmp_path, transport, section, expected):
+    config = write(tmp_path / "c.yaml", section + TARGETS.format(transport=transport))
     with pytest.raises(ConfigError) as info:
         load_config(config)
     assert f"{config}{expected}" in str(info.value)
 
 
-def test_config_refuses_an_sn_on_two_push_targets(tmp_path):
-    config = write(tmp_path / "c.yaml", """\
-        http_push:
+@pytest.mark.parametrize("transport, section", [("push", "http_push"), ("tcp", "tcp_push")])
+def test_config_refuses_an_sn_on_two_upload_targets(tmp_path, transport, section):
+    config = write(tmp_path / "c.yaml", f"""\
+        {section}:
           listen: ":8088"
         targets:
-          - {name: a, vendor: iammeter, transport: push, sn: 3E0BAF87}
-          - {name: b, vendor: iammeter, transport: push, sn: 3E0BAF87}
+          - {{name: a, vendor: iammeter, transport: {transport}, sn: 3E0BAF87}}
+          - {{name: b, vendor: iammeter, transport: {transport}, sn: 3E0BAF87}}
     """)
     with pytest.raises(ConfigError) as info:
         load_config(config)
-    assert f"{config}:5: targets[1].sn: SN 3E0BAF87 is already received by push target 'a'" in str(info.value)
+    assert f"{config}:5: targets[1].sn: SN 3E0BAF87 is already received by {transport} target 'a'" in str(info.value)
 
 
 async def test_the_daemon_exports_a_meter_that_posts(tmp_path, conformance):
@@ -308,3 +318,32 @@ async def test_the_daemon_exports_a_meter_that_posts(tmp_path, conformance):
     finally:
         await meter.stop()
         await daemon.stop()
+
+
+# --- HTTPS upload (a meter uploading to port 443) ------------------------------------------------
+
+UPLOAD_TOKEN = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+
+
+async def test_an_https_upload_carrying_the_path_token_is_accepted(tmp_path, port):
+    authority = new_authority("Upload CA", "tests", tmp_path / "pki")
+    authority.issue("127.0.0.1", ip_addresses=("127.0.0.1",), name="server")
+    context = ssl.create_default_context(cafile=str(authority.ca_file))
+    meter = HttpPushMeter("WEM3080T", url=f"https://127.0.0.1:{port}/{UPLOAD_TOKEN}")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as https:
+        async with exporter(https, tmp_path, listen=f"127.0.0.1:{port}", path_token=UPLOAD_TOKEN,
+                            tls_cert_file=str(authority.directory / "server.pem"),
+                            tls_key_file=str(authority.directory / "server.key")) as e:
+            await e.add(target())
+            assert await meter.post_once(https) == (200, {"successful": True, "message": "ok"})
+            assert e.value(M.PHASE_VOLTAGE.name, device="meter", phase="l3") == 263.5
+            # over HTTPS, but without the token: nothing is received here
+            for path in ("/", f"/{UPLOAD_TOKEN[:-1]}"):
+                async with https.post(f"https://127.0.0.1:{port}{path}", data=meter.body()) as resp:
+                    assert resp.status == 404 and UPLOAD_TOKEN not in await resp.text()
+            assert e.rejected("bad_token") == 2
+            # plain HTTP to the HTTPS listener gets no answer
+            plain = HttpPushMeter("WEM3080T", url=f"http://127.0.0.1:{port}/{UPLOAD_TOKEN}")
+            with pytest.raises(aiohttp.ClientError):
+                await plain.post_once()
+            assert e.state().polls == 1

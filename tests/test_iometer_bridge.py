@@ -19,7 +19,8 @@ from exporter.model.samples import ParseError, Reading
 from exporter.runtime.context import AdapterContext
 from exporter.runtime.state import StateDirectory
 from exporter.vendors import registry
-from exporter.vendors.iometer.bridge import OPTIONS, IOmeterBridge, SseDecoder, SseEvent
+from exporter.transport.sse import SseDecoder, SseEvent
+from exporter.vendors.iometer.bridge import OPTIONS, IOmeterBridge
 from simulators.iometer import EMBEDDED_READING, BridgeSimulator
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
@@ -243,3 +244,72 @@ def test_sse_decoder_refuses_endless_events() -> None:
     decoder = SseDecoder(max_bytes=100)
     with pytest.raises(ParseError):
         decoder.feed(b"data: " + b"x" * 200)
+
+
+class Log:
+    """A logger that keeps what it was told (structlog's interface, the parts the adapter uses)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def warning(self, event: str, **_: Any) -> None:
+        self.lines.append(("warning", event))
+
+    def info(self, event: str, **_: Any) -> None:
+        self.lines.append(("info", event))
+
+
+async def test_a_missing_status_leaves_the_readings_and_is_asked_for_slowly(bridge, session, tmp_path) -> None:
+    clock = Clock()
+    ctx = context(session, tmp_path, clock)
+    log = ctx.log = Log()
+    adapter = IOmeterBridge(make_target(bridge.host, status_interval="60s"), ctx)
+    first = await adapter.poll()
+    assert first.value_of(M.READER_CONNECTED) == 1
+    bridge.status_missing = True
+    for _ in range(30):  # five minutes of polls every 10 s
+        clock.now += 10
+        reading = await adapter.poll()  # no PollError: the meter is not down
+        assert reading.value_of(M.ENERGY_IMPORTED) == pytest.approx(1234.5 * 3600)
+        # the kept status until it is asked for again; then the state series go stale
+        assert (reading.value_of(M.READER_CONNECTED) is None) == (bridge.status_404s > 0)
+    assert bridge.status_404s == 1  # asked once, not at every poll nor every status_interval
+    assert [line for line in log.lines if line[0] == "warning"] == [
+        ("warning", "bridge has no /v1/status (HTTP 404); readings go on without the device state")]
+    bridge.status_missing = False
+    clock.now += 600
+    back = await adapter.poll()
+    assert back.value_of(M.READER_CONNECTED) == 1 and bridge.status_404s == 1
+    assert sum(1 for line in log.lines if line[0] == "warning") == 1
+
+
+async def test_a_missing_status_stream_leaves_the_readings(bridge, session, tmp_path) -> None:
+    bridge.status_missing = True
+    adapter = IOmeterBridge(make_target(bridge.host, mode="sse", reconnect_delay="10ms"), context(session, tmp_path))
+    emitted: list[Reading | PollError] = []
+    task = asyncio.create_task(adapter.run(emitted.append))
+    try:
+        await wait_for(lambda: bridge.status_404s == 1 and any(
+            isinstance(e, Reading) and e.value_of(M.ENERGY_IMPORTED) for e in emitted), "a reading")
+        bridge.set_reading(reading_with(2000, "2024-11-11T11:12:00Z"))
+        await wait_for(lambda: emitted[-1].value_of(M.ENERGY_IMPORTED) == 2000 * 3600, "a pushed reading")
+        assert not any(isinstance(e, PollError) for e in emitted)
+        assert emitted[-1].value_of(M.READER_CONNECTED) is None
+        assert bridge.status_404s == 1  # not asked again at the reconnection pace
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await adapter.close()
+
+
+def test_device_state_without_an_installation_has_no_empty_label() -> None:
+    from exporter.vendors.iometer import parse
+    from simulators.iometer import EMBEDDED_STATUS
+
+    status = copy.deepcopy(EMBEDDED_STATUS)
+    del status["installationId"]
+    reading = parse.parse_bridge_status(status)
+    states = [s for s in reading.samples if s.metric is M.READER_CONNECTED]
+    assert [dict(s.labels) for s in states] == [{"device_id": "658c2b34-2017-45f2-a12b-731235f8bb97"}]
+    with_installation = parse.parse_bridge_status(EMBEDDED_STATUS)
+    assert with_installation.value_of(M.READER_CONNECTED, installation="658c2b34-2017-45f2-a12b-731235f8bb97") == 1

@@ -87,7 +87,8 @@ def test_iometer_targets_end_to_end(exporter, simulators):
                             vendor="iometer", obis="1-0:1.8.0") == pytest.approx(18123456.7 * 3600)
         assert sample_value(text, "energy_meter_phase_voltage_volts", device=device, phase="l2") == 231.9
     assert sample_value(text, "energy_meter_reader_battery_level_ratio", device="hall") == 1.0
-    assert sample_value(text, "energy_meter_obis_value", device="hall", obis="1-0:2.7.0", unit="W") == 1250
+    assert sample_value(text, "energy_meter_export_power_watts", device="hall", obis="1-0:2.7.0") == 1250
+    assert sample_value(text, "energy_meter_obis_value", device="hall", obis="1-0:15.7.0", unit="W") == 1250
     installation = partner.installations[0]
     assert sample_value(text, "energy_meter_account_energy_imported_joules_total", device="fleet",
                         installation=installation.id, meter="house") == 2500.0 * 3600

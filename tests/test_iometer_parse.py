@@ -76,7 +76,12 @@ def test_three_phase_reading() -> None:
     assert reading.value_of(M.FREQUENCY) == pytest.approx(49.98)
     assert reading.value_of(M.TARIFF_ENERGY_IMPORTED, tariff="2") == pytest.approx(8000000.0 * 3600)
     assert reading.value_of(M.POWER_FACTOR) == pytest.approx(0.92)
-    assert reading.value_of(M.OBIS_VALUE, obis="1-0:2.7.0", unit="W") == 1250
+    assert reading.value_of(M.EXPORT_POWER) == 1250
+    assert reading.value_of(M.PHASE_EXPORT_POWER, phase="l1") == 1500
+    assert reading.value_of(M.ACTIVE_TARIFF) == 1
+    assert reading.value_of(M.PHASE_VOLTAGE_SWELLS, phase="l3") == 1
+    assert reading.value_of(M.OBIS_VALUE, obis="1-0:15.7.0", unit="W") == 1250  # no standard meaning
+    assert {dict(s.labels)["obis"] for s in reading.samples if s.metric is M.OBIS_VALUE} == {"1-0:15.7.0"}
 
 
 # The vendor's documented variants (iometer-gmbh/iometer.py docs/api.md): wired power, and a
@@ -95,8 +100,9 @@ WIRED = {
 
 def test_status_wired_without_battery_level() -> None:
     reading = parse.parse_bridge_status(WIRED)
-    device = labels("", "eaf4f756-1d8b-41fa-9d4f-06eff5b33dea")
+    device = {"device_id": "eaf4f756-1d8b-41fa-9d4f-06eff5b33dea"}  # no installation="" label
     assert reading.value_of(M.READER_POWER_SOURCE, **device, source="wired") == 1
+    assert all("installation" not in dict(s.labels) for s in reading.samples)
     assert reading.value_of(M.READER_BATTERY) is None
     assert reading.value_of(M.WIFI_RSSI) == -15
 

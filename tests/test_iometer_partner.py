@@ -176,10 +176,12 @@ async def test_query_mode_pages_and_resumes(session, tmp_path) -> None:
         await sim.stop()
 
 
-@pytest.mark.parametrize(("protocol", "auth"), [(TRANSPORT_WS, "wsse"), (LEGACY_WS, "basic")])
-async def test_subscription_dropped_three_times_while_readings_flow(session, tmp_path, protocol, auth) -> None:
+@pytest.mark.parametrize(("protocol", "auth", "over"), [(TRANSPORT_WS, "wsse", "websocket"),
+                                                       (LEGACY_WS, "basic", "websocket"),
+                                                       (TRANSPORT_WS, "wsse", "sse"), (TRANSPORT_WS, "basic", "sse")])
+async def test_subscription_dropped_three_times_while_readings_flow(session, tmp_path, protocol, auth, over) -> None:
     sim = await started(PartnerApiSimulator(installations=demo_installations(2, 2), protocols=(protocol,)))
-    adapter = adapter_for(sim, session, tmp_path, auth=auth)
+    adapter = adapter_for(sim, session, tmp_path, auth=auth, subscription_protocol=over)
     snapshots: list[Reading] = []
     runner = asyncio.create_task(adapter.run(snapshots.append))
     base = time.time() - 600
@@ -208,7 +210,8 @@ async def test_subscription_dropped_three_times_while_readings_flow(session, tmp
         newest = snapshots[-1]
         assert len(energies(newest)) == 4
         assert newest.value_of(M.ACCOUNT_MEASUREMENT_TIME) == int(base + last)
-        assert adapter.connections == 4 and sim.ws_connections == 4
+        assert adapter.connections == 4
+        assert (sim.ws_connections, sim.sse_connections) == ((4, 0) if over == "websocket" else (0, 4))
         # Each resume asked from the newest reading held, and its replay was dropped, counted.
         starts = [v.get("startTime") for v in sim.subscriptions_started]
         assert len(starts) == 4 and starts == sorted(starts) and starts[0] < starts[-1]
@@ -219,6 +222,7 @@ async def test_subscription_dropped_three_times_while_readings_flow(session, tmp
         flow.cancel()
         runner.cancel()
         await asyncio.gather(flow, runner, return_exceptions=True)
+        await adapter.close()
         await sim.stop()
 
 
@@ -390,3 +394,125 @@ def test_simulator_schema_matches_the_queries() -> None:
     sim = PartnerApiSimulator(installations=[SimInstallation("i1")])
     body = sim.execute("{ partner { id name installations { id } } connectUrl(redirectUrl: \"https://x\") }")
     assert "errors" not in body and body["data"]["partner"]["installations"] == [{"id": "i1"}]
+
+
+# --- subscriptions over Server-Sent Events ----------------------------------------------------
+
+
+async def test_simulator_speaks_graphql_over_sse(session) -> None:
+    """The protocol as its document has it: POST, Accept: text/event-stream, `next` events with
+    the execution result as data, `complete` at the end; validation errors as a `next` event."""
+    sim = await started(PartnerApiSimulator(installations=demo_installations(1, 1)))
+    try:
+        headers = {"Authorization": basic_header(sim.partner_id, sim.secret), "Accept": "text/event-stream"}
+        query = {"query": "{ partner { name } }"}
+        async with session.post(sim.url, json=query, headers=headers) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+            text = await response.text()
+        assert text == 'event: next\ndata: {"data":{"partner":{"name":"Simulated Partner"}}}\n\nevent: complete\ndata:\n\n'
+        async with session.post(sim.url, json={"query": "{ nope }"}, headers=headers) as response:
+            events = (await response.text()).split("\n\n")
+        assert events[0].startswith("event: next\ndata: {\"errors\":") and events[1] == "event: complete\ndata:"
+        refused = {**headers, "Authorization": basic_header(sim.partner_id, "wrong")}
+        async with session.post(sim.url, json=query, headers=refused) as response:
+            assert response.status == 401
+    finally:
+        await sim.stop()
+
+
+async def test_sse_readings_arrive_and_resume_from_the_newest_held(session, tmp_path) -> None:
+    sim = await started(PartnerApiSimulator(installations=demo_installations(1, 2)))
+    adapter = adapter_for(sim, session, tmp_path, subscription_protocol="sse", auth="wsse")
+    snapshots: list[Reading] = []
+    runner = asyncio.create_task(adapter.run(snapshots.append))
+    try:
+        base = time.time() - 120
+        publish_round(sim, base, 1)
+        await wait_for(lambda: sim.active_subscriptions == 1, "a stream")
+        publish_round(sim, base + 1, 2)
+        await wait_for(lambda: snapshots and set(energies(snapshots[-1]).values()) == {1002.0 * 3600}, "readings")
+        assert snapshots[-1].value_of(M.ACCOUNT_IMPORT_POWER) == 402.0
+        assert sim.ws_connections == 0 and sim.sse_connections == 1
+        await sim.drop_connections()
+        await wait_for(lambda: sim.sse_connections == 2 and sim.active_subscriptions == 1, "the stream again")
+        # The second stream asked from the newest reading held: its replay is all duplicates.
+        assert sim.subscriptions_started[-1]["startTime"] == parse_format(base + 1)
+        await wait_for(lambda: adapter.account.duplicates == 2, "the replayed readings dropped")
+        publish_round(sim, base + 2, 3)
+        await wait_for(lambda: set(energies(snapshots[-1]).values()) == {1003.0 * 3600}, "new readings")
+        assert_never_backwards(snapshots)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await adapter.close()
+        await sim.stop()
+
+
+def parse_format(timestamp: float) -> str:
+    from exporter.vendors.iometer.parse import format_time
+
+    return format_time(timestamp)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [("garbage", "parse"), ("oversized", "too_large")])
+async def test_sse_garbage_and_oversized_events_fail_with_a_reason(session, tmp_path, fault, reason) -> None:
+    sim = await started(PartnerApiSimulator(installations=demo_installations(1, 1)))
+    adapter = adapter_for(sim, session, tmp_path, subscription_protocol="sse")
+    emitted: list[Reading | PollError] = []
+    runner = asyncio.create_task(adapter.run(emitted.append))
+    try:
+        await wait_for(lambda: sim.active_subscriptions == 1, "a stream")
+        sim.sse_fault = fault
+        sim.publish(sim.installations[0].meters[0], time.time() - 5, demo_values(5.0, 6.0))
+        await wait_for(lambda: any(isinstance(e, PollError) and e.reason == reason for e in emitted), reason)
+        assert adapter.account.received == 0  # nothing of it taken
+        sim.sse_fault = None
+        sim.publish(sim.installations[0].meters[0], time.time() - 4, demo_values(7.0, 6.0))
+        await wait_for(lambda: adapter.account.received >= 1 and isinstance(emitted[-1], Reading)
+                       and set(energies(emitted[-1]).values()) == {7.0 * 3600}, "good readings again")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await adapter.close()
+        await sim.stop()
+
+
+async def test_sse_refused_credentials_are_unauthorized(session, tmp_path) -> None:
+    sim = await started(PartnerApiSimulator(installations=demo_installations(1)))
+    try:
+        for auth in ("basic", "wsse"):
+            adapter = adapter_for(sim, session, tmp_path, subscription_protocol="sse", secret="wrong", auth=auth)
+            failures: list[PollError] = []
+            runner = asyncio.create_task(adapter.run(failures.append))
+            await wait_for(lambda: adapter.connections >= 2 and len(failures) >= 3, "refused streams")
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await adapter.close()
+            assert {(f.reason, "wrong" in f.message) for f in failures} == {("unauthorized", False)}
+            assert sim.sse_connections == 0 and sim.active_subscriptions == 0
+    finally:
+        await sim.stop()
+
+
+async def test_sse_live_readings_one_stream_per_installation(session, tmp_path) -> None:
+    sim = await started(PartnerApiSimulator(installations=demo_installations(2, 1), obis_format="hex"))
+    adapter = adapter_for(sim, session, tmp_path, subscription_protocol="sse", subscription="liveReadings",
+                          obis_codes=["1.8.0", "16.7.0"])
+    snapshots: list[Reading] = []
+    runner = asyncio.create_task(adapter.run(snapshots.append))
+    try:
+        await wait_for(lambda: sim.active_subscriptions == 2, "a stream per installation")
+        assert sim.sse_connections == 2
+        publish_round(sim, time.time(), 4)
+        await wait_for(lambda: snapshots and len(energies(snapshots[-1])) == 2, "readings of both")
+        assert snapshots[-1].value_of(M.ACCOUNT_PHASE_VOLTAGE) is None  # not asked for
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await adapter.close()
+        await sim.stop()
+
+
+def test_check_target_sse_endpoint() -> None:
+    assert dict(check_target({"sse_endpoint": "wss://x"})) == {"sse_endpoint": "must start with https:// (or http://)"}
+    assert list(check_target({"sse_endpoint": "https://x/api/v1/query", "subscription_protocol": "sse"})) == []

@@ -9,6 +9,7 @@ see no connection, while the configured meters keep being exported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import subprocess
@@ -262,4 +263,52 @@ async def test_a_forged_upload_cannot_poison_a_counter(tmp_path):
         assert sample_value(text, M.SAMPLES_DROPPED.name, device="pushed", reason="out_of_range") == 1
         assert sample_value(text, "energy_meter_exporter_decreasing_readings_total", device="pushed") == 0
     finally:
+        await daemon.stop()
+
+
+# --- the TCP/TLS upload listener ----------------------------------------------------------------------
+
+
+async def test_a_connection_flood_cannot_push_a_meter_off_the_tcp_listener(tmp_path):
+    """Connections that deliver no reading (silent, or trickling blanks) are the ones closed to
+    make room, and closed after idle_timeout anyway; the meter's kept connection stays."""
+    from simulators.iammeter_tcp import TcpMeter
+
+    port = free_port()
+    (tmp_path / "c.yaml").write_text(
+        f"tcp_push:\n  listen: 127.0.0.1:{port}\n  max_connections: 16\n  idle_timeout: 1s\n"
+        f"targets:\n  - {{name: meter, vendor: iammeter, transport: tcp, sn: {SN}, interval: 2s}}\n")
+    daemon = Daemon(load_config(tmp_path / "c.yaml"))
+    await daemon.start("127.0.0.1", 0)
+    meter = TcpMeter("WEM3080T", port=port, serial=SN, interval=0.1)
+    flood: list[asyncio.StreamWriter] = []
+    try:
+        await wait_listening(port)
+        await meter.start()
+        await async_wait_until(lambda: daemon.store.targets["meter"].up, what="the meter read")
+        for _ in range(100):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            flood.append(writer)
+            await asyncio.sleep(0.01)
+        sent = meter.sent
+        await async_wait_until(lambda: meter.sent >= sent + 5, what="more uploads")
+        text = exposition_text(daemon.store)
+        assert sample_value(text, M.PUSH_REJECTED.name, listener="tcp_push", reason="over_limit") >= 84
+        assert meter.connections == 1 and meter.errors == 0, "the meter's connection was closed"
+        assert daemon.store.targets["meter"].up
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        flood.append(writer)
+        for _ in range(50):  # a blank every 0.1 s, for longer than idle_timeout: not a sign of life
+            if reader.at_eof() or reader.exception() is not None or writer.is_closing():
+                break
+            writer.write(b"\n")
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+                await asyncio.wait_for(reader.read(1), 0.01)
+        assert reader.at_eof() or reader.exception() is not None, "a connection trickling blanks was kept open"
+        assert daemon.store.targets["meter"].up
+    finally:
+        for writer in flood:
+            writer.close()
+        await meter.stop()
         await daemon.stop()

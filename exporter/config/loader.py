@@ -31,6 +31,7 @@ class Secret:
     """A password or token. Prints as `<secret>` so it cannot leak through logs or reprs."""
 
     __slots__ = ("_value",)
+    placeholder = False  # True: not read (check-config --no-secrets), only its place was checked
 
     def __init__(self, value: str) -> None:
         self._value = value
@@ -56,7 +57,7 @@ class Secret:
 # --- Option schema -----------------------------------------------------------------------------
 
 # ASCII digits only: `\d` would take other scripts' digits too.
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
+DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -68,7 +69,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         seconds = _as_float(value)
     elif isinstance(value, str):
-        match = _DURATION.match(value)
+        match = DURATION_RE.match(value)
         if match:
             seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds is None:
@@ -695,14 +696,26 @@ def _path_text(path: tuple) -> str:
 # --- Validation ----------------------------------------------------------------------------------
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")  # fullmatch: `$` would allow a final newline
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}")  # fullmatch: `$` would allow a final newline
+
+
+class UnreadSecret(Secret):
+    """Where a secret would be: an environment variable or a file not read (--no-secrets)."""
+
+    __slots__ = ()
+    placeholder = True
 
 
 class Checker:
-    def __init__(self, located: _Located, filename: str, environ: Mapping[str, str]) -> None:
+    def __init__(self, located: _Located, filename: str, environ: Mapping[str, str],
+                 read_secrets: bool = True) -> None:
         self.located = located
         self.filename = filename
         self.environ = environ
+        # False (check-config --no-secrets): a variable that is not set, or a secret file, is
+        # checked for its form but not resolved, for files checked away from their machine.
+        self.read_secrets = read_secrets
+        self.unresolved = False  # the last expand() left a variable as written
         self.problems: list[str] = []
 
     def where(self, path: tuple) -> str:
@@ -717,7 +730,9 @@ class Checker:
         self.problems.append(f"{self.where(path)}: {_path_text(path)}: {message}")
 
     def expand(self, value: Any, path: tuple) -> Any:
-        """Substitute ${VAR} in strings; a variable that is not set is an error."""
+        """Substitute ${VAR} in strings; a variable that is not set is an error (or, without
+        reading secrets, stays as written)."""
+        self.unresolved = False
         if not isinstance(value, str) or "${" not in value:
             return value
         size = len(value) + sum(len(self.environ.get(name, "")) for name in _ENV.findall(value))
@@ -728,6 +743,9 @@ class Checker:
         def sub(match: re.Match) -> str:
             name = match.group(1)
             if name not in self.environ:
+                if not self.read_secrets:
+                    self.unresolved = True
+                    return match.group(0)
                 self.problem(path, f"environment variable {name} is not set")
                 return ""
             return self.environ[name]
@@ -741,6 +759,12 @@ class Checker:
         file_path = Path(self.expand(path_value, path))
         if not file_path.is_absolute():
             file_path = Path(self.filename).resolve().parent / file_path
+        if not self.read_secrets:
+            bad = _control_character(str(file_path))
+            if bad is not None:
+                self.problem(path, f"the path contains a control character ({bad})")
+                return None
+            return "<unread>"
         try:
             # Surrounding white space (the final newline an editor adds) is not part of it.
             content = _read_text(file_path, MAX_SECRET_FILE_BYTES, secret=True).strip()
@@ -773,7 +797,7 @@ class Checker:
                     continue
                 content = self.read_secret_file(value, key_path)
                 if content is not None:
-                    out[base] = Secret(content)
+                    out[base] = Secret(content) if self.read_secrets else UnreadSecret(content)
                 continue
             option = schema.get(key)
             if option is None:
@@ -782,6 +806,8 @@ class Checker:
                 continue
             try:
                 out[key] = option.convert(self.expand(value, key_path))
+                if self.unresolved and option.type == "secret":
+                    out[key] = UnreadSecret(out[key].reveal())
             except ValueError as exc:
                 self.problem(key_path, str(exc))
         for key, option in schema.items():
@@ -803,11 +829,13 @@ def load_config(
     extra_check: Callable[[Config], list[str]] | None = None,
     *,
     vendors: VendorCatalogue,
+    read_secrets: bool = True,
 ) -> Config:
     """Read and validate a configuration file against the `vendors` catalogue; raise
-    ConfigError listing every problem."""
+    ConfigError listing every problem. `read_secrets=False` checks where secrets come from
+    (variables, files) without resolving them: such a Config is for checking, not for running."""
     try:
-        return _load_config(path, environ, extra_check, vendors)
+        return _load_config(path, environ, extra_check, vendors, read_secrets)
     except RecursionError:  # nesting is bounded while reading; this guards what checks it later
         raise ConfigError([f"{path}: nested too deeply to check"]) from None
 
@@ -817,10 +845,11 @@ def _load_config(
     environ: Mapping[str, str] | None,
     extra_check: Callable[[Config], list[str]] | None,
     vendors: VendorCatalogue,
+    read_secrets: bool = True,
 ) -> Config:
     filename = str(path)
     located = load_yaml(read_config_text(path), filename)
-    check = Checker(located, filename, os.environ if environ is None else environ)
+    check = Checker(located, filename, os.environ if environ is None else environ, read_secrets)
     data = located.data
     if data is None:
         data = {}
@@ -912,7 +941,7 @@ def _section(check: Checker, raw: Any, spec: SectionSpec) -> Any:
             check.problem(item_path, f"expected a mapping, got {type_name(item)}")
             continue
         name = item.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             check.problem(item_path + ("name",), "missing or not a valid name")
         elif name in names:
             check.problem(item_path + ("name",), f"duplicate name {name!r}")
@@ -925,7 +954,7 @@ def _section(check: Checker, raw: Any, spec: SectionSpec) -> Any:
 def _target(check: Checker, raw: dict, path: tuple, defaults: dict, catalogue: VendorCatalogue) -> TargetConfig | None:
     problems_before = len(check.problems)
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         check.problem(
             path + ("name",),
             "missing" if name is None else

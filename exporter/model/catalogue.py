@@ -104,22 +104,22 @@ TARIFF_ENERGY_EXPORTED = Metric(
     labels=("tariff",), obis=_tariffs(2), obis_by="tariff", vendors=(HOMEWIZARD, IOMETER))
 ACTIVE_TARIFF = Metric(
     "energy_meter_active_tariff", "gauge", "",
-    "Tariff register the meter counts in now (1..4).", obis="0-0:96.14.0", vendors=(HOMEWIZARD,))
+    "Tariff register the meter counts in now (1..4).", obis="0-0:96.14.0", vendors=(HOMEWIZARD, IOMETER))
 POWER_FAILURES = Metric(
     "energy_meter_power_failures_total", "counter", "",
-    "Power failures in any phase, as counted by the meter.", obis="0-0:96.7.21", vendors=(HOMEWIZARD,))
+    "Power failures in any phase, as counted by the meter.", obis="0-0:96.7.21", vendors=(HOMEWIZARD, IOMETER))
 LONG_POWER_FAILURES = Metric(
     "energy_meter_long_power_failures_total", "counter", "",
     "Long power failures in any phase, as counted by the meter.", obis="0-0:96.7.9",
-    vendors=(HOMEWIZARD,))
+    vendors=(HOMEWIZARD, IOMETER))
 AVERAGE_DEMAND = Metric(
     "energy_meter_average_demand_watts", "gauge", "W",
     "Average import demand of the running quarter hour (capacity tariffs).", obis="1-0:1.4.0",
-    vendors=(HOMEWIZARD,))
+    vendors=(HOMEWIZARD, IOMETER))
 MONTHLY_PEAK_DEMAND = Metric(
     "energy_meter_monthly_peak_demand_watts", "gauge", "W",
     "Highest quarter-hour average demand of this month (capacity tariffs).", obis="1-0:1.6.0",
-    vendors=(HOMEWIZARD,))
+    vendors=(HOMEWIZARD, IOMETER))
 MONTHLY_PEAK_DEMAND_TIME = Metric(
     "energy_meter_monthly_peak_demand_timestamp_seconds", "gauge", "s",
     "When this month's peak demand was registered (Unix time).", vendors=(HOMEWIZARD,))
@@ -161,11 +161,11 @@ PHASE_POWER_FACTOR = Metric(
 PHASE_VOLTAGE_SAGS = Metric(
     "energy_meter_phase_voltage_sags_total", "counter", "",
     "Voltage sags of one phase, as counted by the meter.", labels=("phase",),
-    obis=_phases(32, 52, 72, "32.0"), obis_by="phase", vendors=(HOMEWIZARD,))
+    obis=_phases(32, 52, 72, "32.0"), obis_by="phase", vendors=(HOMEWIZARD, IOMETER))
 PHASE_VOLTAGE_SWELLS = Metric(
     "energy_meter_phase_voltage_swells_total", "counter", "",
     "Voltage swells of one phase, as counted by the meter.", labels=("phase",),
-    obis=_phases(32, 52, 72, "36.0"), obis_by="phase", vendors=(HOMEWIZARD,))
+    obis=_phases(32, 52, 72, "36.0"), obis_by="phase", vendors=(HOMEWIZARD, IOMETER))
 
 # --- Other utilities behind the meter ---------------------------------------------------------
 GAS = Metric(
@@ -203,6 +203,28 @@ BATTERY_STATE_OF_CHARGE = Metric(
 BATTERY_CYCLES = Metric(
     "energy_meter_battery_cycles_total", "counter", "",
     "Full charge cycles of a battery.", vendors=(HOMEWIZARD,))
+# The plug-in batteries a HomeWizard P1 or kWh meter controls, as one group (/api/batteries).
+BATTERY_TARGET_POWER = Metric(
+    "energy_meter_battery_target_power_watts", "gauge", "W",
+    "Power the controller of a group of batteries aims at, all together; positive when discharging.",
+    vendors=(HOMEWIZARD,))
+BATTERY_MAX_CHARGE_POWER = Metric(
+    "energy_meter_battery_max_charge_power_watts", "gauge", "W",
+    "Highest power a group of batteries may charge with, all together.", vendors=(HOMEWIZARD,))
+BATTERY_MAX_DISCHARGE_POWER = Metric(
+    "energy_meter_battery_max_discharge_power_watts", "gauge", "W",
+    "Highest power a group of batteries may discharge with, all together.", vendors=(HOMEWIZARD,))
+BATTERY_COUNT = Metric(
+    "energy_meter_batteries", "gauge", "",
+    "Batteries in the group a meter controls.", vendors=(HOMEWIZARD,))
+BATTERY_CONTROL_MODE = Metric(
+    "energy_meter_battery_control_mode", "gauge", "",
+    "1 for the mode a group of batteries is controlled in (zero, to_full, standby, predictive; "
+    "others as the device names them), 0 for the others.", labels=("mode",), vendors=(HOMEWIZARD,))
+BATTERY_PERMISSION = Metric(
+    "energy_meter_battery_permission", "gauge", "",
+    "1 when a group of batteries has a permission (charge_allowed, discharge_allowed), else 0.",
+    labels=("permission",), vendors=(HOMEWIZARD,))
 
 # --- Device health ---------------------------------------------------------------------------
 WIFI_SIGNAL = Metric(
@@ -219,6 +241,11 @@ DEVICE_INFO = Metric(
     "energy_meter_device_info", "gauge", "",
     "Device identity; value 1. Model, serial and firmware live here, not on every series.",
     labels=("model", "serial", "firmware"), vendors=ALL_METER_VENDORS)
+SMART_METER_INFO = Metric(
+    "energy_meter_smart_meter_info", "gauge", "",
+    "Identity of the smart meter a P1 reader is plugged into; value 1. meter_id is the meter's "
+    "equipment identifier as the reader sends it (hex), protocol_version its DSMR version (50 = 5.0).",
+    labels=("model", "meter_id", "protocol_version"), vendors=(HOMEWIZARD,))
 
 
 # --- The exporter's own series (vendors=() : every target, whatever its vendor) -------------------
@@ -288,11 +315,11 @@ EXPORTER_SELF = (TARGET_UP, LAST_SUCCESS, POLL_DURATION, POLLS, POLL_ERRORS, COU
 PHASE_ENERGY_IMPORTED = Metric(
     "energy_meter_phase_energy_imported_joules_total", "counter", "J",
     "Active energy imported through one phase, as the meter counts it per phase (1 kWh = 3.6e6 J).",
-    labels=("phase",), obis=_phases(21, 41, 61, "8.0"), obis_by="phase", vendors=(IAMMETER,))
+    labels=("phase",), obis=_phases(21, 41, 61, "8.0"), obis_by="phase", vendors=(IAMMETER, IOMETER))
 PHASE_ENERGY_EXPORTED = Metric(
     "energy_meter_phase_energy_exported_joules_total", "counter", "J",
     "Active energy exported through one phase, as the meter counts it per phase (1 kWh = 3.6e6 J).",
-    labels=("phase",), obis=_phases(22, 42, 62, "8.0"), obis_by="phase", vendors=(IAMMETER,))
+    labels=("phase",), obis=_phases(22, 42, 62, "8.0"), obis_by="phase", vendors=(IAMMETER, IOMETER))
 NET_ACTIVE_POWER = Metric(
     "energy_meter_net_active_power_watts", "gauge", "W",
     "Net active power of the meter's net-metering (NEM) result: the algebraic sum of the phases, "
@@ -323,9 +350,48 @@ CT_RATIO = Metric(
     "energy_meter_ct_ratio", "gauge", "",
     "Current transformer ratio configured in the meter (WEM3046T with external 5 A CTs); the "
     "meter already applies it to its current, power and energy readings.", vendors=(IAMMETER,))
+UPLOAD_MODE = Metric(
+    "energy_meter_upload_mode", "gauge", "",
+    "1 for the mode the meter sends its readings in (mode: cloud, tcp, http, mqtt, standalone; "
+    "others as the firmware names them), 0 for the others.", labels=("mode",), vendors=(IAMMETER,))
+UPLOAD_INTERVAL = Metric(
+    "energy_meter_upload_interval_seconds", "gauge", "s",
+    "How often the meter sends its readings in its upload mode.", vendors=(IAMMETER,))
 
 
 # --- IOmeter ---------------------------------------------------------------------------------
+# OBIS registers with a standard meaning (IEC 62056-6-1, DSMR) no other vendor reports: import
+# and export apart (A+ and A-, each 0 while the other flows), per phase, and reactive Q+ / Q-.
+IMPORT_POWER = Metric(
+    "energy_meter_import_power_watts", "gauge", "W",
+    "Active power imported from the grid (A+); 0 while exporting.", obis="1-0:1.7.0", vendors=(IOMETER,))
+EXPORT_POWER = Metric(
+    "energy_meter_export_power_watts", "gauge", "W",
+    "Active power exported to the grid (A-); 0 while importing.", obis="1-0:2.7.0", vendors=(IOMETER,))
+PHASE_IMPORT_POWER = Metric(
+    "energy_meter_phase_import_power_watts", "gauge", "W",
+    "Active power imported through one phase (A+); 0 while that phase exports.", labels=("phase",),
+    obis=_phases(21, 41, 61), obis_by="phase", vendors=(IOMETER,))
+PHASE_EXPORT_POWER = Metric(
+    "energy_meter_phase_export_power_watts", "gauge", "W",
+    "Active power exported through one phase (A-); 0 while that phase imports.", labels=("phase",),
+    obis=_phases(22, 42, 62), obis_by="phase", vendors=(IOMETER,))
+IMPORT_REACTIVE_POWER = Metric(
+    "energy_meter_import_reactive_power_volt_amperes_reactive", "gauge", "var",
+    "Positive reactive power (Q+, quadrants I and II) of the whole meter.", obis="1-0:3.7.0",
+    vendors=(IOMETER,))
+EXPORT_REACTIVE_POWER = Metric(
+    "energy_meter_export_reactive_power_volt_amperes_reactive", "gauge", "var",
+    "Negative reactive power (Q-, quadrants III and IV) of the whole meter.", obis="1-0:4.7.0",
+    vendors=(IOMETER,))
+REACTIVE_ENERGY_IMPORTED = Metric(
+    "energy_meter_reactive_energy_imported_volt_ampere_reactive_seconds_total", "counter", "var*s",
+    "Positive reactive energy (Q+) of the whole meter (1 kvarh = 3.6e6 var*s).", obis="1-0:3.8.0",
+    vendors=(IOMETER,))
+REACTIVE_ENERGY_EXPORTED = Metric(
+    "energy_meter_reactive_energy_exported_volt_ampere_reactive_seconds_total", "counter", "var*s",
+    "Negative reactive energy (Q-) of the whole meter (1 kvarh = 3.6e6 var*s).", obis="1-0:4.8.0",
+    vendors=(IOMETER,))
 # A register without a named metric is still exported, by its OBIS code (label `obis`).
 OBIS_VALUE = Metric(
     "energy_meter_obis_value", "gauge", "",
@@ -418,6 +484,81 @@ ACCOUNT_PHASE_POWER_FACTOR = Metric(
     "Power factor of one phase of one meter of a cloud account (0..1).",
     labels=("installation", "meter", "phase"), obis=_phases(33, 53, 73), obis_by="phase",
     vendors=(IOMETER, IAMMETER))
+ACCOUNT_IMPORT_POWER = Metric(
+    "energy_meter_account_import_power_watts", "gauge", "W",
+    "Active power one meter of a cloud account imports (A+); 0 while exporting.",
+    labels=("installation", "meter"), obis="1-0:1.7.0",
+    vendors=(IOMETER,))
+ACCOUNT_EXPORT_POWER = Metric(
+    "energy_meter_account_export_power_watts", "gauge", "W",
+    "Active power one meter of a cloud account exports (A-); 0 while importing.",
+    labels=("installation", "meter"), obis="1-0:2.7.0",
+    vendors=(IOMETER,))
+ACCOUNT_PHASE_IMPORT_POWER = Metric(
+    "energy_meter_account_phase_import_power_watts", "gauge", "W",
+    "Active power imported through one phase of one meter of a cloud account (A+).",
+    labels=("installation", "meter", "phase"), obis=_phases(21, 41, 61), obis_by="phase",
+    vendors=(IOMETER,))
+ACCOUNT_PHASE_EXPORT_POWER = Metric(
+    "energy_meter_account_phase_export_power_watts", "gauge", "W",
+    "Active power exported through one phase of one meter of a cloud account (A-).",
+    labels=("installation", "meter", "phase"), obis=_phases(22, 42, 62), obis_by="phase",
+    vendors=(IOMETER,))
+ACCOUNT_IMPORT_REACTIVE_POWER = Metric(
+    "energy_meter_account_import_reactive_power_volt_amperes_reactive", "gauge", "var",
+    "Positive reactive power (Q+) of one meter of a cloud account.",
+    labels=("installation", "meter"), obis="1-0:3.7.0",
+    vendors=(IOMETER,))
+ACCOUNT_EXPORT_REACTIVE_POWER = Metric(
+    "energy_meter_account_export_reactive_power_volt_amperes_reactive", "gauge", "var",
+    "Negative reactive power (Q-) of one meter of a cloud account.",
+    labels=("installation", "meter"), obis="1-0:4.7.0",
+    vendors=(IOMETER,))
+ACCOUNT_REACTIVE_ENERGY_IMPORTED = Metric(
+    "energy_meter_account_reactive_energy_imported_volt_ampere_reactive_seconds_total", "counter", "var*s",
+    "Positive reactive energy (Q+) of one meter of a cloud account (1 kvarh = 3.6e6 var*s).",
+    labels=("installation", "meter"), obis="1-0:3.8.0",
+    vendors=(IOMETER,))
+ACCOUNT_REACTIVE_ENERGY_EXPORTED = Metric(
+    "energy_meter_account_reactive_energy_exported_volt_ampere_reactive_seconds_total", "counter", "var*s",
+    "Negative reactive energy (Q-) of one meter of a cloud account (1 kvarh = 3.6e6 var*s).",
+    labels=("installation", "meter"), obis="1-0:4.8.0",
+    vendors=(IOMETER,))
+ACCOUNT_ACTIVE_TARIFF = Metric(
+    "energy_meter_account_active_tariff", "gauge", "",
+    "Tariff register one meter of a cloud account counts in now.",
+    labels=("installation", "meter"), obis="0-0:96.14.0",
+    vendors=(IOMETER,))
+ACCOUNT_POWER_FAILURES = Metric(
+    "energy_meter_account_power_failures_total", "counter", "",
+    "Power failures in any phase, as one meter of a cloud account counts them.",
+    labels=("installation", "meter"), obis="0-0:96.7.21",
+    vendors=(IOMETER,))
+ACCOUNT_LONG_POWER_FAILURES = Metric(
+    "energy_meter_account_long_power_failures_total", "counter", "",
+    "Long power failures in any phase, as one meter of a cloud account counts them.",
+    labels=("installation", "meter"), obis="0-0:96.7.9",
+    vendors=(IOMETER,))
+ACCOUNT_AVERAGE_DEMAND = Metric(
+    "energy_meter_account_average_demand_watts", "gauge", "W",
+    "Average import demand of the running period at one meter of a cloud account.",
+    labels=("installation", "meter"), obis="1-0:1.4.0",
+    vendors=(IOMETER,))
+ACCOUNT_MONTHLY_PEAK_DEMAND = Metric(
+    "energy_meter_account_monthly_peak_demand_watts", "gauge", "W",
+    "Highest average demand of this month at one meter of a cloud account.",
+    labels=("installation", "meter"), obis="1-0:1.6.0",
+    vendors=(IOMETER,))
+ACCOUNT_PHASE_VOLTAGE_SAGS = Metric(
+    "energy_meter_account_phase_voltage_sags_total", "counter", "",
+    "Voltage sags of one phase, as one meter of a cloud account counts them.",
+    labels=("installation", "meter", "phase"), obis=_phases(32, 52, 72, "32.0"), obis_by="phase",
+    vendors=(IOMETER,))
+ACCOUNT_PHASE_VOLTAGE_SWELLS = Metric(
+    "energy_meter_account_phase_voltage_swells_total", "counter", "",
+    "Voltage swells of one phase, as one meter of a cloud account counts them.",
+    labels=("installation", "meter", "phase"), obis=_phases(32, 52, 72, "36.0"), obis_by="phase",
+    vendors=(IOMETER,))
 ACCOUNT_OBIS_VALUE = Metric(
     "energy_meter_account_obis_value", "gauge", "",
     "A register of one meter of a cloud account the exporter has no named metric for, by its "
@@ -577,7 +718,7 @@ BATTERY_UNIT_CAPACITY = Metric(
 BATTERY_POWER = Metric(
     "energy_meter_battery_power_watts", "gauge", "W",
     "Power out of all batteries together; positive when discharging, negative when charging.",
-    vendors=(ENPHASE,))
+    vendors=(HOMEWIZARD, ENPHASE))
 BATTERY_STORED_ENERGY = Metric(
     "energy_meter_battery_stored_energy_joules", "gauge", "J",
     "Energy stored in all batteries together now (1 kWh = 3.6e6 J).", vendors=(ENPHASE,))
@@ -666,13 +807,14 @@ ENDPOINT_UP = Metric(
     labels=("endpoint",), vendors=(ENPHASE,))
 
 # --- IAMMETER push ---------------------------------------------------------------------------
-# Series of the shared receivers (the HTTP push listener, one connection per MQTT broker), not
-# of a target: no vendor/device labels.
+# Series of the shared receivers (the HTTP and TCP push listeners, one connection per MQTT
+# broker), not of a target: no vendor/device labels.
 PUSH_REJECTED = Metric(
     "energy_meter_exporter_push_rejected_total", "counter", "",
-    "Pushed messages refused, by receiver (`http_push`, or `mqtt:<broker>`) and reason: "
+    "Pushed messages refused, by receiver (`http_push`, `tcp_push`, or `mqtt:<broker>`) and reason: "
     "unknown_sn, sn_mismatch, malformed, too_large, forbidden_network, rate_limited, not_found, "
-    "bad_token (no or a wrong http_push.path_token), timeout (a body slower than http_push.read_timeout).",
+    "bad_token (no or a wrong http_push.path_token), timeout (a body or document slower than read_timeout), "
+    "tls (a refused TLS handshake), over_limit (a connection closed to make room under max_connections).",
     labels=("listener", "reason"), vendors=(IAMMETER,), base_labels=())
 MQTT_CONNECTED = Metric(
     "energy_meter_exporter_mqtt_connected", "gauge", "",
@@ -686,12 +828,12 @@ ACCOUNT_PHASE_ENERGY_IMPORTED = Metric(
     "energy_meter_account_phase_energy_imported_joules_total", "counter", "J",
     "Active energy imported through one phase of one meter of a cloud account (1 kWh = 3.6e6 J).",
     labels=("installation", "meter", "phase"), obis=_phases(21, 41, 61, "8.0"), obis_by="phase",
-    vendors=(IAMMETER,))
+    vendors=(IAMMETER, IOMETER))
 ACCOUNT_PHASE_ENERGY_EXPORTED = Metric(
     "energy_meter_account_phase_energy_exported_joules_total", "counter", "J",
     "Active energy exported through one phase of one meter of a cloud account (1 kWh = 3.6e6 J).",
     labels=("installation", "meter", "phase"), obis=_phases(22, 42, 62, "8.0"), obis_by="phase",
-    vendors=(IAMMETER,))
+    vendors=(IAMMETER, IOMETER))
 ACCOUNT_NET_ACTIVE_POWER = Metric(
     "energy_meter_account_net_active_power_watts", "gauge", "W",
     "Net active power of one meter of a cloud account, as its net metering (NEM) computes it; "
@@ -708,6 +850,16 @@ ACCOUNT_OFFLINE_TIME = Metric(
     "energy_meter_account_offline_seconds", "gauge", "s",
     "How long one meter of a cloud account sent nothing to the cloud during the previous day "
     "(the cloud's offline analysis).", labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_OFFLINE_ANALYSIS_PERIOD = Metric(
+    "energy_meter_account_offline_analysis_period_seconds", "gauge", "s",
+    "How long the period was that the cloud's offline analysis of one meter of a cloud account "
+    "covered (energy_meter_account_offline_seconds is the part of it the meter was offline).",
+    labels=("installation", "meter"), vendors=(IAMMETER,))
+ACCOUNT_OFFLINE_GAPS = Metric(
+    "energy_meter_account_offline_gaps", "gauge", "",
+    "Gaps longer than 5 minutes in which one meter of a cloud account sent nothing to the cloud "
+    "during the previous day (the cloud's offline analysis).", labels=("installation", "meter"),
+    vendors=(IAMMETER,))
 ACCOUNT_AVERAGE_POWER = Metric(
     "energy_meter_account_average_power_watts", "gauge", "W",
     "Average active power of one meter of a cloud account over the previous day (the cloud's "
@@ -743,6 +895,11 @@ PLACE_DAILY_SELF_USE = Metric(
     "energy_meter_place_daily_self_use_joules", "gauge", "J",
     "Solar energy one place of a cloud account used itself on the current or previous day "
     "(1 kWh = 3.6e6 J).", labels=("place", "day"), vendors=(IAMMETER,))
+PLACE_DAILY_SPECIAL_LOAD = Metric(
+    "energy_meter_place_daily_special_load_joules", "gauge", "J",
+    "Energy of one place of a cloud account's special load on the current or previous day, as the "
+    "cloud's energy history reports it (specialLoad; 1 kWh = 3.6e6 J).", labels=("place", "day"),
+    vendors=(IAMMETER,))
 
 def all_metrics() -> list[Metric]:
     return [v for v in globals().values() if isinstance(v, Metric)] + list(PROCESS_METRICS)

@@ -34,13 +34,14 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from aiohttp import web
 
 from ..config.loader import SectionSpec, Secret, Settings, setting
 from ..model import catalogue as M
 from ..model.errors import PollError
+from ..model.jsontext import label_text
 from ..model.samples import ParseError, Reading
 from ..web.serving import (DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, Limits, parse_listen_address,
                            runner_options)
@@ -48,7 +49,44 @@ from ..web.serving import (DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, L
 LISTENER = "http_push"
 DEFAULT_MAX_BODY = 64 * 1024
 MAX_UNKNOWN_LOGGED = 100  # distinct unknown ids logged once each; the counter counts them all
-RATE_WINDOW = 60.0  # seconds over which max_requests_per_minute is counted
+RATE_WINDOW = 60.0  # seconds over which a per-minute limit is counted
+MAX_SOURCES_HELD = 10_000  # a scan from many addresses must not grow the rate table forever
+
+
+def network_allowed(remote: str, networks: Sequence[Any]) -> bool:
+    """Whether a source address lies in one of `networks` (any, when there are none); an
+    IPv4-mapped IPv6 address counts as its IPv4 address."""
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    candidates = (address, mapped) if mapped is not None else (address,)
+    return any(a in net for a in candidates for net in networks if a.version == net.version)
+
+
+@dataclass
+class SourceRate:
+    """Messages per source address, in fixed windows of RATE_WINDOW seconds."""
+
+    limit: int | None  # per window; None or 0: no limit
+    windows: dict[str, list] = field(default_factory=dict)  # source -> [window start, messages]
+
+    def allow(self, remote: str) -> bool:
+        """Count one more message from `remote`; whether it is within the limit."""
+        if not self.limit:
+            return True
+        now = time.monotonic()
+        if len(self.windows) > MAX_SOURCES_HELD:
+            self.windows = {k: v for k, v in self.windows.items() if now - v[0] < RATE_WINDOW}
+        window = self.windows.get(remote)
+        if window is None or now - window[0] >= RATE_WINDOW:
+            self.windows[remote] = [now, 1]
+            return True
+        window[1] += 1
+        return window[1] <= self.limit
 # Shown from the start at 0, so that rate() works from the first refusal on.
 REASONS = ("unknown_sn", "malformed", "too_large", "forbidden_network", "rate_limited", "not_found",
            "bad_token", "timeout")
@@ -211,9 +249,74 @@ class PushFormat:
     id_name: str = "id"  # what messages call the id
 
 
+class DeviceRouting:
+    """What a push listener does with a decoded document, whatever carried it: find the target
+    that claims the device it names, refuse and count what no target claims or cannot be read,
+    and publish the counts. The listener provides `name`, `format`, `sinks`, `rejected`,
+    `accepted`, `store`, `log` and `_unknown_logged`."""
+
+    name: str
+    format: PushFormat
+    sinks: dict[str, Sink]
+    rejected: dict[str, int]
+    accepted: int
+    store: Any
+    log: Any
+    _unknown_logged: set[str]
+
+    def attach(self, device_id: str, sink: Sink) -> None:
+        self.sinks[normalize_id(device_id)] = sink
+
+    def detach(self, device_id: str, sink: Sink) -> None:
+        key = normalize_id(device_id)
+        if self.sinks.get(key) is sink:
+            del self.sinks[key]
+
+    def sink_named_in(self, text: str) -> Sink | None:
+        """The target of the device a broken document names, if it names one."""
+        named = self.format.device_id_in_text(text)
+        return self.sinks.get(normalize_id(named)) if named else None
+
+    def route(self, document: Any, what: str) -> tuple[str, str] | None:
+        """Hand the document's reading to its target; None, or the refusal (reason, message)."""
+        try:
+            device_id = self.format.device_id(document)
+        except Exception:
+            device_id = None
+        if not isinstance(device_id, (str, int)) or isinstance(device_id, bool) or not str(device_id).strip():
+            return "malformed", f"the {what} names no device (no {self.format.id_name})"
+        key = normalize_id(device_id)
+        sink = self.sinks.get(key)
+        if sink is None:
+            if len(self._unknown_logged) < MAX_UNKNOWN_LOGGED and key not in self._unknown_logged:
+                self._unknown_logged.add(key)  # once per id: it comes back every upload
+                self.log.info(f"{what} from a device no target reads refused",
+                              **{self.format.id_name.lower(): label_text(str(device_id), 64)})
+            return "unknown_sn", f"{self.format.id_name} {str(device_id)[:64]!r} is not configured here"
+        try:
+            reading = sink.parse(document)
+        except ParseError as exc:
+            sink.emit(PollError("parse", f"{what}: {exc}"))
+            return "malformed", str(exc)
+        sink.emit(reading)
+        self.accepted += 1
+        return None
+
+    def count(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.publish()
+
+    def publish(self) -> None:
+        if self.store is not None:
+            self.store.set_global(self.name, M.PUSH_REJECTED, [
+                ((("listener", self.name), ("reason", r)), n) for r, n in sorted(self.rejected.items())])
+
+
 @dataclass
-class PushListener:
+class PushListener(DeviceRouting):
     """One HTTP server for all push targets of a vendor, whose `format` it speaks."""
+
+    name = LISTENER
 
     settings: PushSettings
     log: Any
@@ -224,18 +327,12 @@ class PushListener:
     accepted: int = 0
     port: int = 0
     _runner: web.AppRunner | None = None
-    _rate: dict[str, list] = field(default_factory=dict)  # source -> [window start, requests]
+    _rate: SourceRate = field(init=False)
     _unknown_logged: set[str] = field(default_factory=set)
     guard: ConnectionGuard | None = None
 
-    # --- users -----------------------------------------------------------------------------
-    def attach(self, device_id: str, sink: Sink) -> None:
-        self.sinks[normalize_id(device_id)] = sink
-
-    def detach(self, device_id: str, sink: Sink) -> None:
-        key = normalize_id(device_id)
-        if self.sinks.get(key) is sink:
-            del self.sinks[key]
+    def __post_init__(self) -> None:
+        self._rate = SourceRate(self.settings.max_requests_per_minute)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> "PushListener":
@@ -262,7 +359,7 @@ class PushListener:
                                       f"{exc.strerror or exc}") from None
         addresses = self._runner.addresses
         self.port = addresses[0][1] if addresses else self.settings.port
-        self._publish()
+        self.publish()
         self.log.info("http push listening", address=f"{self.settings.host}:{self.port}", tls=context is not None,
                       client_certificates=bool(context and s.tls_client_ca_file), path_token=s.token is not None)
         return self
@@ -277,9 +374,9 @@ class PushListener:
     # --- requests --------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.Response:
         remote = request.remote or ""
-        if not self._network_allowed(remote):
+        if not network_allowed(remote, self.settings.networks):
             return self._refuse(403, "forbidden_network", f"source {remote} is not in http_push.allowed_networks")
-        if not self._within_rate(remote):
+        if not self._rate.allow(remote):
             return self._refuse(429, "rate_limited", "too many requests from this address")
         path = request.path
         if self.settings.token is not None:
@@ -318,33 +415,16 @@ class PushListener:
             document = decode_json(body, "body")
         except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
             # the whole body (at most max_body_bytes): the id may follow a long poisoned field
-            named = self.format.device_id_in_text(body.decode("utf-8", "replace"))
-            sink = self.sinks.get(normalize_id(named)) if named else None
+            sink = self.sink_named_in(body.decode("utf-8", "replace"))
             message = f"body is not JSON ({exc.__class__.__name__})"
             if sink is not None:
                 sink.emit(PollError("parse", f"pushed {message}"))
             return self._refuse(400, "malformed", message)
-        try:
-            device_id = self.format.device_id(document)
-        except Exception:
-            device_id = None
-        if not isinstance(device_id, (str, int)) or isinstance(device_id, bool) or not str(device_id).strip():
-            return self._refuse(400, "malformed", f"the body names no meter (no {self.format.id_name})")
-        sink = self.sinks.get(normalize_id(device_id))
-        if sink is None:
-            if len(self._unknown_logged) < MAX_UNKNOWN_LOGGED and normalize_id(device_id) not in self._unknown_logged:
-                self._unknown_logged.add(normalize_id(device_id))  # once per id: it comes back every upload
-                self.log.info("push from a meter no target reads refused", sn=str(device_id)[:64])
-            return self._refuse(403, "unknown_sn",
-                                f"{self.format.id_name} {str(device_id)[:64]!r} is not configured here")
-        try:
-            reading = sink.parse(document)
-        except ParseError as exc:
-            sink.emit(PollError("parse", f"pushed body: {exc}"))
-            return self._refuse(400, "malformed", str(exc))
-        sink.emit(reading)
-        self.accepted += 1
-        return self._reply(200, True, "ok")
+        refusal = self.route(document, "pushed body")
+        if refusal is None:
+            return self._reply(200, True, "ok")
+        reason, message = refusal
+        return self._refuse(403 if reason == "unknown_sn" else 400, reason, message)
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         limit = self.settings.max_body_bytes
@@ -358,44 +438,14 @@ class PushListener:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _network_allowed(self, remote: str) -> bool:
-        if not self.settings.networks:
-            return True
-        try:
-            address = ipaddress.ip_address(remote.split("%", 1)[0])
-        except ValueError:
-            return False
-        mapped = getattr(address, "ipv4_mapped", None)
-        candidates = (address, mapped) if mapped is not None else (address,)
-        return any(a in net for a in candidates for net in self.settings.networks if a.version == net.version)
-
-    def _within_rate(self, remote: str) -> bool:
-        limit = self.settings.max_requests_per_minute
-        if not limit:
-            return True
-        now = time.monotonic()
-        if len(self._rate) > 10_000:  # a scan from many addresses must not grow this forever
-            self._rate = {k: v for k, v in self._rate.items() if now - v[0] < RATE_WINDOW}
-        window = self._rate.get(remote)
-        if window is None or now - window[0] >= RATE_WINDOW:
-            self._rate[remote] = [now, 1]
-            return True
-        window[1] += 1
-        return window[1] <= limit
-
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        self._publish()
+        self.count(reason)
         return self._reply(status, False, message)
 
     def _reply(self, status: int, ok: bool, message: str, headers: dict | None = None) -> web.Response:
         body = json.dumps(self.format.reply(ok, message), separators=(",", ":"))
         return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
-    def _publish(self) -> None:
-        if self.store is not None:
-            self.store.set_global(LISTENER, M.PUSH_REJECTED, [
-                ((("listener", LISTENER), ("reason", r)), n) for r, n in sorted(self.rejected.items())])
 
 
 def normalize_id(value: Any) -> str:

@@ -23,6 +23,7 @@ VENDORS: tuple[str, ...] = ("homewizard", "iometer", "iammeter", "enphase")
 SECTIONS: dict[str, str] = {
     "mqtt_brokers": "exporter.transport.mqtt",
     "http_push": "exporter.transport.http_push",
+    "tcp_push": "exporter.transport.tcp_push",
 }
 
 

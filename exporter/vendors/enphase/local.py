@@ -89,7 +89,7 @@ def check_target(options: Mapping[str, Any]):
     if bool(options.get("username")) != bool(options.get("password")):
         yield "password" if options.get("username") else "username", "username and password go together (Enlighten login)"
     token = options.get("token")
-    if token:
+    if token and not token.placeholder:
         try:
             token_info(token.reveal())
         except TokenError as exc:

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from ... import __version__
 from ...config.loader import Secret, Settings, TargetConfig, setting
+from ...model import catalogue as M
 from ...model.errors import PollError
 from ...model.samples import DeviceInfo, ParseError, Reading
 from ...runtime.context import AdapterContext
@@ -31,6 +32,9 @@ BUNDLED_CA = Path(__file__).with_name("homewizard-ca.pem")
 _CERT_NAME = re.compile(r"appliance/[a-z0-9_.-]{1,40}/[a-z0-9_.-]{1,64}")
 SYSTEM_REFRESH = 60.0  # seconds between reads of /api/system (Wi-Fi signal, uptime)
 DEVICE_REFRESH = 3600.0  # seconds between reads of /api (firmware can change under us)
+# Devices that control plug-in batteries (v2 `/api/batteries`). With batteries the group's power
+# is read every poll; without (battery_count 0) once a minute, to notice one plugged in.
+BATTERY_CONTROLLERS = ("HWE-P1", "HWE-KWH1", "HWE-KWH3")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +81,9 @@ class HomeWizardLocal:
         self.device_read_at = 0.0
         self.system: Reading | None = None
         self.system_read_at = 0.0
+        self.batteries: Reading | None = None
+        self.batteries_read_at = 0.0
+        self.batteries_missing = False  # 404: firmware without the path, until the device is read again
         self._ssl_ca: ssl.SSLContext | None = None
         self._ssl_named: ssl.SSLContext | None = None
         self._warned_insecure = False
@@ -181,6 +188,7 @@ class HomeWizardLocal:
         if self.device is None or now - self.device_read_at > DEVICE_REFRESH:
             self.device = await self._identify()
             self.device_read_at = now
+            self.batteries_missing = False
         device = self.device
         path = "/api/v1/data" if device.version == 1 else "/api/measurement"
         try:
@@ -202,6 +210,10 @@ class HomeWizardLocal:
             await self._refresh_system(now)
             if self.system is not None:
                 reading.samples.extend(self.system.samples)
+            if device.info.model in BATTERY_CONTROLLERS:
+                await self._refresh_batteries(now)
+                if self.batteries is not None:
+                    reading.samples.extend(self.batteries.samples)
         reading.devices.append(device.info)
         return reading
 
@@ -216,6 +228,22 @@ class HomeWizardLocal:
         except (PollError, ParseError) as exc:
             self.ctx.log.debug("reading /api/system failed", error=str(exc))
             self.system = None
+
+    async def _refresh_batteries(self, now: float) -> None:
+        """The battery group a P1 or kWh meter controls; a failure here is not fatal either."""
+        if self.batteries_missing:
+            return
+        idle = self.batteries is not None and self.batteries.value_of(M.BATTERY_COUNT) == 0
+        if idle and now - self.batteries_read_at < SYSTEM_REFRESH:
+            return
+        self.batteries_read_at = now
+        try:
+            resp = await self._get(2, "/api/batteries", authorized=True)
+            self.batteries_missing = resp.status == 404
+            self.batteries = parse.parse_v2_batteries(resp.json()) if resp.status == 200 else None
+        except (PollError, ParseError) as exc:
+            self.ctx.log.debug("reading /api/batteries failed", error=str(exc))
+            self.batteries = None
 
     async def close(self) -> None:
         if self._plain is not None:

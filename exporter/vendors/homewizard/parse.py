@@ -190,6 +190,7 @@ def parse_v1_data(payload: Any, tz: tzinfo | None = None) -> Reading:
     _single_phase_voltage(reading, data, "active_voltage_v")
     peak_time = _dsmr_time(data.get("montly_power_peak_timestamp", data.get("monthly_power_peak_timestamp")), tz)
     reading.add(M.MONTHLY_PEAK_DEMAND_TIME, peak_time)
+    _add_smart_meter(reading, data, "smr_version")
     externals = data.get("external")
     seen = _add_externals(reading, externals, tz, _dsmr_time)
     # Old firmware reports the gas meter only in these flat fields.
@@ -209,7 +210,68 @@ def parse_v2_measurement(payload: Any, tz: tzinfo | None = None) -> Reading:
     _single_phase_voltage(reading, data, "voltage_v")
     reading.add(M.MEASUREMENT_TIME, _iso_time(data.get("timestamp"), tz))
     reading.add(M.MONTHLY_PEAK_DEMAND_TIME, _iso_time(data.get("monthly_power_peak_timestamp"), tz))
+    _add_smart_meter(reading, data, "protocol_version")
     _add_externals(reading, data.get("external"), tz, _iso_time)
+    return reading
+
+
+def _add_smart_meter(reading: Reading, data: dict, version_key: str) -> None:
+    """The smart meter behind a P1 reader: its model, equipment identifier and DSMR version, as
+    one info series. The identifier is the meter's equipment identifier (DSMR 0-0:96.1.1, its
+    serial number) in hex, as HomeWizard documents it: no secret and no key to anything, and the
+    gas meter's id of the same kind is a label already (`meter`); all zeros
+    is the placeholder of meters that send none, so it gives an empty label (and nothing at all
+    when the meter tells nothing else either)."""
+    model, meter_id, version = data.get("meter_model"), data.get("unique_id"), data.get(version_key)
+    if model is None and meter_id is None and version is None:
+        return  # not a P1 meter (kWh meters, socket, battery send none of these)
+    model = label_text(model) if isinstance(model, str) else ""
+    meter_id = label_text(meter_id, 128) if isinstance(meter_id, str) and meter_id.strip("0") else ""
+    if isinstance(version, bool) or not isinstance(version, (int, float, str)):
+        version = ""
+    elif isinstance(version, float) and version.is_integer():
+        version = str(int(version))
+    else:
+        version = label_text(str(version), 16)
+    if model or meter_id or version:
+        reading.add(M.SMART_METER_INFO, 1, model=model, meter_id=meter_id, protocol_version=version)
+
+
+# Control modes of a battery group (v2 /api/batteries); a mode not listed is exported as sent.
+BATTERY_MODES = ("zero", "to_full", "standby", "predictive")
+BATTERY_PERMISSIONS = ("charge_allowed", "discharge_allowed")
+
+
+def parse_v2_batteries(payload: Any) -> Reading:
+    """`GET /api/batteries` (API v2, P1 and kWh meters): the plug-in batteries the meter controls,
+    as one group. Power figures come consumption-signed (positive = charging, as a meter counts
+    them); they are turned to the catalogue's battery sign, positive when discharging. A meter
+    that controls no battery (battery_count 0) gives the count only: its zeros mean nothing."""
+    data = checked_object(payload, "/api/batteries")
+    reading = Reading()
+    count = number_or_none(data.get("battery_count"), "battery_count")
+    reading.add(M.BATTERY_COUNT, count)
+    if count == 0:
+        return reading
+    power = number_or_none(data.get("power_w"), "power_w")
+    target = number_or_none(data.get("target_power_w"), "target_power_w")
+    reading.add(M.BATTERY_POWER, None if power is None else -power)
+    reading.add(M.BATTERY_TARGET_POWER, None if target is None else -target)
+    reading.add(M.BATTERY_MAX_CHARGE_POWER, number_or_none(data.get("max_consumption_w"), "max_consumption_w"))
+    reading.add(M.BATTERY_MAX_DISCHARGE_POWER, number_or_none(data.get("max_production_w"), "max_production_w"))
+    mode = data.get("mode")
+    if mode is not None:
+        if not isinstance(mode, str):
+            raise ParseError("/api/batteries: mode must be a string")
+        mode = label_text(mode, 32)
+        for known in dict.fromkeys((*BATTERY_MODES, mode)):
+            reading.add(M.BATTERY_CONTROL_MODE, 1 if known == mode else 0, mode=known)
+    permissions = data.get("permissions")
+    if permissions is not None:  # API 2.2.0 and later
+        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+            raise ParseError("/api/batteries: permissions must be a list of strings")
+        for permission in dict.fromkeys((*BATTERY_PERMISSIONS, *(label_text(p, 32) for p in permissions))):
+            reading.add(M.BATTERY_PERMISSION, 1 if permission in permissions else 0, permission=permission)
     return reading
 
 

@@ -1,6 +1,7 @@
 """IAMMETER Wi-Fi energy meters: local HTTP API (`http`), Modbus/TCP (`modbus`), the meter
-publishing to an MQTT broker (`mqtt`) or uploading to the exporter (`push`), and the IAMMETER
-cloud (`cloud`); `backfill iammeter` writes the cloud's history for Prometheus."""
+publishing to an MQTT broker (`mqtt`) or uploading to the exporter over HTTP(S) (`push`) or
+TCP/TLS (`tcp`), and the IAMMETER cloud (`cloud`); `backfill iammeter` writes the cloud's history
+for Prometheus."""
 
 from ..registry import Command, Transport, VendorSpec
 
@@ -12,6 +13,7 @@ VENDOR = VendorSpec(
         Transport("modbus", module="modbus"),
         Transport("mqtt", module="mqtt", sections=("mqtt_brokers",)),
         Transport("push", module="push", sections=("http_push",)),
+        Transport("tcp", module="tcp", sections=("tcp_push",)),
         Transport("cloud", module="cloud", account="username"),
     ),
     default_transport="http",

@@ -42,14 +42,14 @@ from ...model.catalogue import (ACCOUNT_ACTIVE_POWER, ACCOUNT_AVERAGE_POWER, ACC
                                 ACCOUNT_ENERGY_EXPORTED, ACCOUNT_ENERGY_IMPORTED, ACCOUNT_FREQUENCY,
                                 ACCOUNT_MAXIMUM_POWER, ACCOUNT_MEASUREMENT_TIME, ACCOUNT_MINIMUM_POWER,
                                 ACCOUNT_NET_ACTIVE_POWER, ACCOUNT_NET_ENERGY_EXPORTED, ACCOUNT_NET_ENERGY_IMPORTED,
-                                ACCOUNT_OFFLINE_TIME, ACCOUNT_PHASE_ACTIVE_POWER, ACCOUNT_PHASE_CURRENT,
+                                ACCOUNT_OFFLINE_ANALYSIS_PERIOD, ACCOUNT_OFFLINE_GAPS, ACCOUNT_OFFLINE_TIME, ACCOUNT_PHASE_ACTIVE_POWER, ACCOUNT_PHASE_CURRENT,
                                 ACCOUNT_PHASE_ENERGY_EXPORTED, ACCOUNT_PHASE_ENERGY_IMPORTED,
                                 ACCOUNT_PHASE_POWER_FACTOR, ACCOUNT_PHASE_VOLTAGE, ACCOUNT_POWER_FACTOR, ACTIVE_POWER,
                                 ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY, JOULES_PER_KWH, NET_ACTIVE_POWER,
                                 NET_ENERGY_EXPORTED, NET_ENERGY_IMPORTED, PHASE_ACTIVE_POWER, PHASE_CURRENT,
                                 PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED, PHASE_POWER_FACTOR, PHASE_VOLTAGE,
                                 PLACE_DAILY_GRID_EXPORT, PLACE_DAILY_GRID_IMPORT, PLACE_DAILY_SELF_USE,
-                                PLACE_DAILY_YIELD, POWER_FACTOR, Metric)
+                                PLACE_DAILY_SPECIAL_LOAD,                                 PLACE_DAILY_YIELD, POWER_FACTOR, Metric)
 from ...model.jsontext import header_problem, label_text, loads
 from ...model.samples import DeviceInfo, ParseError, Reading, checked_object, kind_of, number_or_none
 from .parse import parse_monitorjson
@@ -300,20 +300,29 @@ def parse_power_analysis(data: Any, labels: MeterLabels) -> Reading:
 
 
 def parse_offline_analysis(data: Any, labels: MeterLabels) -> Reading:
-    """`GET /site/offlineAnalysis`: `offlineCount` minutes offline out of `totalCount`."""
+    """`GET /site/offlineAnalysis`: `offlineCount` minutes offline out of `totalCount` (the
+    minutes of the period analysed), and `list`, the gaps longer than the request's interval."""
     obj = checked_object(data, "offlineAnalysis")
     offline = number_or_none(obj.get("offlineCount"), "offlineAnalysis.offlineCount")
     total = number_or_none(obj.get("totalCount"), "offlineAnalysis.totalCount")
+    if total is not None and total < 0:
+        raise ParseError(f"offlineAnalysis: totalCount {total:g} is negative")
     if offline is not None and (offline < 0 or (total is not None and offline > total)):
         raise ParseError(f"offlineAnalysis: {offline:g} offline minutes out of {total if total is not None else '?'}")
+    gaps = obj.get("list")
+    if gaps is not None and not isinstance(gaps, list):
+        raise ParseError(f"offlineAnalysis.list: expected a list, got {kind_of(gaps)}")
     reading = Reading()
-    reading.add(ACCOUNT_OFFLINE_TIME, None if offline is None else offline * 60,
-                installation=labels.installation, meter=labels.meter)
+    kw = {"installation": labels.installation, "meter": labels.meter}
+    reading.add(ACCOUNT_OFFLINE_TIME, None if offline is None else offline * 60, **kw)
+    reading.add(ACCOUNT_OFFLINE_ANALYSIS_PERIOD, None if total is None else total * 60, **kw)
+    reading.add(ACCOUNT_OFFLINE_GAPS, None if gaps is None else len(gaps), **kw)
     return reading
 
 
 _HISTORY_FIELDS = (("yield", PLACE_DAILY_YIELD), ("fromGrid", PLACE_DAILY_GRID_IMPORT),
-                   ("toGrid", PLACE_DAILY_GRID_EXPORT), ("selfUse", PLACE_DAILY_SELF_USE))
+                   ("toGrid", PLACE_DAILY_GRID_EXPORT), ("selfUse", PLACE_DAILY_SELF_USE),
+                   ("specialLoad", PLACE_DAILY_SPECIAL_LOAD))
 
 
 def parse_energy_history(data: Any, place: str, today: date) -> Reading:

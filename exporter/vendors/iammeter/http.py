@@ -1,11 +1,13 @@
-"""IAMMETER local HTTP API: `GET /api/monitorjson` every poll, identity and CT ratio now and then.
+"""IAMMETER local HTTP API: `GET /api/monitorjson` every poll, identity, Wi-Fi and CT ratio now and then.
 
 Every poll reads the measurement. Once per `info_interval` (and after the first good poll) the
-same poll also reads `/api/wifidata` (serial, firmware, for meters whose measurement JSON lacks
-them) and, on a WEM3046T, `/api/ratio`. Those extra reads are optional: they only get what is
-left of the poll's timeout (less a margin, so that the poll itself never runs over), and when
-they fail the poll still succeeds with what it has - the last identity and CT ratio read, or
-none yet - and they are tried again after at most five minutes.
+same poll also reads `/api/wifidata` (serial, firmware for meters whose measurement JSON lacks
+them, upload mode and interval) and, on a WEM3046T, `/api/ratio`. Every `WIFI_INTERVAL` (or
+`info_interval` if shorter) it reads `/api/monitor` for the Wi-Fi signal (`sig`); a meter that
+answers it with 404 has no such path and is asked again only after `info_interval`. Those extra
+reads are optional: they only get what is left of the poll's timeout (less a margin, so that
+the poll itself never runs over), and when they fail the poll still succeeds with what it has -
+the last figures read, or none yet - and they are tried again after at most five minutes.
 
 `legacy: true` reads `/monitorjson` with Basic auth (admin/admin unless configured), the only
 path of old firmware such as the WEM3162's; legacy meters have no `/api/wifidata`, so none is
@@ -22,19 +24,23 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ...config.loader import Secret, Settings, TargetConfig, setting
+from ...model.catalogue import WIFI_RSSI, WIFI_SIGNAL
 from ...model.errors import PollError
 from ...model.samples import DeviceInfo, ParseError, Reading, Sample
 from ...runtime.backoff import Deadline
 from ...runtime.context import AdapterContext
 from ...transport.http import request, status_error
 from ..registry import TransportSpec, register
-from .parse import WifiData, parse_monitorjson, parse_ratio, parse_wifidata
+from .parse import WifiData, parse_monitor, parse_monitorjson, parse_ratio, parse_wifidata
 
 INFO_RETRY_AFTER_FAILURE = 300.0  # seconds; sooner than a long info_interval, not every poll
 # Extra reads need at least this much of the poll's time budget to be tried at all, and end
 # before this share of the timeout has passed (the scheduler cancels the poll at 100 %).
 MIN_INFO_BUDGET = 0.2
 INFO_SHARE_OF_TIMEOUT = 0.8
+# The Wi-Fi signal moves more than the identity does, but a meter's small web server should
+# not answer a second measurement every poll for it: every five minutes.
+WIFI_INTERVAL = 300.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,7 +83,11 @@ class IammeterHttpAdapter:
         self._lock = asyncio.Lock()  # one request in flight per meter, whatever the caller does
         self._info_due = 0.0  # clock time of the next identity/ratio read; 0 = after the next poll
         self._wifi: WifiData | None = None
+        self._wifi_figures: list[Sample] = []  # upload mode and interval (and sig) of /api/wifidata
         self._extra: list[Sample] = []  # CT ratio, kept between its reads
+        self._missing_path = False  # the last optional read was answered with 404
+        self._wifi_due = 0.0  # clock time of the next /api/monitor read
+        self._signal: list[Sample] = []  # the Wi-Fi signal of /api/monitor, kept between its reads
 
     @property
     def url(self) -> str:
@@ -93,6 +103,8 @@ class IammeterHttpAdapter:
                 raise PollError("parse", f"{self.url}: {exc}") from None
             if not self._legacy and self._context.clock() >= self._info_due:
                 await self._refresh_info(reading, deadline)
+            if not self._legacy and self._context.clock() >= self._wifi_due:
+                await self._refresh_signal(deadline)
             return self._merged(reading)
 
     async def close(self) -> None:
@@ -114,6 +126,18 @@ class IammeterHttpAdapter:
         retry = self._info_interval if ok else min(self._info_interval, INFO_RETRY_AFTER_FAILURE)
         self._info_due = self._context.clock() + retry
 
+    async def _refresh_signal(self, deadline: Deadline) -> None:
+        self._missing_path = False
+        ok = await self._optional(self._base + "/api/monitor", deadline, self._take_monitor)
+        if ok:
+            retry = min(self._info_interval, WIFI_INTERVAL)
+        elif self._missing_path:
+            self._signal = []
+            retry = self._info_interval
+        else:
+            retry = min(self._info_interval, INFO_RETRY_AFTER_FAILURE)
+        self._wifi_due = self._context.clock() + retry
+
     async def _optional(self, url: str, deadline: Deadline, take) -> bool:
         budget = deadline.left(INFO_SHARE_OF_TIMEOUT)
         if budget < MIN_INFO_BUDGET:
@@ -125,19 +149,32 @@ class IammeterHttpAdapter:
         except asyncio.TimeoutError:
             self._context.log.info("iammeter_info_read_failed", url=url, reason="timeout")
         except PollError as exc:
+            self._missing_path = exc.message.endswith("HTTP 404")
             self._context.log.info("iammeter_info_read_failed", url=url, reason=exc.reason, error=exc.message)
         except ParseError as exc:
             self._context.log.info("iammeter_info_read_failed", url=url, reason="parse", error=str(exc))
         return False
 
+    def _take_monitor(self, payload: Any) -> None:
+        # Only the signal: the measurement in the same answer is the one this poll already read.
+        self._signal = [s for s in parse_monitor(payload).samples if s.metric in (WIFI_SIGNAL, WIFI_RSSI)]
+
     def _take_wifidata(self, payload: Any) -> None:
         self._wifi = parse_wifidata(payload)
+        self._wifi_figures = self._wifi.reading().samples  # built once per read, not per poll
 
     def _take_ratio(self, payload: Any) -> None:
         self._extra = list(parse_ratio(payload).samples)
 
     def _merged(self, reading: Reading) -> Reading:
         reading.samples.extend(self._extra)
+        signal = self._signal
+        if self._wifi is not None:
+            figures = self._wifi_figures
+            if signal:  # /api/monitor's signal is the newer one
+                figures = [s for s in figures if s.metric not in (WIFI_SIGNAL, WIFI_RSSI)]
+            reading.samples.extend(figures)
+        reading.samples.extend(signal)
         if self._wifi is not None:
             own = reading.devices[0] if reading.devices else DeviceInfo()
             # The measurement's own identity wins; wifidata fills what it lacks.

@@ -55,7 +55,7 @@ WEM3162, `Data`: WEM3080, `Datas` with 3 or 4 rows: WEM3080T, with 2 rows: WEM20
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ...model.catalogue import (ACTIVE_POWER, CT_RATIO, DEVICE_UPTIME, ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY,
@@ -63,7 +63,8 @@ from ...model.catalogue import (ACTIVE_POWER, CT_RATIO, DEVICE_UPTIME, ENERGY_EX
                                 PHASE_ACTIVE_POWER, PHASE_CURRENT, PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED,
                                 PHASE_POWER_FACTOR, PHASE_REACTIVE_ENERGY_CAPACITIVE, PHASE_REACTIVE_ENERGY_INDUCTIVE,
                                 PHASE_REACTIVE_POWER, PHASE_VOLTAGE, POWER_FACTOR, REACTIVE_ENERGY_CAPACITIVE,
-                                REACTIVE_ENERGY_INDUCTIVE, REACTIVE_POWER, WIFI_RSSI, WIFI_SIGNAL)
+                                REACTIVE_ENERGY_INDUCTIVE, REACTIVE_POWER, UPLOAD_INTERVAL, UPLOAD_MODE, WIFI_RSSI,
+                                WIFI_SIGNAL)
 from ...model.jsontext import label_text
 from ...model.samples import DeviceInfo, ParseError, Reading, kind_of, number_or_none
 from . import registers as reg
@@ -333,15 +334,20 @@ def parse_monitor(payload: Any) -> Reading:
         reading = Reading()
         if payload.get("SN") is not None or payload.get("model") is not None:
             reading.devices.append(_device(payload, _text(payload, "model")))
-    signal = number_or_none(payload.get("sig"), "sig")
-    if signal is not None:
-        if signal < 0:
-            reading.add(WIFI_RSSI, signal)
-        elif signal <= 100:
-            reading.add(WIFI_SIGNAL, signal / 100)
-        else:
-            raise ParseError(f"sig: {signal:g} is neither a percentage nor an RSSI")
+    _add_signal(reading, payload)
     return reading
+
+
+def _add_signal(reading: Reading, payload: dict) -> None:
+    signal = number_or_none(payload.get("sig"), "sig")
+    if signal is None:
+        return
+    if signal < 0:
+        reading.add(WIFI_RSSI, signal)
+    elif signal <= 100:
+        reading.add(WIFI_SIGNAL, signal / 100)
+    else:
+        raise ParseError(f"sig: {signal:g} is neither a percentage nor an RSSI")
 
 
 # --- /api/wifidata ----------------------------------------------------------------------------
@@ -362,10 +368,23 @@ class WifiData:
     run_mode: str = ""  # cloud | tcp | http | mqtt | standalone (as the firmware spells it)
     upload_interval: float | None = None  # seconds
     net_metering: bool | None = None
+    signal: Reading = field(default_factory=Reading)  # the Wi-Fi figure of `sig`, when sent
 
     @property
     def device(self) -> DeviceInfo:
         return DeviceInfo(model="", serial=self.serial, firmware=self.firmware)
+
+    def reading(self) -> Reading:
+        """The figures worth a series: upload mode and interval, the Wi-Fi signal (network
+        settings such as ssid and ip are left out: they name the user's network, not the meter)."""
+        reading = Reading(samples=list(self.signal.samples))
+        if self.run_mode:
+            # Every known mode gets a series, so that a change of mode is a change of value.
+            for mode in dict.fromkeys((*RUN_MODES.values(), self.run_mode)):
+                reading.add(UPLOAD_MODE, 1 if mode == self.run_mode else 0, mode=mode)
+        if self.upload_interval is not None and self.upload_interval > 0:
+            reading.add(UPLOAD_INTERVAL, self.upload_interval)
+        return reading
 
 
 def parse_wifidata(payload: Any) -> WifiData:
@@ -377,8 +396,12 @@ def parse_wifidata(payload: Any) -> WifiData:
         run_mode = RUN_MODES.get(int(run_mode), str(int(run_mode)))
     else:
         run_mode = _text(payload, "runMode")
+        if run_mode.lower() in RUN_MODES.values():
+            run_mode = run_mode.lower()
     interval = number_or_none(payload.get("uploadinterval", payload.get("uploadInterval")), "uploadinterval")
     netmeter = number_or_none(payload.get("netmeter"), "netmeter")
+    signal = Reading()
+    _add_signal(signal, payload)
     return WifiData(
         firmware=_text(payload, "version"),
         serial=_text(payload, "SN"),
@@ -389,6 +412,7 @@ def parse_wifidata(payload: Any) -> WifiData:
         run_mode=run_mode,
         upload_interval=interval,
         net_metering=None if netmeter is None else netmeter != 0,
+        signal=signal,
     )
 
 

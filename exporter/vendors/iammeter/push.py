@@ -3,8 +3,11 @@ of the user's choosing every upload interval (port 443 means HTTPS to the meter,
 plain HTTP; the firmware sends the body as text/plain).
 
 All push targets share the one listener of the `http_push:` section (`exporter/transport/http_push.py`); a
-target claims the uploads that carry its SN. The meter's address field takes `host:port` with
-no path, so the listener accepts any path unless `http_push.path` names one.
+target claims the uploads that carry its SN. The meter's address field takes `host:port`, so the
+listener accepts any path unless `http_push.path` names one; where the address takes a path
+too, `http_push.path_token` keeps out uploads that do not carry the secret. For HTTPS the meter
+uploads to port 443: the listener serves TLS (`tls_cert_file`, `tls_key_file`) on `listen`
+443, or behind a port forward from 443.
 
 The answer is `{"successful":true,"message":"ok"}`: the meters upload to their cloud's
 `/api/v1/sensor/UploadSensor`, whose answer has that shape, and the push documents ask for no
@@ -75,50 +78,62 @@ def check_config(config: Config) -> Iterable[tuple[tuple, str]]:
     except ValueError as exc:
         yield ("http_push", "allowed_networks"), str(exc)
     yield from check_section(section)
+    yield from check_upload_targets(config, "push", IammeterPushSettings, listening=bool(section.get("listen")),
+                                    hint="transport push receives on the http_push listener, which has no `listen` "
+                                         "address: add for example `http_push: {listen: \":8088\"}`")
+
+
+def check_upload_targets(config: Config, transport: str, settings: Any, *, listening: bool,
+                         hint: str) -> Iterable[tuple[tuple, str]]:
+    """One upload transport's targets: a listener to receive on, and each SN claimed once."""
     seen: dict[str, str] = {}
     # The loader runs this only when every target is valid, so the index is the file's index.
     for index, target in enumerate(config.targets):
-        if (target.vendor, target.transport) != ("iammeter", "push"):
+        if (target.vendor, target.transport) != ("iammeter", transport):
             continue
-        if not section.get("listen") and not seen:  # said once, at the first push target
-            yield (("targets", index, "transport"),
-                   "transport push receives on the http_push listener, which has no `listen` address: "
-                   "add for example `http_push: {listen: \":8088\"}`")
-        sn = normalize_id(IammeterPushSettings.of(target).sn)
+        if not listening and not seen:  # said once, at the first target
+            yield ("targets", index, "transport"), hint
+        sn = normalize_id(settings.of(target).sn)
         if sn in seen:
-            yield ("targets", index, "sn"), f"SN {sn} is already received by push target {seen[sn]!r}"
+            yield ("targets", index, "sn"), f"SN {sn} is already received by {transport} target {seen[sn]!r}"
         else:
             seen[sn] = target.name
 
 
 class IammeterPushAdapter:
-    """A push target: claims its SN on the shared listener and waits for uploads."""
+    """An upload target: claims its SN on the shared listener of its section and waits for the
+    meter's uploads. The HTTP upload's; `tcp.py` gives it the TCP/TLS listener instead."""
+
+    section = "http_push"
+    section_settings: Any = PushSettings  # .from_section(mapping) -> settings with .key()
+    listener_type: Any = PushListener  # (settings, log, store, format=) with start/attach/detach
+    target_settings: Any = IammeterPushSettings  # the transport's Settings: .of(target).sn
 
     def __init__(self, target: TargetConfig, context: AdapterContext) -> None:
         self.target = target
         self._context = context
-        self.sn = normalize_id(IammeterPushSettings.of(target).sn)
-        self.listener: PushListener | None = None
+        self.sn = normalize_id(self.target_settings.of(target).sn)
+        self.listener: Any = None
         self._key: tuple | None = None
         self._sink: Sink | None = None
 
     async def run(self, emit: Emit) -> None:
         try:
-            settings = PushSettings.from_section(self._context.sections.get("http_push") or {})
+            settings = self.section_settings.from_section(self._context.sections.get(self.section) or {})
         except PollError as exc:
             emit(exc)
             await asyncio.Event().wait()
         store, shared = self._context.store, self._context.shared
 
-        async def new_listener() -> PushListener:
-            return await PushListener(settings, logs.get(listener="http_push"), store, format=FORMAT).start()
+        async def new_listener() -> Any:
+            return await self.listener_type(settings, logs.get(listener=self.section), store, format=FORMAT).start()
 
         failures = 0
         while True:
             try:
                 listener = await shared.acquire(settings.key(), new_listener)
                 break
-            except PollError as exc:  # the port is taken: say so, and try again later
+            except PollError as exc:  # a port is taken: say so, and try again later
                 emit(exc)
                 failures += 1
                 await asyncio.sleep(LISTEN_RETRY.delay(failures))

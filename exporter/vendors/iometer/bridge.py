@@ -1,7 +1,10 @@
 """IOmeter bridge, local API (`http://<bridge>/v1`): transport `local`, the vendor's default.
 
 mode `poll`: `GET /v1/reading` every interval, `GET /v1/status` every `status_interval` (the
-state of the reader changes rarely; its last answer is kept in between).
+state of the reader changes rarely; its last answer is kept in between). Readings are the
+primary figures: a bridge whose `/v1/status` answers 404 (some device states do, while
+`/v1/reading` keeps working) still delivers them; the device-state series are left out until the
+status is back, asked for again every `MISSING_STATUS_RETRY` seconds, with one log line each way.
 mode `sse`: the bridge streams both paths as Server-Sent Events when asked with
 `Accept: text/event-stream`; the adapter keeps both streams open (on its own connections, as
 the vendor's own integration does), emits one Reading (newest reading + newest status) per
@@ -19,8 +22,7 @@ stream is opened again after the delay.
 from __future__ import annotations
 
 import asyncio
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping
 
@@ -29,19 +31,23 @@ import aiohttp
 from ...config.loader import Settings, TargetConfig, setting
 from ...model.catalogue import IOMETER
 from ...model.errors import PollError
-from ...model.jsontext import JsonError, label_text, loads
+from ...model.jsontext import JsonError, loads
 from ...model.samples import Emit, ParseError, Reading
 from ...runtime.backoff import Backoff, retry_forever
 from ...runtime.context import AdapterContext
 from ...runtime.tasks import cancel_and_wait
 from ...transport.http import Response, request, status_error
+from ...transport import sse
+from ...transport.sse import MAX_EVENT_BYTES, is_event_stream, read_bounded, read_events, stream_failure
 from ..registry import TransportSpec, register
 from . import parse
 
-MAX_EVENT_BYTES = 1 << 20  # a bridge event is a few hundred bytes; more is a fault
 # The status stream may stay quiet while nothing changes; only readings must keep coming, so
 # the status stream is given this many times `stream_idle_timeout`.
 STATUS_IDLE_FACTOR = 10
+# A status that answers 404 is asked for again this often (at least `status_interval`): the
+# device state it lacks changes rarely, and each try costs the bridge a request.
+MISSING_STATUS_RETRY = 600.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,95 +77,8 @@ def base_url(host: str) -> str:
     return host if host.startswith(("http://", "https://")) else f"http://{host}"
 
 
-# --- Server-Sent Events framing (pure) -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SseEvent:
-    event: str
-    data: str
-    id: str | None = None
-
-
-class EventTooLarge(ParseError):
-    """An event (or a line) longer than the decoder accepts: the stream is dropped."""
-
-
-_LINE_BREAK = re.compile(rb"[\r\n]")
-
-
-@dataclass
-class SseDecoder:
-    """Splits an event stream into events (WHATWG rules: `\\n`, `\\r\\n` or `\\r` line ends,
-    `:` comments, multi-line `data`, dispatch on a blank line).
-
-    Incremental: each chunk is searched for line ends once (bytes already searched are not
-    searched again), so a long line in small pieces costs its length, not its length squared.
-    An event (all its lines, including one still incomplete) longer than `max_bytes` raises
-    EventTooLarge."""
-
-    max_bytes: int = MAX_EVENT_BYTES
-    _buffer: bytearray = field(default_factory=bytearray)
-    _scanned: int = 0  # bytes of the buffer searched for a line end already
-    _event: str = ""
-    _data: list[str] = field(default_factory=list)
-    _id: str | None = None
-    _size: int = 0  # characters of the current event's data so far
-
-    def feed(self, chunk: bytes) -> list[SseEvent]:
-        buffer = self._buffer
-        buffer += chunk
-        events: list[SseEvent] = []
-        start = 0  # where the current line begins
-        while True:
-            match = _LINE_BREAK.search(buffer, self._scanned)
-            if match is None:
-                self._scanned = len(buffer)
-                break
-            end = match.start()
-            width = 1
-            if buffer[end] == 0x0D:
-                if end + 1 == len(buffer):  # a lone CR at the very end may still become CRLF
-                    self._scanned = end
-                    break
-                if buffer[end + 1] == 0x0A:
-                    width = 2
-            if end - start > self.max_bytes:
-                raise EventTooLarge(f"event stream: a line longer than {self.max_bytes} bytes")
-            line = buffer[start:end].decode("utf-8", "replace")
-            start = self._scanned = end + width
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        if start:
-            del buffer[:start]  # a bytearray drops its head without copying the rest
-            self._scanned -= start
-        if len(buffer) + self._size > self.max_bytes:
-            raise EventTooLarge(f"event stream: an event larger than {self.max_bytes} bytes")
-        return events
-
-    def _line(self, line: str) -> SseEvent | None:
-        if line == "":
-            if not self._data:
-                self._event = ""
-                return None
-            event = SseEvent(self._event or "message", "\n".join(self._data), self._id)
-            self._event, self._data, self._size = "", [], 0
-            return event
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-            self._size += len(value) + 1
-            if self._size > self.max_bytes:
-                raise EventTooLarge(f"event stream: an event larger than {self.max_bytes} bytes")
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        return None
+# The event-stream framing lives in exporter.transport.sse; still importable from here.
+SseDecoder, SseEvent = sse.SseDecoder, sse.SseEvent
 
 
 # --- The adapter -----------------------------------------------------------------------------
@@ -181,6 +100,7 @@ class IOmeterBridge:
         self.idle_timeout = float(settings.stream_idle_timeout)
         self.status: Reading | None = None
         self.status_read_at: float | None = None
+        self.status_missing = False  # /v1/status answered 404 at its last read
         self.reading: Reading | None = None
         self.last_error: PollError | None = None
         self.streams_opened = 0
@@ -200,14 +120,36 @@ class IOmeterBridge:
             return await self._from_streams()
         reading = parse_or_fail(parse.parse_bridge_reading, await self._get("reading"), "/v1/reading")
         now = self.ctx.clock()
-        if self.status_read_at is None or now - self.status_read_at >= self.status_interval:
-            self.status = parse_or_fail(parse.parse_bridge_status, await self._get("status"), "/v1/status")
+        every = max(self.status_interval, MISSING_STATUS_RETRY) if self.status_missing else self.status_interval
+        if self.status_read_at is None or now - self.status_read_at >= every:
             self.status_read_at = now
+            try:
+                payload = await self._get("status")
+            except StatusMissing:
+                self._status_gone()
+            else:
+                self.status = parse_or_fail(parse.parse_bridge_status, payload, "/v1/status")
+                self._status_back()
         return parse.merge(reading, self.status)
+
+    def _status_gone(self) -> None:
+        """/v1/status answered 404: the device-state series go stale, the readings go on."""
+        self.status = None
+        if not self.status_missing:
+            self.status_missing = True
+            self.ctx.log.warning("bridge has no /v1/status (HTTP 404); readings go on without the device state",
+                                 retry_every=f"{max(self.status_interval, MISSING_STATUS_RETRY):g}s")
+
+    def _status_back(self) -> None:
+        if self.status_missing:
+            self.status_missing = False
+            self.ctx.log.info("bridge answers /v1/status again")
 
     async def _get(self, name: str) -> Any:
         url = f"{self.base}/v1/{name}"
         response = await request(self.ctx.session, "GET", url, headers={"Accept": "application/json"})
+        if response.status == 404 and name == "status":
+            raise StatusMissing(url)
         if response.status != 200:
             raise status_error(url, response)
         return response.json()
@@ -244,34 +186,28 @@ class IOmeterBridge:
             async with self._stream_session().get(
                 url, headers={"Accept": "text/event-stream"}, timeout=timeout, allow_redirects=False
             ) as response:
+                if response.status == 404 and name == "status":
+                    # No status on this bridge: the readings go on without the device state.
+                    self._status_gone()
+                    if self.reading is not None:
+                        emit(parse.merge(self.reading, None))
+                    await asyncio.sleep(MISSING_STATUS_RETRY)
+                    return True
                 if response.status != 200:
                     body = await response.content.read(256)
                     raise status_error(url, Response(response.status, body, dict(response.headers)))
-                if "text/event-stream" not in response.headers.get("Content-Type", ""):
+                if not is_event_stream(response):
                     # No SSE on this firmware: take the body as one event, read again later.
-                    body = await _read_bounded(response.content, MAX_EVENT_BYTES, url)
+                    body = await read_bounded(response.content, MAX_EVENT_BYTES, url)
                     self._event(name, Response(200, body, {}).json(), emit)
                     await asyncio.sleep(self.target.interval)
                     return True
                 delivered = await self._read_events(response.content, url, name, idle, emit)
-        except PollError:
-            raise
-        except EventTooLarge as exc:
-            raise PollError("too_large", f"{url}: {exc}") from None
-        except ParseError as exc:
-            raise PollError("parse", f"{url}: {exc}") from None
-        except aiohttp.ConnectionTimeoutError:
-            raise PollError("timeout", f"{url}: no connection within {self.target.timeout:g}s") from None
-        except asyncio.TimeoutError:
-            raise PollError("timeout", f"{url}: event stream silent for {idle:g}s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise PollError("connection", f"{url}: cannot connect: {exc.os_error.strerror or exc.os_error}") from None
-        except aiohttp.ClientResponseError as exc:
-            raise PollError("parse", f"{url}: malformed HTTP answer: {label_text(str(exc.message), 120)}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise PollError("connection", f"{url}: event stream broken: {exc.__class__.__name__}") from None
-        except ValueError as exc:  # the client refused to send the request (a malformed host)
-            raise PollError("config", f"{url}: the request cannot be sent ({exc.__class__.__name__})") from None
+        except Exception as exc:  # every way a stream breaks, as a PollError with its reason
+            failure = stream_failure(exc, url, self.target.timeout, idle)
+            if failure is None:
+                raise
+            raise failure from None
         if not delivered:
             raise PollError("connection", f"{url}: event stream closed without an event")
         self.ctx.log.info("event stream ended; reconnecting", path=f"/v1/{name}")
@@ -279,34 +215,23 @@ class IOmeterBridge:
 
     async def _read_events(self, content: aiohttp.StreamReader, url: str, name: str, idle: float,
                            emit: Emit) -> bool:
-        """Events until the stream ends; True if any was taken. A stream that keeps sending
-        bytes (comments, a line that never ends) but no event for `idle` seconds is as good as
-        silent: the socket's read timeout alone would never fire."""
-        loop = asyncio.get_running_loop()
-        decoder = SseDecoder()
+        """Events until the stream ends; True if any was taken."""
         delivered = False
-        last_event = loop.time()
-        async for chunk in content.iter_any():
-            events = decoder.feed(chunk)
-            if not events:
-                if loop.time() - last_event > idle:
-                    raise PollError("timeout", f"{url}: no complete event for {idle:g}s")
+        async for event in read_events(content, url, idle):
+            try:
+                payload = loads(event.data, "event data")
+            except JsonError as exc:
+                self._failed(PollError("parse", f"{url}: {exc}"))
                 continue
-            last_event = loop.time()
-            for event in events:
-                try:
-                    payload = loads(event.data, "event data")
-                except JsonError as exc:
-                    self._failed(PollError("parse", f"{url}: {exc}"))
-                    continue
-                self._event(_kind_of(payload, event.event, name), payload, emit)
-                delivered = True
+            self._event(_kind_of(payload, event.event, name), payload, emit)
+            delivered = True
         return delivered
 
     def _event(self, name: str, payload: Any, emit: Emit) -> None:
         try:
             if name == "status":
                 self.status = parse.parse_bridge_status(payload)
+                self._status_back()
             else:
                 self.reading = parse.parse_bridge_reading(payload)
         except ParseError as exc:
@@ -358,16 +283,8 @@ class IOmeterBridge:
             self._streams = None
 
 
-async def _read_bounded(content: aiohttp.StreamReader, limit: int, url: str) -> bytes:
-    """The whole body, refused past `limit` bytes (read() alone may return only a part)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise PollError("too_large", f"{url}: answer larger than {limit} bytes refused")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class StatusMissing(Exception):
+    """/v1/status answered 404 (the readings may still be there)."""
 
 
 def _kind_of(payload: Any, event: str, default: str) -> str:

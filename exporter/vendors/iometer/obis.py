@@ -3,15 +3,23 @@
 Notations (all normalized to the decimal form `1-0:1.8.0`, the form of the `obis` label):
   - decimal, 5 groups `1-0:1.8.0`, or 6 groups `1-0:1.8.0*255` (the Partner API's formats);
   - hexadecimal, 6 groups `01-00:01.08.00*ff` (the local bridge; the Partner API on request);
-  - short decimal `C.D.E` such as `1.8.0` (Partner API), medium 1 (electricity), channel 0;
+  - short decimal `C.D.E` such as `1.8.0` (Partner API), medium 1 (electricity), channel 0,
+    except the service entries C = 96, 97 (`96.14.0` = 0-0:96.14.0, the active tariff);
   - short hexadecimal `10.07.00` (= 16.7.0): a zero-padded group (`07`) or a hex letter marks
     the hexadecimal notation, since decimal never pads;
   - the logical-name form `1.0.1.8.0.255` of DLMS.
 A sixth group F of 255 (`*ff`) means "current value" and is dropped; any other F (a billing
 period) stays as `*F`, so that historical values never pass for current ones.
 
-Mapping: the usual codes (IEC 62056-6-1 / DSMR; see protocol-facts) go to the catalogue's named
-metrics, in base units (Wh and kWh to J, kW to W). A code without a named metric is not dropped:
+Mapping: the codes with a standard meaning (IEC 62056-6-1 / DSMR 5.0.2) go to the catalogue's
+named metrics, in base units (Wh and kWh to J, kW to W, kvarh to var*s): energy import/export
+total and per tariff (1.8.x, 2.8.x) and per phase (21/41/61.8.0, 22/42/62.8.0); the signed
+power (16.7.0) and per phase (36/56/76.7.0); import and export power (1.7.0, 2.7.0) and per
+phase (21/41/61.7.0, 22/42/62.7.0); reactive power and energy Q+ / Q- (3.7.0, 4.7.0, 3.8.0,
+4.8.0); voltage, current and power factor per phase (32/52/72, 31/51/71, 33/53/73.7.0);
+frequency (14.7.0); power factor (13.7.0); demand (1.4.0, 1.6.0); the active tariff
+(0-0:96.14.0), power failures (0-0:96.7.21, 0-0:96.7.9), voltage sags and swells
+(32/52/72.32.0, .36.0). Where another vendor reports the same quantity, its name is shared. A code without a named metric is not dropped:
 it is exported as `energy_meter_obis_value{obis, unit}` (a gauge), converted to its base unit
 where the unit is known. Only channel B = 0 and F = 255 map to named metrics: other channels and
 billing periods are different quantities and stay in the generic family.
@@ -41,14 +49,8 @@ from dataclasses import dataclass, field
 from math import copysign, isfinite
 from typing import Any, Container, Iterable, Mapping, NamedTuple
 
-from ...model.catalogue import (ACCOUNT_ACTIVE_POWER, ACCOUNT_ENERGY_EXPORTED, ACCOUNT_ENERGY_IMPORTED,
-                                ACCOUNT_FREQUENCY, ACCOUNT_MEASUREMENT_TIME, ACCOUNT_OBIS_VALUE,
-                                ACCOUNT_PHASE_ACTIVE_POWER, ACCOUNT_PHASE_CURRENT, ACCOUNT_PHASE_POWER_FACTOR,
-                                ACCOUNT_PHASE_VOLTAGE, ACCOUNT_POWER_FACTOR, ACCOUNT_TARIFF_ENERGY_EXPORTED,
-                                ACCOUNT_TARIFF_ENERGY_IMPORTED, ACTIVE_POWER, ENERGY_EXPORTED, ENERGY_IMPORTED,
-                                FREQUENCY, MEASUREMENT_TIME, OBIS_VALUE, PHASE_ACTIVE_POWER, PHASE_CURRENT,
-                                PHASE_POWER_FACTOR, PHASE_VOLTAGE, POWER_FACTOR, TARIFF_ENERGY_EXPORTED,
-                                TARIFF_ENERGY_IMPORTED, Metric)
+from ...model import catalogue as M
+from ...model.catalogue import Metric
 from ...model.jsontext import label_text
 from ...model.samples import ParseError, Reading, Sample, number_or_none
 
@@ -115,12 +117,19 @@ def _parse_obis(code: str) -> Obis:
     *main, last = match.groups()
     hexadecimal = _is_hex(main)
     values = _numbers(main, code, hexadecimal)
+    if prefix and values[0] in _ABSTRACT_C:
+        prefix = (0, 0)  # short form of a service entry: `96.14.0` is DSMR's 0-0:96.14.0
     if last is not None:
         # F is read on its own terms: "1-0:32.7.0*ff" is decimal with a hex F, and a
         # three-digit F such as "*255" is decimal whatever the rest.
         f_hex = _is_hex([last]) or (hexadecimal and len(last) <= 2)
         values += _numbers([last], code, f_hex)
     return _build(values, code, prefix)
+
+
+# C groups of the abstract service entries (tariff, failure counts, identifiers): a short code
+# with one of them is medium 0, as DSMR and IEC 62056-21 displays write `96.14.0` for 0-0:96.14.0.
+_ABSTRACT_C = frozenset({96, 97})
 
 
 def normalize(code: Any) -> str:
@@ -198,20 +207,58 @@ class MetricSet:
     frequency: Metric
     power_factor: Metric
     phase_power_factor: Metric
+    import_power: Metric
+    export_power: Metric
+    phase_import_power: Metric
+    phase_export_power: Metric
+    import_reactive_power: Metric
+    export_reactive_power: Metric
+    reactive_energy_imported: Metric
+    reactive_energy_exported: Metric
+    active_tariff: Metric
+    power_failures: Metric
+    long_power_failures: Metric
+    average_demand: Metric
+    monthly_peak_demand: Metric
+    phase_voltage_sags: Metric
+    phase_voltage_swells: Metric
+    phase_energy_imported: Metric
+    phase_energy_exported: Metric
     obis_value: Metric
     measurement_time: Metric
 
 
 LOCAL = MetricSet(
-    ENERGY_IMPORTED, ENERGY_EXPORTED, TARIFF_ENERGY_IMPORTED, TARIFF_ENERGY_EXPORTED,
-    ACTIVE_POWER, PHASE_ACTIVE_POWER, PHASE_VOLTAGE, PHASE_CURRENT, FREQUENCY, POWER_FACTOR,
-    PHASE_POWER_FACTOR, OBIS_VALUE, MEASUREMENT_TIME,
+    energy_imported=M.ENERGY_IMPORTED, energy_exported=M.ENERGY_EXPORTED,
+    tariff_imported=M.TARIFF_ENERGY_IMPORTED, tariff_exported=M.TARIFF_ENERGY_EXPORTED,
+    active_power=M.ACTIVE_POWER, phase_active_power=M.PHASE_ACTIVE_POWER, phase_voltage=M.PHASE_VOLTAGE,
+    phase_current=M.PHASE_CURRENT, frequency=M.FREQUENCY, power_factor=M.POWER_FACTOR,
+    phase_power_factor=M.PHASE_POWER_FACTOR, import_power=M.IMPORT_POWER, export_power=M.EXPORT_POWER,
+    phase_import_power=M.PHASE_IMPORT_POWER, phase_export_power=M.PHASE_EXPORT_POWER,
+    import_reactive_power=M.IMPORT_REACTIVE_POWER, export_reactive_power=M.EXPORT_REACTIVE_POWER,
+    reactive_energy_imported=M.REACTIVE_ENERGY_IMPORTED, reactive_energy_exported=M.REACTIVE_ENERGY_EXPORTED,
+    active_tariff=M.ACTIVE_TARIFF, power_failures=M.POWER_FAILURES, long_power_failures=M.LONG_POWER_FAILURES,
+    average_demand=M.AVERAGE_DEMAND, monthly_peak_demand=M.MONTHLY_PEAK_DEMAND,
+    phase_voltage_sags=M.PHASE_VOLTAGE_SAGS, phase_voltage_swells=M.PHASE_VOLTAGE_SWELLS,
+    phase_energy_imported=M.PHASE_ENERGY_IMPORTED, phase_energy_exported=M.PHASE_ENERGY_EXPORTED,
+    obis_value=M.OBIS_VALUE, measurement_time=M.MEASUREMENT_TIME,
 )
 ACCOUNT = MetricSet(
-    ACCOUNT_ENERGY_IMPORTED, ACCOUNT_ENERGY_EXPORTED, ACCOUNT_TARIFF_ENERGY_IMPORTED,
-    ACCOUNT_TARIFF_ENERGY_EXPORTED, ACCOUNT_ACTIVE_POWER, ACCOUNT_PHASE_ACTIVE_POWER,
-    ACCOUNT_PHASE_VOLTAGE, ACCOUNT_PHASE_CURRENT, ACCOUNT_FREQUENCY, ACCOUNT_POWER_FACTOR,
-    ACCOUNT_PHASE_POWER_FACTOR, ACCOUNT_OBIS_VALUE, ACCOUNT_MEASUREMENT_TIME,
+    energy_imported=M.ACCOUNT_ENERGY_IMPORTED, energy_exported=M.ACCOUNT_ENERGY_EXPORTED,
+    tariff_imported=M.ACCOUNT_TARIFF_ENERGY_IMPORTED, tariff_exported=M.ACCOUNT_TARIFF_ENERGY_EXPORTED,
+    active_power=M.ACCOUNT_ACTIVE_POWER, phase_active_power=M.ACCOUNT_PHASE_ACTIVE_POWER,
+    phase_voltage=M.ACCOUNT_PHASE_VOLTAGE, phase_current=M.ACCOUNT_PHASE_CURRENT, frequency=M.ACCOUNT_FREQUENCY,
+    power_factor=M.ACCOUNT_POWER_FACTOR, phase_power_factor=M.ACCOUNT_PHASE_POWER_FACTOR,
+    import_power=M.ACCOUNT_IMPORT_POWER, export_power=M.ACCOUNT_EXPORT_POWER,
+    phase_import_power=M.ACCOUNT_PHASE_IMPORT_POWER, phase_export_power=M.ACCOUNT_PHASE_EXPORT_POWER,
+    import_reactive_power=M.ACCOUNT_IMPORT_REACTIVE_POWER, export_reactive_power=M.ACCOUNT_EXPORT_REACTIVE_POWER,
+    reactive_energy_imported=M.ACCOUNT_REACTIVE_ENERGY_IMPORTED,
+    reactive_energy_exported=M.ACCOUNT_REACTIVE_ENERGY_EXPORTED, active_tariff=M.ACCOUNT_ACTIVE_TARIFF,
+    power_failures=M.ACCOUNT_POWER_FAILURES, long_power_failures=M.ACCOUNT_LONG_POWER_FAILURES,
+    average_demand=M.ACCOUNT_AVERAGE_DEMAND, monthly_peak_demand=M.ACCOUNT_MONTHLY_PEAK_DEMAND,
+    phase_voltage_sags=M.ACCOUNT_PHASE_VOLTAGE_SAGS, phase_voltage_swells=M.ACCOUNT_PHASE_VOLTAGE_SWELLS,
+    phase_energy_imported=M.ACCOUNT_PHASE_ENERGY_IMPORTED, phase_energy_exported=M.ACCOUNT_PHASE_ENERGY_EXPORTED,
+    obis_value=M.ACCOUNT_OBIS_VALUE, measurement_time=M.ACCOUNT_MEASUREMENT_TIME,
 )
 
 
@@ -223,18 +270,46 @@ class Quantity:
 
 
 _PHASES = {1: "l1", 2: "l2", 3: "l3"}
-# (C, D) -> quantity per phase: C = 20 * phase + offset for L1..L3 (IEC 62056-6-1).
+# (C offset, D) -> quantity per phase: C = 20 * phase + offset for L1..L3 (IEC 62056-6-1).
 _PHASE_QUANTITIES = {
-    16: ("phase_active_power", "power"),  # 36, 56, 76
-    12: ("phase_voltage", "voltage"),  # 32, 52, 72
-    11: ("phase_current", "current"),  # 31, 51, 71
-    13: ("phase_power_factor", "ratio"),  # 33, 53, 73
+    (16, 7): ("phase_active_power", "power"),  # 36, 56, 76
+    (12, 7): ("phase_voltage", "voltage"),  # 32, 52, 72
+    (11, 7): ("phase_current", "current"),  # 31, 51, 71
+    (13, 7): ("phase_power_factor", "ratio"),  # 33, 53, 73
+    (1, 7): ("phase_import_power", "power"),  # 21, 41, 61 (A+)
+    (2, 7): ("phase_export_power", "power"),  # 22, 42, 62 (A-)
+    (12, 32): ("phase_voltage_sags", "count"),  # 32.32.0, 52.32.0, 72.32.0
+    (12, 36): ("phase_voltage_swells", "count"),  # 32.36.0, 52.36.0, 72.36.0
+    (1, 8): ("phase_energy_imported", "energy"),  # 21.8.0, 41.8.0, 61.8.0
+    (2, 8): ("phase_energy_exported", "energy"),  # 22.8.0, 42.8.0, 62.8.0
+}
+# (A, B, C, D, E) -> quantity of the whole meter (IEC 62056-6-1, DSMR 5.0.2).
+_METER_QUANTITIES = {
+    (1, 0, 16, 7, 0): Quantity("active_power", "power"),
+    (1, 0, 14, 7, 0): Quantity("frequency", "frequency"),
+    (1, 0, 13, 7, 0): Quantity("power_factor", "ratio"),
+    (1, 0, 1, 7, 0): Quantity("import_power", "power"),
+    (1, 0, 2, 7, 0): Quantity("export_power", "power"),
+    (1, 0, 3, 7, 0): Quantity("import_reactive_power", "reactive"),
+    (1, 0, 4, 7, 0): Quantity("export_reactive_power", "reactive"),
+    (1, 0, 3, 8, 0): Quantity("reactive_energy_imported", "reactive_energy"),
+    (1, 0, 4, 8, 0): Quantity("reactive_energy_exported", "reactive_energy"),
+    (1, 0, 1, 4, 0): Quantity("average_demand", "power"),
+    (1, 0, 1, 6, 0): Quantity("monthly_peak_demand", "power"),
+    (0, 0, 96, 14, 0): Quantity("active_tariff", "count"),
+    (0, 0, 96, 7, 21): Quantity("power_failures", "count"),
+    (0, 0, 96, 7, 9): Quantity("long_power_failures", "count"),
 }
 
 
 def quantity_for(code: Obis) -> Quantity | None:
     """The named metric of a code, or None for the generic family."""
-    if code.a != 1 or code.b != 0 or code.f != 255:
+    if code.f != 255:
+        return None
+    named = _METER_QUANTITIES.get((code.a, code.b, code.c, code.d, code.e))
+    if named is not None:
+        return named
+    if code.a != 1 or code.b != 0:
         return None
     c, d, e = code.c, code.d, code.e
     if d == 8 and c in (1, 2):
@@ -242,19 +317,14 @@ def quantity_for(code: Obis) -> Quantity | None:
             return Quantity("energy_imported" if c == 1 else "energy_exported", "energy")
         field = "tariff_imported" if c == 1 else "tariff_exported"
         return Quantity(field, "energy", (("tariff", str(e)),))
-    if d != 7 or e != 0:
+    if e != 0 or c <= 20:
         return None
-    if c == 16:
-        return Quantity("active_power", "power")
-    if c == 14:
-        return Quantity("frequency", "frequency")
-    if c == 13:
-        return Quantity("power_factor", "ratio")
     phase, offset = divmod(c - 20, 20)
-    if phase + 1 in _PHASES and c > 20 and offset in _PHASE_QUANTITIES:
-        field, dimension = _PHASE_QUANTITIES[offset]
-        return Quantity(field, dimension, (("phase", _PHASES[phase + 1]),))
-    return None
+    quantity = _PHASE_QUANTITIES.get((offset, d)) if phase + 1 in _PHASES else None
+    if quantity is None:
+        return None
+    field, dimension = quantity
+    return Quantity(field, dimension, (("phase", _PHASES[phase + 1]),))
 
 
 class Register(NamedTuple):
@@ -330,6 +400,10 @@ def _plan(code: Obis, unit: str | None, metrics: MetricSet, as_total: bool) -> P
             return Plan(metrics.obis_value, 1.0, (("unit", label_text(unit or "", 32)),), code.text)
         factor, dimension = entry[1]
         return Plan(metrics.obis_value, factor, (("unit", _BASE_UNIT[dimension]),), code.text)
+    if quantity.dimension == "count":  # a number as the meter counts it: no unit, no scale
+        if unit not in (None, ""):
+            raise ParseError(f"register {code}: unit {unit[:20]!r} does not fit a count")
+        return Plan(getattr(metrics, quantity.field), 1.0, quantity.labels, code.text)
     if unit is None and quantity.dimension != "ratio":
         return None
     entry = _unit_entry(unit or "")

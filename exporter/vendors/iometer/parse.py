@@ -20,8 +20,8 @@ from typing import Any, Collection, NamedTuple
 from ...model.catalogue import (GATEWAY_CONNECTED, READER_ATTACHED, READER_BATTERY, READER_CONNECTED,
                                 READER_PIN_STATE, READER_POWER_SOURCE, READER_RSSI, WIFI_RSSI, Metric)
 from ...model.jsontext import label_text
-from ...model.samples import (DeviceInfo, ParseError, Reading, checked_list, checked_object, number_or_none,
-                              optional_list, optional_object)
+from ...model.samples import (DeviceInfo, ParseError, Reading, Sample, checked_list, checked_object,
+                              number_or_none, optional_list, optional_object)
 from .obis import LOCAL, Register, add_registers, register
 
 BRIDGE_MODEL = "IOmeter bridge"
@@ -224,6 +224,11 @@ def parse_bridge_status(payload: Any) -> Reading:
         if version is not None:
             reading.devices.append(DeviceInfo(CORE_MODEL, device_id, version))
     add_device_state(reading, installation, device_id, bridge, core)
+    if not installation:  # the bridge reports none: the state series carry no installation=""
+        reading.samples[:] = [
+            Sample(s.metric, tuple(pair for pair in s.labels if pair != ("installation", "")), s.value)
+            for s in reading.samples
+        ]
     return reading
 
 

@@ -4,9 +4,14 @@ Discovery: the `installations` query, page by page, gives every installation wit
 and IOmeter devices (the device state: gateway and reader connection, attachment, battery,
 power source, PIN). It runs at start and every `discovery_interval`.
 
-Readings, mode `subscription` (default): a GraphQL subscription over WebSocket through gql,
-which speaks both `graphql-transport-ws` and the legacy `graphql-ws` and takes what the server
-picks. `meterReadings(startTime)` streams every meter of the account; `liveReadings` is opened per
+Readings, mode `subscription` (default): a GraphQL subscription, over WebSocket through gql
+(`subscription_protocol: websocket`, the default), which speaks both `graphql-transport-ws` and
+the legacy `graphql-ws` and takes what the server picks; or over Server-Sent Events
+(`subscription_protocol: sse`, the GraphQL over SSE protocol in its distinct-connections mode:
+one POST with `Accept: text/event-stream` per subscription, answered with `next` events whose
+data is the execution result, and `complete`). Both give the same guarantees below; an SSE event
+over 1 MiB drops the stream (`too_large`), one that is not JSON is skipped (`parse`), a stream
+without an event for `stream_idle_timeout` is opened again (`timeout`). `meterReadings(startTime)` streams every meter of the account; `liveReadings` is opened per
 installation with the configured `obis_codes`. When the connection drops, the adapter
 reconnects with a growing delay and resumes `meterReadings` from the newest reading it got (the
 API replays from there, so nothing received meanwhile is lost; the replayed readings come again
@@ -21,8 +26,9 @@ replay cannot move a counter backwards. Emits are spaced at least `min_emit_inte
 readings arriving meanwhile are all in the next one.
 
 Queries go through the daemon's HTTP session (`exporter.transport.http`, bounded bodies); the subscription
-has its own WebSocket. The Authorization header (Basic, or WSSE with a fresh nonce) is sent on
-every request, on the WebSocket upgrade and in the `connection_init` payload.
+has its own WebSocket, or its own HTTP connections (SSE). The Authorization header (Basic, or WSSE
+with a fresh nonce) is sent on every request, on the WebSocket upgrade and in the
+`connection_init` payload, and on every SSE request.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
+import aiohttp
 from gql import Client, GraphQLRequest, gql
 from gql.transport.exceptions import TransportProtocolError, TransportQueryError, TransportServerError
 from gql.transport.websockets import WebsocketsTransport
@@ -41,12 +48,13 @@ from graphql import print_ast
 from ...config.loader import Secret, Settings, TargetConfig, setting
 from ...model.catalogue import IOMETER
 from ...model.errors import PollError
-from ...model.jsontext import header_problem
+from ...model.jsontext import header_problem, loads
 from ...model.samples import Emit, ParseError, Reading
 from ...runtime.backoff import Backoff, retry_forever
 from ...runtime.context import AdapterContext
 from ...runtime.tasks import cancel_and_wait
-from ...transport.http import request, status_error
+from ...transport.http import Response, request, status_error
+from ...transport.sse import is_event_stream, read_bounded, read_events, stream_failure
 from ..registry import TransportSpec, register
 from . import parse
 from .account import AccountReadings
@@ -113,8 +121,11 @@ subscription LiveReadings($installationId: ID!, $obisCodes: [ObisCode]) {
   liveReadings(installationId: $installationId, obisCodes: $obisCodes) { ...ReadingFields }
 }
 """ + _READING_FIELDS)
-# The queries as sent over HTTP, printed once.
-_TEXTS = {doc: print_ast(doc.document) for doc in (INSTALLATIONS, INSTALLATIONS_UNPAGED, READINGS)}
+# The queries as sent over HTTP (and the subscriptions over SSE), printed once.
+_TEXTS = {doc: print_ast(doc.document)
+          for doc in (INSTALLATIONS, INSTALLATIONS_UNPAGED, READINGS, METER_READINGS, LIVE_READINGS)}
+# What an SSE answer that is no event stream may hold (GraphQL errors as JSON) is read up to this.
+REFUSAL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +138,12 @@ class PartnerSettings(Settings):
     ws_endpoint: str | None = setting("str", help="GraphQL WebSocket endpoint (default: endpoint with wss://)")
     mode: str = setting("str", default="subscription", choices=("subscription", "query"),
                         help="subscription: readings pushed over WebSocket; query: `readings` every interval")
+    subscription_protocol: str = setting(
+        "str", default="websocket", choices=("websocket", "sse"),
+        help="subscription mode: websocket (GraphQL over WebSocket) or sse (GraphQL over Server-Sent Events)")
+    sse_endpoint: str | None = setting("str", help="GraphQL over SSE endpoint (default: endpoint)")
+    stream_idle_timeout: float = setting("duration", default=300.0, minimum=0.1,
+                                         help="sse: open a subscription stream again after this long without an event")
     subscription: str = setting("str", default="meterReadings", choices=("meterReadings", "liveReadings"),
                                 help="meterReadings: all meters, resumable; liveReadings: per installation")
     installations: tuple[str, ...] = setting("list", help="installation ids to export (default: all)")
@@ -162,6 +179,9 @@ def check_target(options: Mapping[str, Any]):
     ws = options.get("ws_endpoint")
     if ws and not str(ws).startswith(("ws://", "wss://")):
         yield "ws_endpoint", "must start with wss:// (or ws://)"
+    sse = options.get("sse_endpoint")
+    if sse and not str(sse).startswith(("http://", "https://")):
+        yield "sse_endpoint", "must start with https:// (or http://)"
     lookback = options.get("lookback")
     if lookback is not None and lookback > MAX_REPLAY:
         yield "lookback", "the API goes back 24h at most"
@@ -184,6 +204,10 @@ class IOmeterPartner:
         self.credentials = Credentials(settings.auth, settings.partner_id, settings.secret, ctx.clock)
         self.endpoint = settings.endpoint
         self.ws_endpoint = settings.ws_endpoint or ws_url(self.endpoint)
+        self.protocol = settings.subscription_protocol
+        self.sse_endpoint = settings.sse_endpoint or self.endpoint
+        self.stream_idle_timeout = float(settings.stream_idle_timeout)
+        self._streams: aiohttp.ClientSession | None = None  # the SSE subscriptions' own connections
         self.mode = settings.mode
         self.delivery = "push" if self.mode == "subscription" else "poll"
         self.subscription = settings.subscription
@@ -345,8 +369,8 @@ class IOmeterPartner:
         try:
             await self._subscribe_once()
             self.log.info("subscription ended by the server; reconnecting")
-        except Exception as exc:  # every way a WebSocket can fail; classified for the log
-            error = _classify(exc, self.ws_endpoint)
+        except Exception as exc:  # every way a WebSocket or a stream can fail; classified for the log
+            error = _classify(exc, self.sse_endpoint if self.protocol == "sse" else self.ws_endpoint)
             # A message that cannot be read breaks every connection the same way, even one
             # that delivered replayed readings first: that is the target's failure.
             if self.account.received > before and error.reason not in ("parse", "too_large"):
@@ -382,29 +406,97 @@ class IOmeterPartner:
         )
 
     async def _subscribe_once(self) -> None:
+        if self.protocol == "sse":
+            self.connections += 1
+            await self._subscriptions(self._sse_stream)
+            return
         client = Client(transport=self._transport(), fetch_schema_from_transport=False)
         async with client as session:
             self.connections += 1
-            if self.subscription == "meterReadings":
-                request_ = GraphQLRequest(METER_READINGS, variable_values={"startTime": self._start_time()})
-                await self._consume(session, request_, "meterReadings")
-                return
-            await self.discovered.wait()
-            watched = sorted(i.id for i in self.account.installations)
-            tasks = [
-                asyncio.create_task(self._consume(session, GraphQLRequest(
-                    LIVE_READINGS, variable_values={"installationId": i, "obisCodes": self.obis_codes}
-                ), "liveReadings"))
-                for i in watched
-            ]
-            # A new or removed installation: reconnect and subscribe to the new set.
-            tasks.append(asyncio.create_task(self._until_installations_change(watched)))
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # a failed subscription ends the connection
-            finally:
-                await cancel_and_wait(*tasks)
+
+            async def over_websocket(document: GraphQLRequest, variables: dict[str, Any], field: str) -> None:
+                await self._consume(session, GraphQLRequest(document, variable_values=variables), field)
+
+            await self._subscriptions(over_websocket)
+
+    async def _subscriptions(self, stream: Callable[[GraphQLRequest, dict[str, Any], str], Awaitable[None]]) -> None:
+        """The configured subscriptions, each through `stream`, until one ends or breaks."""
+        if self.subscription == "meterReadings":
+            await stream(METER_READINGS, {"startTime": self._start_time()}, "meterReadings")
+            return
+        await self.discovered.wait()
+        watched = sorted(i.id for i in self.account.installations)
+        tasks = [
+            asyncio.create_task(stream(LIVE_READINGS, {"installationId": i, "obisCodes": self.obis_codes},
+                                       "liveReadings"))
+            for i in watched
+        ]
+        # A new or removed installation: reconnect and subscribe to the new set.
+        tasks.append(asyncio.create_task(self._until_installations_change(watched)))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failed subscription ends the connection
+        finally:
+            await cancel_and_wait(*tasks)
+
+    # --- GraphQL over Server-Sent Events (distinct connections mode) ---
+    async def _sse_stream(self, document: GraphQLRequest, variables: dict[str, Any], field: str) -> None:
+        """One subscription on its own HTTP request, until the server completes it or it breaks
+        (a PollError with its reason)."""
+        url = self.sse_endpoint
+        authorization = self.credentials.header()  # WSSE: a fresh nonce for each request
+        problem = header_problem(authorization)
+        if problem is not None:
+            raise PollError("config", f"{url}: the Authorization header cannot be sent: {problem} "
+                                      "(check partner_id and secret)")
+        headers = {"Authorization": authorization, "Accept": "text/event-stream",
+                   "Content-Type": "application/json"}
+        body = {"query": _TEXTS[document], "variables": variables}
+        idle = self.stream_idle_timeout
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.target.timeout, sock_read=idle)
+        try:
+            async with self._stream_session().post(url, json=body, headers=headers, timeout=timeout,
+                                                   allow_redirects=False) as response:
+                if response.status != 200 or not is_event_stream(response):
+                    raise await _refusal(response, url)
+                async for event in read_events(response.content, url, idle):
+                    if event.event == "complete":
+                        return
+                    if event.event == "next":
+                        self._next(event.data, url, field)
+                    # any other event is not of this protocol: ignored, as EventSource does
+        except Exception as exc:  # every way a stream breaks, as a PollError with its reason
+            failure = stream_failure(exc, url, self.target.timeout, idle)
+            if failure is None:
+                raise
+            raise failure from None
+
+    def _next(self, data: str, url: str, field: str) -> None:
+        """One `next` event: a reading is taken; an unreadable one is skipped and reported
+        (`parse`); GraphQL errors end the subscription, as they do over WebSocket."""
+        try:
+            result = parse.graphql_result(loads(data, "event data"))
+        except ParseError as exc:  # JsonError among them
+            self._failed(PollError("parse", f"{url}: {exc}"))
+            return
+        if result.errors:
+            if result.unauthorized():
+                raise PollError("unauthorized", f"{url}: {result.error_text()}")
+            raise PollError("http_error", f"{url}: GraphQL error: {result.error_text()}")
+        try:
+            _offer(self.account, parse.parse_subscription(result.data, field))
+        except (ParseError, PollError) as exc:
+            self._failed(PollError("parse", f"{field}: {exc}"))
+            return
+        self._changed.set()
+
+    def _stream_session(self) -> aiohttp.ClientSession:
+        """The SSE subscriptions' own session: each holds its connection for as long as it runs
+        (one per installation with liveReadings), which the daemon's shared session must not."""
+        if self._streams is None or self._streams.closed:
+            self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._streams
 
     async def _until_installations_change(self, watched: list[str]) -> None:
         while sorted(i.id for i in self.account.installations) == watched:
@@ -438,7 +530,9 @@ class IOmeterPartner:
             self.log.warning("partner api problem", reason=exc.reason, error=exc.message)
 
     async def close(self) -> None:
-        return None
+        if self._streams is not None:
+            await self._streams.close()
+            self._streams = None
 
 
 
@@ -456,6 +550,26 @@ class _PartnerTransport(WebsocketsTransport):
             return super()._parse_answer(answer)
         except RecursionError:
             raise UnreadableMessage("a subscription message nested too deeply to decode") from None
+
+
+async def _refusal(response: aiohttp.ClientResponse, url: str) -> PollError:
+    """Why a subscription request got no event stream: credentials refused, GraphQL errors
+    answered as JSON (as the GraphQL over HTTP spec has it), another status, or something else."""
+    if response.status in (401, 403):
+        return PollError("unauthorized", f"{url}: HTTP {response.status}: partner id or secret refused")
+    body = await read_bounded(response.content, REFUSAL_BYTES, url)
+    try:
+        result = parse.graphql_result(loads(body))
+    except ParseError:
+        result = None
+    if result is not None and result.errors:
+        if result.unauthorized():
+            return PollError("unauthorized", f"{url}: {result.error_text()}")
+        return PollError("http_error", f"{url}: GraphQL error: {result.error_text()}")
+    if response.status != 200:
+        return status_error(url, Response(response.status, body, dict(response.headers)))
+    return PollError("parse", f"{url}: the answer is not an event stream "
+                              f"({response.headers.get('Content-Type', 'no content type')[:60]})")
 
 
 def _offer(account: AccountReadings, item: parse.MeterReading) -> None:
