@@ -33,7 +33,7 @@ from exporter.vendors.iammeter import registers
 from exporter.vendors.iometer import obis
 from exporter.vendors.iometer import parse as iometer
 from exporter.vendors.iometer.account import AccountReadings
-from exporter.vendors.iometer.bridge import SseDecoder, SseEvent
+from exporter.transport.sse import SseDecoder, SseEvent
 from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"

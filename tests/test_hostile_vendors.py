@@ -28,7 +28,7 @@ from exporter.runtime.context import AdapterContext
 from exporter.runtime.state import StateDirectory
 from exporter.vendors.homewizard.local import OPTIONS as HW_OPTIONS
 from exporter.vendors.homewizard.local import HomeWizardLocal
-from exporter.vendors.iometer.bridge import SseDecoder
+from exporter.transport.sse import SseDecoder
 from simulators.homewizard import HomeWizardSimulator
 from simulators.iometer import EMBEDDED_READING, EMBEDDED_STATUS
 

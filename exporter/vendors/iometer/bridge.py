@@ -37,7 +37,6 @@ from ...runtime.backoff import Backoff, retry_forever
 from ...runtime.context import AdapterContext
 from ...runtime.tasks import cancel_and_wait
 from ...transport.http import Response, request, status_error
-from ...transport import sse
 from ...transport.sse import MAX_EVENT_BYTES, is_event_stream, read_bounded, read_events, stream_failure
 from ..registry import TransportSpec, register
 from . import parse
@@ -75,10 +74,6 @@ def check_target(options: Mapping[str, Any]):
 def base_url(host: str) -> str:
     host = host.strip().rstrip("/")
     return host if host.startswith(("http://", "https://")) else f"http://{host}"
-
-
-# The event-stream framing lives in exporter.transport.sse; still importable from here.
-SseDecoder, SseEvent = sse.SseDecoder, sse.SseEvent
 
 
 # --- The adapter -----------------------------------------------------------------------------

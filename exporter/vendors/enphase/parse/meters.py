@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ....model import catalogue as M
-from ....model.catalogue import JOULES_PER_WH
+from ....model.catalogue import JOULES_PER_WH, Metric
 from ....model.jsontext import label_text
 from ....model.samples import ParseError, Reading, checked_list, checked_object, number_or_none
 from .common import (
@@ -264,13 +264,17 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None,
         # Reports of CTs the CT list does not have enabled are noise of an unconnected clamp.
         production = production if roles.production else None
         total, net = (total, net) if roles.consumption else (None, None)
-    if production:
-        report, what = production
+
+    def system(source: tuple[dict, str], power_metric: Metric, energy: Metric, phase_power: Metric) -> None:
+        report, what = source
         cumulative = report["cumulative"]
-        reading.add(M.PRODUCTION_POWER, power(cumulative, what))
-        reading.add(M.PRODUCTION_ENERGY, lifetime_to_joules(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
+        reading.add(power_metric, power(cumulative, what))
+        reading.add(energy, lifetime_to_joules(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
         for phase, line in lines(report, what):
-            reading.add(M.PHASE_PRODUCTION_POWER, power(line, f"{what}.lines"), phase=phase)
+            reading.add(phase_power, power(line, f"{what}.lines"), phase=phase)
+
+    if production:
+        system(production, M.PRODUCTION_POWER, M.PRODUCTION_ENERGY, M.PHASE_PRODUCTION_POWER)
     copied = False
     if total and net and same_figures(total[0]["cumulative"], net[0]["cumulative"], ("actPower", "whDlvdCum"), total[1]):
         if not nothing_produced((production[0]["cumulative"], production[1]) if production else None, "report"):
@@ -289,12 +293,7 @@ def parse_meter_reports(payload: Any, phase_count: int | None = None,
                 reading.add(M.PHASE_CONSUMPTION_POWER, add(power(line, f"{pw}.lines"), power(net_lines[phase], f"{nw}.lines")),
                             phase=phase)
     if total:
-        report, what = total
-        cumulative = report["cumulative"]
-        reading.add(M.CONSUMPTION_POWER, power(cumulative, what))
-        reading.add(M.CONSUMPTION_ENERGY, lifetime_to_joules(cumulative.get("whDlvdCum"), f"{what}.whDlvdCum"))
-        for phase, line in lines(report, what):
-            reading.add(M.PHASE_CONSUMPTION_POWER, power(line, f"{what}.lines"), phase=phase)
+        system(total, M.CONSUMPTION_POWER, M.CONSUMPTION_ENERGY, M.PHASE_CONSUMPTION_POWER)
     if net:
         report, what = net
         reading.add(M.ACTIVE_POWER, power(report["cumulative"], what))
