@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = ROOT.parent / "shared" / "conformance"
 
 
+def pytest_configure(config):
+    # Whatever configuration a test gets the loader to accept must pass config.schema.json too.
+    from exporter.config import loader
+
+    from .schema_guard import guarded, jsonschema
+    if jsonschema is not None:
+        loader._load_config = guarded(loader._load_config)
+
+
 @pytest.fixture
 async def session():
     """An aiohttp client session, as the daemon gives its adapters."""

@@ -125,3 +125,17 @@ def test_check_config_without_secrets_checks_their_place_not_their_value(tmp_pat
     mixed = check(path, "--no-secrets")
     assert mixed.returncode == 2
     assert "config.yaml:3: targets[1].colour: unknown key" in mixed.stderr and "nonexistent" not in mixed.stderr
+
+
+def test_every_file_the_loader_accepts_in_the_suite_is_checked_against_the_schema(tmp_path):
+    """tests/conftest.py wraps the loader: a file it accepts that the schema rejects fails the
+    test that wrote it (the demo's generated configuration among them, via tests/test_demo.py)."""
+    from exporter.config import loader
+    from tests.schema_guard import SchemaDisagreement, guarded
+
+    assert getattr(loader._load_config, "checks_schema", False)
+    path = tmp_path / "config.yaml"
+    path.write_text("targets: [{name: p1, vendor: homewizard, host: 192.0.2.10, colour: red}]\n")
+    accept_anything = guarded(lambda *args: "accepted")
+    with pytest.raises(SchemaDisagreement, match=r"targets\.0: .*colour"):
+        accept_anything(path, None, None, registry, True)
