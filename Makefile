@@ -5,7 +5,7 @@ PORT   ?= 9896
 # Two workers: the suite mostly waits on sockets and timers. PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n 2 --dist load
 
-.PHONY: demo test system-deps venv clean check-config readme-tables soak bench lock
+.PHONY: demo test system-deps venv clean check-config readme-tables soak bench lock dashboards docs kubernetes-rules generate
 
 # The versions in requirements/test.lock (every dependency of the exporter, the demo and the
 # tests, pinned), then the exporter itself; `make lock` refreshes the locks from pyproject.toml.
@@ -51,7 +51,22 @@ soak: venv
 	$(VENV)/bin/python -m bench.soak --targets 1000 --minutes $(SOAK_MINUTES) --inspect
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build site *.egg-info
 
 readme-tables: venv
 	$(VENV)/bin/python scripts/update-readme-tables.py
+
+# grafana/dashboards/*.json from the code in dashboards/ (tests/test_dashboards_code.py keeps them equal).
+dashboards: venv
+	$(VENV)/bin/python -m dashboards
+
+# deploy/kubernetes/base/prometheusrule.yaml from the rule files prometheus/prometheus.yml lists.
+kubernetes-rules: venv
+	$(VENV)/bin/python scripts/generate-kubernetes-rules.py
+
+# Everything generated from the code: docs tables and config.schema.json, dashboards, PrometheusRule.
+generate: readme-tables dashboards kubernetes-rules
+
+# The manual (docs/, mkdocs.yml) as a site in site/; `$(VENV)/bin/mkdocs serve` to read it live.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict

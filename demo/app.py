@@ -12,6 +12,7 @@ import asyncio
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -42,17 +43,24 @@ async def homewizard(workdir: Path) -> Participant:
     token_file = workdir / "homewizard-p1.token"
     write_private_file(token_file, p1.issue_token() + "\n")
     kwh3 = await HomeWizardSimulator("HWE-KWH3", v2=False, live=True, serial="3c39e7aa0003").start()
+    kwh1 = await HomeWizardSimulator("HWE-KWH1", v2=False, live=True, serial="3c39e7aa0007").start()
+    # A P1 meter on API v1: its capture has more external meters than the v2 one (warm water,
+    # and heat meters that report in m3, shown as plain external readings).
+    p1_v1 = await HomeWizardSimulator("HWE-P1", v2=False, live=True, serial="3c39e7aa0008").start()
     water = await HomeWizardSimulator("HWE-WTR", live=True, serial="3c39e7aa0004").start()
     socket = await HomeWizardSimulator("HWE-SKT", live=True, serial="3c39e7aa0005").start()
     battery = await HomeWizardSimulator("HWE-BAT", live=True, serial="5c2fafaa0006").start()
     battery_token = workdir / "homewizard-battery.token"
     write_private_file(battery_token, battery.issue_token() + "\n")
-    sims = [p1, kwh3, water, socket, battery]
+    sims = [p1, p1_v1, kwh3, kwh1, water, socket, battery]
     return Participant(
         targets=[
             {"name": "p1-meter", "vendor": "homewizard", "host": p1.v2_host, "token_file": str(token_file),
              "ca_file": str(p1.ca_file), "serial": p1.serial, "interval": "5s"},
+            {"name": "p1-meter-v1", "vendor": "homewizard", "host": p1_v1.v1_host, "interval": "5s"},
             {"name": "kwh-3phase", "vendor": "homewizard", "host": kwh3.v1_host, "interval": "5s"},
+            # single phase: a total power factor, which three-phase meters give per phase only
+            {"name": "kwh-1phase", "vendor": "homewizard", "host": kwh1.v1_host, "interval": "5s"},
             {"name": "water", "vendor": "homewizard", "host": water.v1_host, "interval": "5s"},
             {"name": "socket", "vendor": "homewizard", "host": socket.v1_host, "interval": "5s"},
             {"name": "battery", "vendor": "homewizard", "host": battery.v2_host, "token_file": str(battery_token),
@@ -65,20 +73,30 @@ async def homewizard(workdir: Path) -> Participant:
 
 
 async def iammeter(workdir: Path) -> Participant:
-    from simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator
+    from simulators.iammeter import IammeterHttpSimulator, IammeterModbusSimulator, meter_state
     from simulators.iammeter_push import HttpPushMeter, MosquittoBroker, MqttMeter, free_port, mosquitto_binary
 
     http = IammeterHttpSimulator("WEM3080T", nem=True, reactive=True)
     modbus = IammeterModbusSimulator(http.state)
-    await http.start()
-    await modbus.start()
+    # A WEM3046T (its CT ratio is read over HTTP only) and a single-phase WEM3080 with reactive
+    # measurement on (device totals of the reactive figures), serials of their own.
+    ct_state, _ = meter_state("WEM3046T")
+    ct_state.serial = "7A30C2E2"
+    ct_meter = IammeterHttpSimulator("WEM3046T", state=ct_state)
+    single_state, _ = meter_state("WEM3080", reactive=True)
+    single_state.serial = "DA2BED95"
+    single = IammeterHttpSimulator("WEM3080", state=single_state)
+    for simulator in (http, modbus, ct_meter, single):
+        await simulator.start()
     targets = [
         {"name": "iammeter-http", "vendor": "iammeter", "host": http.host, "interval": "5s"},
         {"name": "iammeter-modbus", "vendor": "iammeter", "transport": "modbus", "host": "127.0.0.1",
          "port": modbus.port, "interval": "5s"},
+        {"name": "iammeter-3046", "vendor": "iammeter", "host": ct_meter.host, "interval": "5s"},
+        {"name": "iammeter-1phase", "vendor": "iammeter", "host": single.host, "interval": "5s"},
     ]
-    stops = [http.stop, modbus.stop]
-    states = [http.state]
+    stops = [http.stop, modbus.stop, ct_meter.stop, single.stop]
+    states = [http.state, ct_state, single_state]
     sections: dict = {}
     notes: list[str] = []
 
@@ -128,21 +146,34 @@ async def iammeter(workdir: Path) -> Participant:
     notes.append(f"IAMMETER TCP upload: a WEM3080 writes to {tcp_meter.address} on a kept connection, a WEM3080T to "
                  f"{tls_meter.address} (CA {authority.ca_file}) with a connection per upload, every 2 s")
 
-    # A cloud account with two meters and a place. Real clock and the seed's quotas: one
-    # metersdata call per 5 minutes, so the values change every 5 minutes.
-    from simulators.iammeter_cloud import IammeterCloudSimulator, seed_meters
+    # A cloud account with four meters and a place. Real clock and the seed's quotas: one
+    # metersdata call per 5 minutes, so the values change every 5 minutes. Three meters of the
+    # seed's metersdata answer (single phase; three phase; three phase with net metering, whose
+    # 4th row is the net row), read together in mode account, and the single-phase meter of the
+    # seed's meterdata2 example (with a power factor; the seed names no SN for it) read alone in
+    # mode meter: one SN, so its daily power and offline analyses both come with the first poll.
+    from simulators.iammeter_cloud import (SEED_METERDATA2_SINGLE, CloudMeter, IammeterCloudSimulator, parse_utc,
+                                           seed_meters)
 
-    cloud = IammeterCloudSimulator(meters=[m for m in seed_meters() if m.sn in ("DA2BED94", "3FE34ABE")])
+    account_sns = ("DA2BED94", "3FE34ABE", "59C9AB8D")
+    example = SEED_METERDATA2_SINGLE["data"]
+    voltage, current, power, factor, imported, exported = example["values"][0]
+    taken = parse_utc(example["gmtTime"])
+    annex = CloudMeter("6C1F0A2D", [[voltage, current, power, imported, exported, None, factor]], taken, flat=True,
+                       upload_second=taken % 60)
+    cloud = IammeterCloudSimulator(meters=[m for m in seed_meters() if m.sn in account_sns] + [annex])
     await cloud.start()
     cloud_password = workdir / "iammeter-cloud.password"
     write_private_file(cloud_password, cloud.password + "\n")
-    targets.append({"name": "iammeter-cloud", "vendor": "iammeter", "transport": "cloud", "base_url": cloud.base_url,
-                    "username": cloud.username, "password_file": str(cloud_password),
-                    "names": ["DA2BED94=garage", "3FE34ABE=house"], "places": ["2393=home"],
-                    "timezone": "Asia/Shanghai", "interval": "5m"})
+    account = {"vendor": "iammeter", "transport": "cloud", "base_url": cloud.base_url, "username": cloud.username,
+               "password_file": str(cloud_password), "timezone": "Asia/Shanghai", "interval": "5m"}
+    targets.append({"name": "iammeter-cloud", **account, "sns": list(account_sns),
+                    "names": ["DA2BED94=garage", "3FE34ABE=house", "59C9AB8D=workshop"], "places": ["2393=home"]})
+    targets.append({"name": "iammeter-cloud-meter", **account, "mode": "meter", "sns": [annex.sn],
+                    "names": [f"{annex.sn}=annex"]})
     stops.append(cloud.stop)
-    notes.append(f"IAMMETER cloud: an account with two meters at {cloud.base_url} (quotas as the real cloud's: "
-                 "metersdata once per 5 minutes)")
+    notes.append(f"IAMMETER cloud: an account with four meters at {cloud.base_url} (quotas as the real cloud's: "
+                 "metersdata once per 5 minutes, meterdata2 12 times an hour per meter)")
 
     async def advance() -> None:  # the meters' readings move on once a second
         while True:
@@ -158,8 +189,14 @@ async def iammeter(workdir: Path) -> Participant:
     return Participant(targets=targets, stop=[stop_ticker, *stops], notes=notes, sections=sections)
 
 
+# A gateway whose captures hold the ensemble endpoints (/ivp/ensemble/power, secctrl, status):
+# IQ Batteries and AC Batteries. Its bodies come from the conformance corpus beside the project.
+ENSEMBLE_FIRMWARE = "8.2.4382_ACB"
+LIVEDATA_REFRESH = 30.0  # seconds; the exporter drops live data older than 5 minutes (the stream is off)
+
+
 async def enphase(workdir: Path) -> Participant:
-    from simulators.enphase import start_demo
+    from simulators.enphase import GatewaySimulator, firmwares, start_demo
 
     # Firmware 8.2 with production, net-consumption and storage CTs, 35 microinverters and 5
     # IQ Batteries; its bodies ship with the package, so this works from a plain clone.
@@ -167,7 +204,7 @@ async def enphase(workdir: Path) -> Participant:
     user, password = next(iter(enlighten.accounts.items()))
     password_file = workdir / "enlighten.password"
     write_private_file(password_file, password + "\n")
-    return Participant(
+    participant = Participant(
         targets=[target],
         stop=[gateway.stop, enlighten.stop],
         notes=[f"Enphase IQ Gateway {gateway.firmware} at {gateway.host} (CTs, microinverters, batteries); the "
@@ -176,6 +213,37 @@ async def enphase(workdir: Path) -> Participant:
                f"--password-file {password_file} --enlighten-url {enlighten.url} --token-url {enlighten.url} "
                f"--output {workdir / 'enphase.token'}"],
     )
+    if ENSEMBLE_FIRMWARE not in firmwares():
+        participant.notes.append(f"Enphase battery site left out: no captures of firmware {ENSEMBLE_FIRMWARE} "
+                                 "(the conformance corpus beside the project)")
+        return participant
+
+    # A second site with a pasted token: the ensemble endpoints, and the gateway's live data
+    # (the seed's shape, with the captured batteries' aggregates) kept fresh as while the
+    # Enphase app's live view is open. Read every 5 s, so that the CT health (first read ten
+    # polls in) shows within a minute.
+    site = await GatewaySimulator(ENSEMBLE_FIRMWARE, issuer=gateway.issuer).start()
+    token_file = workdir / "enphase-site.token"
+    write_private_file(token_file, site.mint_token() + "\n")
+
+    async def live() -> None:
+        while True:
+            site.serve_livedata(time.time())
+            await asyncio.sleep(LIVEDATA_REFRESH)
+
+    refresh = asyncio.create_task(live())
+
+    async def stop_refresh() -> None:
+        refresh.cancel()
+        await asyncio.gather(refresh, return_exceptions=True)
+
+    participant.targets.append({"name": "enphase-battery-site", "vendor": "enphase", "host": site.host,
+                                "token_file": str(token_file), "tls_fingerprint": site.fingerprint,
+                                "nightly_window": "off", "interval": "5s"})
+    participant.stop[:0] = [stop_refresh, site.stop]
+    participant.notes.append(f"Enphase IQ Gateway {site.firmware} at {site.host} (IQ Batteries and AC Batteries, "
+                             f"live data on), with a pasted token ({token_file})")
+    return participant
 
 
 async def iometer(workdir: Path) -> Participant:

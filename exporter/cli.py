@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow POST /-/reload (off by default, as in Prometheus; SIGHUP always reloads)")
     parser.add_argument("--shard", type=_shard, metavar="INDEX/COUNT",
                         help="poll only this replica's share of the targets: INDEX from 0 to COUNT-1 "
-                             "(targets of one cloud account stay together; see README, Running at scale)")
+                             "(targets of one cloud account stay together; see docs/operations.md, Several replicas)")
     parser.add_argument("--version", action="version", version=f"energy-meter-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_LazyParser)
 
@@ -214,13 +214,15 @@ def check_config(path: str, read_secrets: bool = True) -> int:
 
 
 def warn_if_world_readable(path: str, config, log) -> None:
-    from .config.loader import Secret
+    from .config.loader import ReferencedSecret, Secret
 
-    # secrets sit in targets and in shared sections (an MQTT broker's password)
+    # secrets sit in targets and in shared sections (an MQTT broker's password); those read from
+    # files or the environment (a Kubernetes Secret, systemd's credentials) are not in the file
     items = [dict(t.options) for t in config.targets]
     for section in config.sections.values():
         items.extend(section if isinstance(section, (list, tuple)) else [section])
-    if not any(isinstance(v, Secret) for item in items if isinstance(item, dict) for v in item.values()):
+    if not any(isinstance(v, Secret) and not isinstance(v, ReferencedSecret)
+               for item in items if isinstance(item, dict) for v in item.values()):
         return
     try:
         mode = os.stat(path).st_mode

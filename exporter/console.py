@@ -10,7 +10,7 @@ One style for all of them:
 - It ends with one verdict line (`OK: ...` or `Failed (reason): ...`) and a `Next:` line that
   says what to do now.
 - Exit statuses: 0 success, 1 a runtime failure (device unreachable, nothing found, button not
-  pressed), 2 bad input (flags, configuration). The README lists them per command.
+  pressed), 2 bad input (flags, configuration). docs/troubleshooting.md lists them per command.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ PLAIN_EVERY = 5.0
 BAR_WIDTH = 24
 
 # What to do about each reason a poll can fail with; shown by `probe` and on the status page.
-# The README's troubleshooting table says the same in more words (a test keeps them in step).
+# The troubleshooting table (docs/troubleshooting.md) says the same in more words (a test keeps them in step).
 NEXT_STEPS: dict[str, str] = {
     "timeout": "check the device's Wi-Fi reception, or raise the target's `timeout`",
     "connection": "check the address and that the device is powered and on the network",

@@ -20,7 +20,13 @@ demo)
     # `docker-compose config` validates the shipped docker-compose.yml (no Docker engine needed).
     need docker-compose docker-compose
     # `systemd-analyze verify` and `security` check deploy/systemd (systemd need not be running).
-    need systemd-analyze systemd ;;
+    need systemd-analyze systemd
+    # `kubectl kustomize` renders deploy/kubernetes (kustomize v5: kubectl 1.27 or later). Debian's
+    # own kubernetes-client is too old; kubectl comes from the pkgs.k8s.io apt source where it is
+    # set up, and the Kubernetes tests skip, saying so, without it.
+    if ! command -v kubectl >/dev/null 2>&1 && apt-cache show kubectl >/dev/null 2>&1; then
+        missing="$missing kubectl"
+    fi ;;
 esac
 [ -z "$missing" ] && exit 0
 packages=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')

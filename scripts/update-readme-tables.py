@@ -1,8 +1,10 @@
-"""Rewrite what is generated from the code: the README's tables (metrics, target keys) and the
+"""Rewrite what is generated from the code: the tables of the documentation (the metric catalogue
+in docs/metrics.md, every target's and section's keys in docs/configuration.md) and the
 configuration's JSON Schema (config.schema.json)."""
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from exporter.config.schema import json_schema
 from exporter.model.catalogue import markdown_table
@@ -10,13 +12,30 @@ from exporter.vendors import registry
 from exporter.vendors.registry import options_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 SCHEMA = ROOT / "config.schema.json"
-TABLES = {"metrics-table": markdown_table, "target-keys": options_markdown}
+# Each table lives between `<!-- NAME:start -->` and `<!-- NAME:end -->` in its page.
+TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
+    "metrics-table": (DOCS / "metrics.md", markdown_table),
+    "target-keys": (DOCS / "configuration.md", options_markdown),
+}
 
 
-def replace(text: str, marker: str, content: str) -> str:
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def block(text: str, name: str) -> str:
+    """What stands between the table's markers (ValueError when they are missing)."""
+    start, end = markers(name)
+    if start not in text or end not in text:
+        raise ValueError(f"the markers {start} and {end} are missing")
+    return text.split(start, 1)[1].split(end, 1)[0].removeprefix("\n")
+
+
+def replace(text: str, name: str, content: str) -> str:
+    block(text, name)  # both markers are there
+    start, end = markers(name)
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{content}{end}{tail}"
@@ -27,8 +46,6 @@ def schema_text() -> str:
 
 
 if __name__ == "__main__":
-    text = README.read_text()
-    for marker, render in TABLES.items():
-        text = replace(text, marker, render())
-    README.write_text(text)
+    for name, (page, render) in TABLES.items():
+        page.write_text(replace(page.read_text(), name, render()))
     SCHEMA.write_text(schema_text())

@@ -417,10 +417,15 @@ def encode_three_phase(state: MeterState, *, wide: bool = True) -> list[int]:
         reg.put(words, reg.phase(reg.PHASE_EXPORTED, index), p.exported_kwh)
         reg.put(words, reg.phase(reg.PHASE_POWER_FACTOR, index), abs(p.power_factor))
     reg.put(words, reg.FREQUENCY, state.phases[0].frequency)
-    # The meter's totals; the simulator takes them as the sums of the phases.
+    # The meter's totals: the algebraic power sum, and the energy of that sum: with net metering
+    # on, the same net counters the JSON's net row carries (not the sums of the phase counters).
     reg.put(words, reg.TOTAL_POWER, sum(p.power for p in state.phases))
-    reg.put(words, reg.TOTAL_IMPORTED, sum(p.imported_kwh for p in state.phases))
-    reg.put(words, reg.TOTAL_EXPORTED, sum(p.exported_kwh for p in state.phases))
+    if state.nem:
+        reg.put(words, reg.TOTAL_IMPORTED, state.net_imported_kwh)
+        reg.put(words, reg.TOTAL_EXPORTED, state.net_exported_kwh)
+    else:
+        reg.put(words, reg.TOTAL_IMPORTED, sum(p.imported_kwh for p in state.phases))
+        reg.put(words, reg.TOTAL_EXPORTED, sum(p.exported_kwh for p in state.phases))
     if wide:
         for index, r in enumerate(state.reactive[:3] if state.reactive_enabled else []):
             reg.put(words, reg.reactive(reg.REACTIVE_POWER, index), r.power_var)

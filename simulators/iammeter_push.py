@@ -16,7 +16,10 @@ broken meter or a bad network sends: "garbage", "short_row", "nulls", "string_va
 "wrong_sn", "huge", the poisons of `hostile.BODY_POISONS` (invalid UTF-8, a lone surrogate,
 absurd counters...), and for HTTP uploads broken framing: "chunk:-6" (a chunked upload with a
 negative chunk size), "endless:chunked" (a chunked upload that never ends, as fast as the
-receiver reads).
+receiver reads). Over HTTPS (an `https://` URL, with `ca_file` to check the receiver and
+`client_cert` to present), "no_tls" posts plain HTTP to the HTTPS port, and "tls_stall" begins a
+handshake and never finishes it (it waits until the receiver closes the connection, at most
+`STALL_CAP` seconds); `client_cert` may be swapped for one of another CA.
 
 Demo: `python -m simulators.iammeter_push mqtt --broker` starts a broker and a meter
 publishing to it; `python -m simulators.iammeter_push http --url http://127.0.0.1:8088/`
@@ -33,6 +36,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -46,11 +50,15 @@ import aiomqtt
 from . import hostile
 from .iammeter import DEFAULT_CONFORMANCE, IammeterHttpSimulator, MeterState, meter_state, poison_spots
 from .ports import free_port
-from .tls import Authority, new_authority
+from .tls import Authority, client_context, new_authority
 
 PUSH_FAULTS = ("garbage", "short_row", "nulls", "string_value", "wrong_sn", "huge", *hostile.BODY_POISONS)
 RAW_UPLOAD_FAULTS = ("chunk:-6", "endless:chunked")
+TLS_UPLOAD_FAULTS = ("no_tls", "tls_stall")
 ENDLESS_CAP = 16 * 1024 * 1024
+STALL_CAP = 30.0  # seconds a stalled handshake waits for the receiver to give up on it
+# The start of a TLS record holding a ClientHello that announces 512 bytes and sends 4 of them.
+STALLED_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"
 TOPIC = "device/{sn}/realtime"
 
 
@@ -273,7 +281,7 @@ class PushingMeter:
     def body(self) -> bytes:
         """What the meter uploads now."""
         pristine = self.state == self._pristine and not self.state.nem and not self.state.reactive_enabled
-        if self._raw is not None and pristine and self.fault is None:
+        if self._raw is not None and pristine and self.fault in (None, *TLS_UPLOAD_FAULTS):  # (the body is good)
             return self._raw
         if self.fault == "garbage":
             return b'{"method":"uploadsn","SN":"' + self.serial.encode() + b'","Datas":[[220.0,9.9'
@@ -284,7 +292,7 @@ class PushingMeter:
             document["padding"] = "x" * 70_000
         elif self.fault == "wrong_sn":
             document["SN"] = "0BADC0DE"
-        elif self.fault:
+        elif self.fault and self.fault not in TLS_UPLOAD_FAULTS:
             document = _broken(document, self.fault)
         return json.dumps(document, separators=(",", ":")).encode()
 
@@ -364,23 +372,44 @@ class MqttMeter(PushingMeter):
 
 
 class HttpPushMeter(PushingMeter):
-    """HTTP upload mode: POSTs the document as text/plain to `url` every interval."""
+    """HTTP upload mode: POSTs the document as text/plain to `url` every interval (HTTPS for an
+    https:// URL: the receiver checked against `ca_file` if given, `client_cert` presented)."""
 
-    def __init__(self, model: str = "WEM3080T", *, url: str = "http://127.0.0.1:8088/", **kwargs: Any) -> None:
+    def __init__(self, model: str = "WEM3080T", *, url: str = "http://127.0.0.1:8088/",
+                 ca_file: Path | None = None, client_cert: tuple[Path, Path] | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.url = url
+        self.ca_file = ca_file
+        self.client_cert = client_cert  # (certificate, key) files, PEM
         self.errors = 0
         self.endless_full = 0  # endless uploads the receiver read to the cap (it never refused)
+        self.stalls_closed = 0  # stalled handshakes the receiver closed
+        self.stalls_held = 0  # stalled handshakes the receiver still held at STALL_CAP
         self.last_status: int | None = None
         self.last_reply: Any = None
+        self._contexts: dict[tuple, ssl.SSLContext] = {}
+
+    def _context(self) -> ssl.SSLContext | None:
+        """The meter's own TLS context for an https:// URL when it has `ca_file` or
+        `client_cert` (one per certificate, so connections are reused); None: the session's."""
+        if not self.url.startswith("https://") or (self.ca_file is None and self.client_cert is None):
+            return None
+        key = (self.ca_file, self.client_cert)
+        if key not in self._contexts:
+            self._contexts[key] = client_context(self.ca_file, self.client_cert)
+        return self._contexts[key]
 
     async def post_once(self, session: aiohttp.ClientSession | None = None) -> tuple[int, Any]:
         """One upload; (HTTP status, decoded JSON reply or the text)."""
         own = session is None
         session = session or aiohttp.ClientSession()
+        url, context = self.url, self._context()
+        if self.fault == "no_tls" and url.startswith("https://"):  # the address without https
+            url, context = "http://" + url[len("https://"):], None
+        extra: dict[str, Any] = {"ssl": context} if context is not None else {}
         try:
-            async with session.post(self.url, data=self.body(), headers={"Content-Type": "text/plain"},
-                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            async with session.post(url, data=self.body(), headers={"Content-Type": "text/plain"},
+                                    timeout=aiohttp.ClientTimeout(total=10), **extra) as resp:
                 text = await resp.text()
                 try:
                     reply: Any = json.loads(text)
@@ -426,11 +455,33 @@ class HttpPushMeter(PushingMeter):
         finally:
             writer.close()
 
+    async def stall_handshake(self) -> None:
+        """Begin a TLS handshake and never finish it; wait until the receiver closes the
+        connection (`stalls_closed`), or STALL_CAP (`stalls_held`)."""
+        parts = urlsplit(self.url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 443)
+        try:
+            writer.write(STALLED_HELLO)
+            await writer.drain()
+            try:
+                async with asyncio.timeout(STALL_CAP):
+                    while await reader.read(65536):
+                        pass  # (an alert the receiver sends before it closes)
+                self.stalls_closed += 1
+            except TimeoutError:
+                self.stalls_held += 1
+            except (ConnectionError, OSError):
+                self.stalls_closed += 1
+        finally:
+            writer.close()
+
     async def _loop(self) -> None:
         async with aiohttp.ClientSession() as session:
             while True:
                 try:
-                    if self.fault in RAW_UPLOAD_FAULTS:
+                    if self.fault == "tls_stall":
+                        await self.stall_handshake()
+                    elif self.fault in RAW_UPLOAD_FAULTS:
                         self.last_status = await self.post_raw()
                     else:
                         await self.post_once(session)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .iammeter_push import PushingMeter
+from .tls import client_context
 
 TCP_FAULTS = ("drip", "no_tls")
 DRIP_BYTES = 16
@@ -56,15 +57,7 @@ class TcpMeter(PushingMeter):
     def _context(self) -> ssl.SSLContext | None:
         if not self.tls or self.fault == "no_tls":
             return None
-        if self.ca_file is not None:
-            context = ssl.create_default_context(cafile=str(self.ca_file))
-        else:  # a meter that does not check the receiver's certificate
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if self.client_cert is not None:
-            context.load_cert_chain(*self.client_cert)
-        return context
+        return client_context(self.ca_file, self.client_cert)
 
     def _tls_settings(self) -> tuple:
         return (self.tls and self.fault != "no_tls", self.client_cert, self.ca_file)

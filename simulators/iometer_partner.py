@@ -9,7 +9,11 @@ distinct-connections mode: a POST with `Accept: text/event-stream` is answered w
 validation errors come as a `next` event with `errors`, refused credentials as HTTP 401), Basic
 and WSSE authorization (header on the request or the WebSocket upgrade, or `Authorization` in the
 `connection_init` payload), cursor-paged `readings`, paged `installations`, repeated
-deliveries (the seed warns they happen) and connections dropped on command.
+deliveries (the seed warns they happen), connections dropped on command and faulty event
+streams (`sse_fault`). With `tls=True` it serves HTTPS and WSS with a certificate for 127.0.0.1
+from a CA of its own (`ca_file`); `set_certificate` swaps it for one the client must refuse (of
+another CA, or for another host name) and cuts every open connection, so that the next request
+meets it. `authorizations` counts the requests that carried an Authorization header.
 
 The seed leaves some things blank; the simulator fills them as follows, and the client relies
 on none of them beyond what is named: `Pagination` is `{limit, offset}`; the `ObisFormat` enum
@@ -25,9 +29,12 @@ import base64
 import contextlib
 import inspect
 import json
+import shutil
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import graphql
@@ -35,10 +42,14 @@ from aiohttp import WSMsgType, web
 
 from .iometer_auth import basic_matches, read_wsse
 from .iometer_scalars import ObisCode, read_datetime, read_obis, write_datetime
+from .tls import Authority, new_authority
 
 PATH = "/api/v1/query"
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
+# Certificates a client must refuse: one for the same address from another CA, and one from the
+# API's own CA for another host name.
+CERTIFICATE_FAULTS = ("wrong_ca", "wrong_name")
 
 SCHEMA_SDL = """
 scalar Uuid
@@ -279,6 +290,7 @@ class PartnerApiSimulator:
         obis_format: str = "decimal",
         clock: Callable[[], float] = time.time,
         wsse_max_skew: float = 300.0,
+        tls: bool = False,
     ) -> None:
         self.partner_id = partner_id
         self.secret = secret
@@ -298,7 +310,10 @@ class PartnerApiSimulator:
         self.ws_connections = 0
         self.sse_connections = 0  # GraphQL over SSE requests answered with a stream
         # An SSE stream's fault, for tests: "garbage" (a `next` event whose data is no JSON),
-        # "oversized" (a `next` event of 2 MiB).
+        # "oversized" (a `next` event of 2 MiB), "drop" (the connection cut in the middle of the
+        # first event), "unauthorized" (every stream request answered 401, whatever the
+        # credentials: a secret revoked), "drip" (each event sent a byte at a time,
+        # `SSE_DRIP_SECONDS` apart: a stream that trickles but never completes an event).
         self.sse_fault: str | None = None
         self._sse_transports: set[Any] = set()
         self.subscriptions_started: list[dict[str, Any]] = []  # variables of each subscription
@@ -309,24 +324,78 @@ class PartnerApiSimulator:
         self._runner: web.AppRunner | None = None
         self._site_port = 0
         self.schema = self._build_schema()
+        # HTTPS: the CA clients trust, and the certificate each handshake is offered.
+        self.tls = tls
+        self.authority: Authority | None = None
+        self._certificates: dict[str | None, ssl.SSLContext] = {}
+        self.certificate_fault: str | None = None
+        self.handshakes: dict[str | None, int] = {}  # handshakes begun, by the certificate offered
+        self.authorizations = 0  # requests that carried an Authorization header
 
     # --- lifecycle ---
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._count_authorizations])
         app.router.add_route("*", PATH, self._handle)
         # A client that goes away ends its handler (an event stream's listener with it) at once,
         # not at the next write.
         self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls_context() if self.tls else None)
         await site.start()
         self._site_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The server context: each handshake gets the certificate `certificate_fault` names."""
+        self.authority = new_authority("IOmeter Partner CA (simulated)", "IOmeter (simulated)")
+        directory = self.authority.directory
+        self._certificates[None] = self.authority.issue("127.0.0.1", dns_names=("localhost",),
+                                                        ip_addresses=("127.0.0.1",), name="partner")
+        self._certificates["wrong_name"] = self.authority.issue("partner.example.net", dns_names=("partner.example.net",),
+                                                                name="other-host")
+        impostor = new_authority("IOmeter Partner CA (simulated)", "Impostor", directory / "impostor")
+        self._certificates["wrong_ca"] = impostor.issue("127.0.0.1", dns_names=("localhost",),
+                                                        ip_addresses=("127.0.0.1",), name="impostor")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(directory / "partner.pem", directory / "partner.key")
+        context.sni_callback = self._offer_certificate
+        return context
+
+    def _offer_certificate(self, connection: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        # (called for every ClientHello, with or without a server name)
+        self.handshakes[self.certificate_fault] = self.handshakes.get(self.certificate_fault, 0) + 1
+        connection.context = self._certificates[self.certificate_fault]
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA (PEM) a client trusts the API's certificate with (with `tls`)."""
+        return self.authority.ca_file if self.authority is not None else None
+
+    async def set_certificate(self, fault: str | None) -> None:
+        """Offer a certificate of `CERTIFICATE_FAULTS` from now on (None: the good one), and cut
+        every open connection, kept-alive ones too, so that the client's next request meets it."""
+        if fault is not None and fault not in CERTIFICATE_FAULTS:
+            raise ValueError(f"unknown certificate fault {fault!r}")
+        self.certificate_fault = fault
+        await self.drop_connections()
+        server = self._runner.server if self._runner is not None else None
+        for handler in list(server.connections if server is not None else ()):
+            if handler.transport is not None:
+                handler.transport.abort()
+        await asyncio.sleep(0.05)  # (a client in this process sees its connections gone)
+
+    @web.middleware
+    async def _count_authorizations(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if "Authorization" in request.headers:
+            self.authorizations += 1
+        return await handler(request)
 
     async def stop(self) -> None:
         await self.drop_connections()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.authority is not None:  # (its own temporary directory)
+            shutil.rmtree(self.authority.directory, ignore_errors=True)
 
     @property
     def port(self) -> int:
@@ -334,11 +403,11 @@ class PartnerApiSimulator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._site_port}{PATH}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._site_port}{PATH}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self._site_port}{PATH}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self._site_port}{PATH}"
 
     # --- commands ---
     def meter(self, key: str) -> SimMeter:
@@ -455,7 +524,7 @@ class PartnerApiSimulator:
 
     # --- Server-Sent Events (GraphQL over SSE, distinct connections mode) ---
     async def _event_stream(self, request: web.Request) -> web.StreamResponse:
-        if not self.authorized(request.headers.get("Authorization")):
+        if self.sse_fault == "unauthorized" or not self.authorized(request.headers.get("Authorization")):
             self.rejected += 1
             return _unauthorized()
         try:
@@ -467,10 +536,20 @@ class PartnerApiSimulator:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         self.sse_connections += 1
+        if self.sse_fault == "drop":  # the peer gone in the middle of an event
+            await response.write(SSE_CUT)
+            request.transport.abort()
+            return response
         self._sse_transports.add(request.transport)
         try:
             async for result in self._results(body):
-                await response.write(_sse_next(result, self.sse_fault))
+                event = _sse_next(result, self.sse_fault)
+                if self.sse_fault == "drip":
+                    for at in range(len(event)):
+                        await response.write(event[at:at + 1])
+                        await asyncio.sleep(SSE_DRIP_SECONDS)
+                else:
+                    await response.write(event)
             await response.write(b"event: complete\ndata:\n\n")
         except (ConnectionError, RuntimeError):
             pass  # the client went away
@@ -781,6 +860,8 @@ def _result_json(result: graphql.ExecutionResult) -> dict[str, Any]:
 
 
 OVERSIZED_EVENT = 2 * 1024 * 1024
+SSE_CUT = b'event: next\ndata: {"data":{"meterReadings":{"meter":'  # where a dropped stream ends
+SSE_DRIP_SECONDS = 0.05
 
 
 def _sse_next(result: dict[str, Any], fault: str | None) -> bytes:

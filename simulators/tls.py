@@ -60,6 +60,21 @@ def server_context(directory: Path, name: str, cert: x509.Certificate, key) -> s
     return context
 
 
+def client_context(ca_file: Path | str | None, client_cert: tuple | None = None) -> ssl.SSLContext:
+    """A client's TLS context: checking the server against `ca_file`, or, without one, not
+    checking it at all (as a meter that does not check its receiver), with `client_cert`
+    ((certificate file, key file)) presented when given."""
+    if ca_file is not None:
+        context = ssl.create_default_context(cafile=str(ca_file))
+    else:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if client_cert is not None:
+        context.load_cert_chain(*client_cert)
+    return context
+
+
 def new_authority(common_name: str, organization: str, directory: Path | None = None) -> Authority:
     directory = Path(directory or tempfile.mkdtemp(prefix="emx-sim-tls-"))
     directory.mkdir(parents=True, exist_ok=True)

@@ -258,3 +258,14 @@ async def start_push_daemon(tmp_path: Path, sn: str, settings: str = "") -> tupl
     await daemon.start("127.0.0.1", 0)
     await wait_listening(port)
     return daemon, port
+
+
+@pytest.fixture
+async def broker(tmp_path):
+    """A real Mosquitto broker on a free loopback port, without authentication."""
+    from simulators.iammeter_push import MosquittoBroker
+
+    require_binary("mosquitto")
+    b = await MosquittoBroker(directory=tmp_path / "broker").start()
+    yield b
+    await b.close()

@@ -432,3 +432,28 @@ async def test_a_taken_push_port_is_tried_again_with_the_policys_delays(asked, s
     assert [a.failures for a in asked[:3]] == [1, 2, 3]
     assert {a.policy for a in asked} == {iam_push.LISTEN_RETRY}
     assert all(isinstance(e, PollError) for e in emitted)
+
+
+@pytest.mark.parametrize("swallowed_as", ["timeout", "false"])
+async def test_retry_forever_stops_when_an_attempt_swallows_the_cancellation(asked, swallowed_as):
+    """Python 3.11's wait_for turns a cancellation that meets its own timeout into TimeoutError;
+    a library using it hands the attempt an ordinary error. The loop still stops."""
+    attempts = 0
+
+    async def attempt() -> bool:
+        nonlocal attempts
+        attempts += 1
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if swallowed_as == "timeout":
+                raise TimeoutError("the library's own timeout") from None
+            return False
+        return True
+
+    loop = asyncio.create_task(retry_forever(attempt, Backoff.for_reconnects(1.0, 60.0), lambda exc: None))
+    await async_wait_until(lambda: attempts == 1, what="the first attempt")
+    loop.cancel()
+    done, _ = await asyncio.wait([loop], timeout=10)
+    assert done, "the loop went on after its cancellation was swallowed"
+    assert loop.cancelled() and attempts == 1

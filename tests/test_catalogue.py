@@ -1,4 +1,5 @@
-"""The metric catalogue: naming rules, the README table, and which vendors really emit what."""
+"""The metric catalogue: naming rules, and which vendors really emit what (the generated tables of
+the documentation are checked in tests/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -21,23 +22,6 @@ def test_names_follow_the_prometheus_conventions():
         if m.obis_by:
             assert m.obis_by in m.labels, m.name
         assert "phase" not in m.labels or m.name.startswith("energy_meter_phase_") or "phase" in m.name, m.name
-
-
-def readme_block(marker: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    assert start in readme and end in readme
-    return readme.split(start, 1)[1].split(end, 1)[0].lstrip("\n")
-
-
-def test_readme_table_matches_the_catalogue():
-    assert readme_block("metrics-table") == M.markdown_table(), "README metric table is out of date: run `make readme-tables`"
-
-
-def test_readme_target_keys_match_the_code():
-    from exporter.vendors.registry import options_markdown
-
-    assert readme_block("target-keys") == options_markdown(), "README target keys are out of date: run `make readme-tables`"
 
 
 def corpus_modules():

@@ -1,6 +1,6 @@
 """The helper commands' shared style: progress while waiting (a live line on a terminal, plain
 lines otherwise), a verdict and a `Next:` line at the end, documented exit statuses; and the
-README tables that document them."""
+tables of the documentation that document them."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from simulators.homewizard import HomeWizardSimulator
 
 from .conftest import free_port
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 class FakeClock:
@@ -78,19 +78,19 @@ def test_the_product_goes_to_stdout_and_the_rest_to_stderr():
 
 def test_every_reason_has_a_next_step_and_a_troubleshooting_row():
     assert set(NEXT_STEPS) == set(REASONS)
-    section = README.read_text().split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    section = (DOCS / "troubleshooting.md").read_text()
     rows = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
     missing = set(REASONS) - rows
-    assert not missing, f"reasons missing from the README's troubleshooting table: {sorted(missing)}"
+    assert not missing, f"reasons missing from the troubleshooting table (docs/troubleshooting.md): {sorted(missing)}"
 
 
-def test_every_command_is_in_the_readme_with_its_exit_statuses():
+def test_every_command_is_in_the_command_table_with_its_exit_statuses():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    text = README.read_text()
+    text = (DOCS / "operations.md").read_text()
     rows = dict(re.findall(r"^\| `([a-z-]+)[^`]*` \| [^|]+ \| ([^|]+) \|$", text, re.MULTILINE))
     for command in subparsers.choices:
-        assert command in rows, f"`{command}` is missing from the README's command table"
+        assert command in rows, f"`{command}` is missing from the command table (docs/operations.md)"
         assert re.match(r"0 \w+", rows[command].strip()), f"`{command}`: exit statuses not documented"
 
 

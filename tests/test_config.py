@@ -74,7 +74,7 @@ def test_a_target_s_options_come_typed_with_every_default(tmp_path):
 
 
 def test_a_key_left_out_takes_the_default_its_table_shows():
-    # The README's rows and the loader's checks come from the same fields as the typed defaults.
+    # The documented rows and the loader's checks come from the same fields as the typed defaults.
     from exporter.config.loader import OptionTable
     from exporter.vendors import registry
 

@@ -119,7 +119,7 @@ async def test_account_mode_gives_every_meter_labelled_by_name(exporter, sim):
     assert {d.meter for d in reading.devices} == {"garage", "solar", "674B1E5D", "59C9AB8D", "3FE34ABE"}
     assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="garage", installation="home") == 225
     assert reading.value_of(M.ACCOUNT_ENERGY_IMPORTED, meter="garage") == pytest.approx(14761.03 * KWH)
-    assert reading.value_of(M.ACCOUNT_NET_ACTIVE_POWER, meter="solar") == pytest.approx(-2747, rel=0.01)  # 1 min later
+    assert reading.value_of(M.ACCOUNT_ACTIVE_POWER, meter="solar") == pytest.approx(-2747, rel=0.01)  # 1 min later
     assert reading.value_of(M.ACCOUNT_PHASE_ACTIVE_POWER, meter="solar", phase="l3") is None  # a row of nulls
     assert reading.value_of(M.ACCOUNT_FREQUENCY, meter="3FE34ABE") == 49.99
     assert reading.value_of(M.ACCOUNT_MEASUREMENT_TIME, meter="674B1E5D") == seed.parse_utc("2024/2/22 3:45:50")

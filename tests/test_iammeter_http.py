@@ -138,12 +138,13 @@ async def test_other_models_are_not_asked_for_a_ct_ratio(make):
     assert reading.value_of(M.ACTIVE_POWER) == 152.0
 
 
-async def test_net_metering_row_arrives_as_net_series(make):
+async def test_net_metering_row_arrives_as_the_meter_totals(make):
     async with running(IammeterHttpSimulator("WEM3080T", nem=True, reactive=True)) as sim:
         reading = await make(host=sim.host).poll()
-    assert reading.value_of(M.NET_ACTIVE_POWER) == 2198 + 1100 + 1213
-    assert reading.value_of(M.NET_ENERGY_IMPORTED) == pytest.approx(sim.state.net_imported_kwh * KWH)
-    assert reading.value_of(M.ACTIVE_POWER) is None
+    # The same names as the Modbus total registers: the whole meter's power and counters.
+    assert reading.value_of(M.ACTIVE_POWER) == 2198 + 1100 + 1213
+    assert reading.value_of(M.ENERGY_IMPORTED) == pytest.approx(sim.state.net_imported_kwh * KWH)
+    assert reading.value_of(M.ENERGY_EXPORTED) == pytest.approx(sim.state.net_exported_kwh * KWH)
     assert reading.value_of(M.PHASE_REACTIVE_POWER, phase="l2") == pytest.approx(sim.state.reactive[1].power_var, abs=0.05)
 
 

@@ -33,14 +33,6 @@ OTHER_SN = "5DB50BF4"
 PASSWORD = "correct-horse-42"
 
 
-@pytest.fixture
-async def broker(tmp_path):
-    require_binary("mosquitto")
-    b = await MosquittoBroker(directory=tmp_path / "broker").start()
-    yield b
-    await b.close()
-
-
 def broker_item(broker: MosquittoBroker, **extra) -> dict:
     item = {"name": "local", "host": "127.0.0.1", "port": broker.port, "topic": "device/+/realtime",
             "reconnect_delay": 0.1, "max_reconnect_delay": 0.5, "keepalive": 10.0}

@@ -70,7 +70,6 @@ def test_wem3080t_current_firmware_body_gives_per_phase_series_in_base_units():
     # The JSON has no device total: none is invented from the phases.
     assert M.ACTIVE_POWER.name not in names(reading)
     assert M.ENERGY_IMPORTED.name not in names(reading)
-    assert M.NET_ACTIVE_POWER.name not in names(reading)
     assert reading.devices[0].model == "WEM3080T"
     assert reading.devices[0].serial == "3E0BAF87"
     assert reading.devices[0].firmware == "i.75.97.9"
@@ -134,18 +133,19 @@ def test_single_phase_row_is_device_total_and_phase_l1():
     assert reading.devices[0].model == "WEM3080"
 
 
-def test_net_metering_row_is_exported_under_its_own_names_not_summed():
+def test_net_metering_row_is_the_meter_total_not_a_sum_of_phases():
     reading = parse_monitorjson(NEM)
-    assert value(reading, M.NET_ACTIVE_POWER) == 594.0
-    assert value(reading, M.NET_ENERGY_IMPORTED) == pytest.approx(1275.075 * KWH)
-    assert value(reading, M.NET_ENERGY_EXPORTED) == 0.0
+    assert value(reading, M.ACTIVE_POWER) == 594.0
+    assert value(reading, M.ENERGY_IMPORTED) == pytest.approx(1275.075 * KWH)
+    assert value(reading, M.ENERGY_EXPORTED) == 0.0
     assert value(reading, M.POWER_FACTOR) == 0.62  # the system power factor of the net row
+    # The meter's netted counter, not the sum of its phase counters.
     phase_sum = sum(value(reading, M.PHASE_ENERGY_IMPORTED, phase=p) for p in ("l1", "l2", "l3"))
-    assert phase_sum != pytest.approx(value(reading, M.NET_ENERGY_IMPORTED))
-    # Only three phases: the net row never becomes a phase, and no device total is made up.
+    assert phase_sum != pytest.approx(value(reading, M.ENERGY_IMPORTED))
+    # Only three phases: the net row never becomes a phase.
     assert {dict(s.labels).get("phase") for s in reading.samples} == {None, "l1", "l2", "l3"}
-    assert M.ACTIVE_POWER.name not in names(reading)
     assert sum(1 for s in reading.samples if s.metric is M.PHASE_VOLTAGE) == 3
+    assert sum(1 for s in reading.samples if s.metric is M.ACTIVE_POWER) == 1
 
 
 def test_two_phase_wem2067_third_row_is_the_net_row():
@@ -153,15 +153,15 @@ def test_two_phase_wem2067_third_row_is_the_net_row():
     assert reading.devices[0].model == "WEM2067"
     assert value(reading, M.PHASE_ACTIVE_POWER, phase="l2") == -930.0
     assert value(reading, M.PHASE_VOLTAGE, phase="l3") is None
-    assert value(reading, M.NET_ACTIVE_POWER) == 520.0
-    assert value(reading, M.NET_ENERGY_EXPORTED) == pytest.approx(689.8 * KWH)
+    assert value(reading, M.ACTIVE_POWER) == 520.0
+    assert value(reading, M.ENERGY_EXPORTED) == pytest.approx(689.8 * KWH)
 
 
 def test_two_phase_wem2067_without_nem_has_two_phases_only():
     payload = {**TWO_PHASE_NEM, "Datas": TWO_PHASE_NEM["Datas"][:2]}
     reading = parse_monitorjson(payload)
     assert {dict(s.labels).get("phase") for s in reading.samples} == {None, "l1", "l2"}
-    assert M.NET_ACTIVE_POWER.name not in names(reading)
+    assert M.ACTIVE_POWER.name not in names(reading)
 
 
 def test_old_firmware_five_element_rows_have_no_frequency_nor_power_factor():
@@ -198,7 +198,7 @@ def test_model_field_of_api_monitor_wins_over_the_code():
 
 def test_unknown_model_with_four_rows_is_three_phases_and_net():
     reading = parse_monitorjson({**NEM, "method": "8-1"})
-    assert value(reading, M.NET_ACTIVE_POWER) == 594.0
+    assert value(reading, M.ACTIVE_POWER) == 594.0
     assert value(reading, M.PHASE_ACTIVE_POWER, phase="l3") == 199.0
 
 

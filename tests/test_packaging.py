@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -11,11 +12,13 @@ import zipfile
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+import pytest
+
 from simulators import enphase, iammeter, iometer, paths
 
 from .conftest import CONFORMANCE, ROOT
 
-OUTSIDE = ("simulators", "demo")
+OUTSIDE = ("simulators", "demo", "dashboards")
 
 
 def _imported(path: Path) -> set[str]:
@@ -73,19 +76,28 @@ def test_simulators_find_the_conformance_corpus_from_their_new_place():
     assert (enphase.PACKAGED / enphase.DEFAULT_FIRMWARE).is_dir()
 
 
-def test_the_wheel_carries_the_exporter_and_its_files_only(tmp_path):
-    """Build the wheel as `pip install .` would (from a copy: the build leaves files behind) and
-    look inside: the exporter with its page assets and HomeWizard's CA, no simulator, no demo."""
-    source = tmp_path / "source"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel `python -m build --wheel` makes (offline: no build isolation), built from a copy
+    of the checkout (the build leaves files behind) with the simulators and the demo beside the
+    package, as in a checkout."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "exporter", source / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in OUTSIDE:  # present beside the package, as in a checkout
+    for name in ("exporter",) + OUTSIDE:
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path / "dist"), str(source)], check=True, timeout=300)
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
+                             str(work / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (built,) = (work / "dist").glob("*.whl")
+    return built
+
+
+def test_the_wheel_carries_the_exporter_and_its_files_only(wheel):
+    """Look inside the wheel: the exporter with its page assets and HomeWizard's CA, no
+    simulator, no demo."""
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.split("/")[0] in OUTSIDE + ("tests",)]
     assert not [n for n in names if n.startswith("exporter/") and n.split("/")[1] in OUTSIDE]
@@ -93,3 +105,41 @@ def test_the_wheel_carries_the_exporter_and_its_files_only(tmp_path):
     assert {Path(n).name for n in page} >= {"status.html", "status.js"}
     assert any(n.startswith("exporter/vendors/homewizard/") and n.endswith(".pem") for n in names)
     assert "exporter/cli.py" in names and "exporter/vendors/enphase/parse/__init__.py" in names
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(wheel, tmp_path_factory) -> Path:
+    """A new virtual environment holding the pinned dependencies (requirements/app.lock) and the
+    wheel, installed from the machine's package index as a user would; its bin directory. No
+    pip inside: this environment's pip installs into it (`pip --python`), which is quicker."""
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                             "--quiet", "-r", str(ROOT / "requirements" / "app.lock"), str(wheel)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return venv / "bin"
+
+
+def _run_installed(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # Outside the checkout and without PYTHONPATH: only the installed package can be imported.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return subprocess.run([str(bin_dir / "energy-meter-exporter"), *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def test_the_installed_wheel_runs_from_a_fresh_virtual_environment(fresh_venv, tmp_path):
+    where = subprocess.run([str(fresh_venv / "python"), "-c", "import exporter; print(exporter.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert Path(where.stdout.strip()).is_relative_to(fresh_venv.parent), where.stdout + where.stderr
+    version = _run_installed(fresh_venv, "--version", cwd=tmp_path)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert version.returncode == 0 and version.stdout.strip() == f"energy-meter-exporter {project['version']}"
+
+
+def test_the_installed_wheel_checks_the_example_configuration(fresh_venv, tmp_path):
+    shutil.copy(ROOT / "config.example.yaml", tmp_path / "config.example.yaml")
+    result = _run_installed(fresh_venv, "check-config", "--no-secrets", "--config.file", "config.example.yaml",
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config.example.yaml: valid")

@@ -198,7 +198,7 @@ def type_name(value: Any) -> str:
 # --- Typed options -------------------------------------------------------------------------------
 # A transport states each key of its targets once, as a field of a frozen, keyword-only
 # dataclass deriving from Settings: the field's type, its Option (the loader's checks, the
-# README's row) and its default. The loader checks a target against the table generated from the
+# reference's row) and its default. The loader checks a target against the table generated from the
 # fields (`OPTIONS = MySettings.table()`); an adapter reads `MySettings.of(target)`.
 
 _OPTION = "option"  # the metadata key holding a settings field's Option
@@ -706,6 +706,13 @@ class UnreadSecret(Secret):
     placeholder = True
 
 
+class ReferencedSecret(Secret):
+    """A secret the configuration names (`<key>_file`, `${VAR}`) rather than holds: whoever
+    can read the configuration file does not learn it."""
+
+    __slots__ = ()
+
+
 class Checker:
     def __init__(self, located: _Located, filename: str, environ: Mapping[str, str],
                  read_secrets: bool = True) -> None:
@@ -797,7 +804,7 @@ class Checker:
                     continue
                 content = self.read_secret_file(value, key_path)
                 if content is not None:
-                    out[base] = Secret(content) if self.read_secrets else UnreadSecret(content)
+                    out[base] = ReferencedSecret(content) if self.read_secrets else UnreadSecret(content)
                 continue
             option = schema.get(key)
             if option is None:
@@ -808,6 +815,8 @@ class Checker:
                 out[key] = option.convert(self.expand(value, key_path))
                 if self.unresolved and option.type == "secret":
                     out[key] = UnreadSecret(out[key].reveal())
+                elif option.type == "secret" and isinstance(value, str) and _ENV.search(value):
+                    out[key] = ReferencedSecret(out[key].reveal())
             except ValueError as exc:
                 self.problem(key_path, str(exc))
         for key, option in schema.items():

@@ -1,7 +1,7 @@
 """The normalized metric catalogue: every device series the exporter can produce.
 
 This is the one place metric names, types, units, labels and OBIS codes are defined. Parsers
-refer to these objects, never to bare strings, and the README's metric table is checked
+refer to these objects, never to bare strings, and the metrics reference (docs/metrics.md) is checked
 against this module by the tests (`tests/test_catalogue.py`).
 
 Conventions (Prometheus naming guide): base units in the name, energy as a counter in joules,
@@ -27,7 +27,7 @@ ENPHASE = "enphase"
 class Metric:
     name: str
     type: Literal["gauge", "counter"]  # the metric type, as in `# TYPE`
-    unit: str  # base unit as written in the README; "" when dimensionless
+    unit: str  # base unit as written in docs/metrics.md; "" when dimensionless
     help: str
     labels: tuple[str, ...] = ()
     # OBIS code of the series: one code, or codes keyed by the value of `obis_by`.
@@ -263,7 +263,7 @@ POLLS = Metric(
     "Polls of the target (and messages of a push target), successful or not.")
 POLL_ERRORS = Metric(
     "energy_meter_exporter_poll_errors_total", "counter", "",
-    "Failed polls of the target, by reason (see the README's troubleshooting table).",
+    "Failed polls of the target, by reason (see the troubleshooting table in docs/troubleshooting.md).",
     labels=("reason",))
 COUNTER_REGRESSIONS = Metric(
     "energy_meter_exporter_decreasing_readings_total", "counter", "",
@@ -320,18 +320,9 @@ PHASE_ENERGY_EXPORTED = Metric(
     "energy_meter_phase_energy_exported_joules_total", "counter", "J",
     "Active energy exported through one phase, as the meter counts it per phase (1 kWh = 3.6e6 J).",
     labels=("phase",), obis=_phases(22, 42, 62, "8.0"), obis_by="phase", vendors=(IAMMETER, IOMETER))
-NET_ACTIVE_POWER = Metric(
-    "energy_meter_net_active_power_watts", "gauge", "W",
-    "Net active power of the meter's net-metering (NEM) result: the algebraic sum of the phases, "
-    "as the meter computes it; negative when exporting.", vendors=(IAMMETER,))
-NET_ENERGY_IMPORTED = Metric(
-    "energy_meter_net_energy_imported_joules_total", "counter", "J",
-    "Energy imported as the meter's net metering counts it (phases netted against each other "
-    "first, so not the sum of the per-phase counters; 1 kWh = 3.6e6 J).", vendors=(IAMMETER,))
-NET_ENERGY_EXPORTED = Metric(
-    "energy_meter_net_energy_exported_joules_total", "counter", "J",
-    "Energy exported as the meter's net metering counts it (phases netted against each other "
-    "first, so not the sum of the per-phase counters; 1 kWh = 3.6e6 J).", vendors=(IAMMETER,))
+# A three-phase IAMMETER's own totals (the net-metering row of its JSON, the "total" Modbus
+# registers) are the algebraic sum of its phases and the counters of that sum: they are
+# ACTIVE_POWER and ENERGY_IMPORTED/EXPORTED above, not the sum of the per-phase counters below.
 REACTIVE_ENERGY_INDUCTIVE = Metric(
     "energy_meter_reactive_energy_inductive_volt_ampere_reactive_seconds_total", "counter", "var*s",
     "Inductive reactive energy of the whole meter (1 kvarh = 3.6e6 var*s).", vendors=(IAMMETER,))
@@ -834,18 +825,6 @@ ACCOUNT_PHASE_ENERGY_EXPORTED = Metric(
     "Active energy exported through one phase of one meter of a cloud account (1 kWh = 3.6e6 J).",
     labels=("installation", "meter", "phase"), obis=_phases(22, 42, 62, "8.0"), obis_by="phase",
     vendors=(IAMMETER, IOMETER))
-ACCOUNT_NET_ACTIVE_POWER = Metric(
-    "energy_meter_account_net_active_power_watts", "gauge", "W",
-    "Net active power of one meter of a cloud account, as its net metering (NEM) computes it; "
-    "negative when exporting.", labels=("installation", "meter"), vendors=(IAMMETER,))
-ACCOUNT_NET_ENERGY_IMPORTED = Metric(
-    "energy_meter_account_net_energy_imported_joules_total", "counter", "J",
-    "Energy one meter of a cloud account imported as its net metering counts it (not the sum of "
-    "its phase counters; 1 kWh = 3.6e6 J).", labels=("installation", "meter"), vendors=(IAMMETER,))
-ACCOUNT_NET_ENERGY_EXPORTED = Metric(
-    "energy_meter_account_net_energy_exported_joules_total", "counter", "J",
-    "Energy one meter of a cloud account exported as its net metering counts it (not the sum of "
-    "its phase counters; 1 kWh = 3.6e6 J).", labels=("installation", "meter"), vendors=(IAMMETER,))
 ACCOUNT_OFFLINE_TIME = Metric(
     "energy_meter_account_offline_seconds", "gauge", "s",
     "How long one meter of a cloud account sent nothing to the cloud during the previous day "
@@ -926,7 +905,7 @@ def _obis_text(metric: Metric) -> str:
 
 
 def markdown_table() -> str:
-    """The README's metric table (kept equal to this module by tests/test_catalogue.py)."""
+    """The metrics reference table of docs/metrics.md (kept equal to this module by tests/test_docs.py)."""
     rows = ["| metric | type | unit | labels | OBIS | vendors |", "|---|---|---|---|---|---|"]
     for m in all_metrics():
         labels = ", ".join(m.base_labels + m.labels + (("obis",) if m.obis else ()))

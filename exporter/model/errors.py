@@ -40,7 +40,7 @@ class PollError(Exception):
         return self.message
 
 
-# The reasons the exporter reports, with what a user should do about each. The README's
+# The reasons the exporter reports, with what a user should do about each. The manual's (docs/troubleshooting.md)
 # troubleshooting table is generated from the same words.
 REASONS: dict[str, str] = {
     "timeout": "The device did not answer within the target's timeout.",

@@ -125,14 +125,17 @@ async def retry_forever(attempt: Callable[[], Awaitable[bool]], policy: Backoff,
     drops each connection after a message is not asked in a tight loop. False, or an exception
     (handed to `on_failure`; without one it ends the loop), is one more consecutive failure."""
     failures = 0
+    task = asyncio.current_task()
     while True:
         try:
             good = await attempt()
         except Exception as exc:
+            _stop_if_cancelled(task, exc)
             if on_failure is None:
                 raise
             on_failure(exc)
             good = False
+        _stop_if_cancelled(task)
         if good:
             failures = 0
             if every is not None:
@@ -140,6 +143,15 @@ async def retry_forever(attempt: Callable[[], Awaitable[bool]], policy: Backoff,
                 continue
         failures += 1
         await asyncio.sleep(policy.delay(failures))
+
+
+def _stop_if_cancelled(task: asyncio.Task | None, cause: BaseException | None = None) -> None:
+    """Raise CancelledError if `task` has been asked to stop. On Python 3.11 a cancellation that
+    arrives as a library's `asyncio.wait_for` times out comes out as TimeoutError (the library's,
+    websockets' or gql's, error), which an attempt takes for a failed connection: without this
+    check the loop would go on and the adapter would never stop."""
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from cause
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..model.errors import PollError
+
 
 class StateDirectory:
     def __init__(self, path: str | os.PathLike) -> None:
@@ -42,7 +44,15 @@ class StateDirectory:
             return None
 
     def write_json(self, name: str, value: Any) -> None:
-        write_private_file(self.ensure() / name, json.dumps(value, indent=1, sort_keys=True))
+        try:
+            write_private_file(self.ensure() / name, json.dumps(value, indent=1, sort_keys=True))
+        except OSError as exc:
+            # A directory on a read-only filesystem (a container's root, a volume mounted
+            # read-only or not writable for the exporter's user) is a setting to correct, not a
+            # crash; what needed the file (a cloud call, a token) waits until it can be kept.
+            raise PollError("config", f"cannot write {name} in the state directory {self.path}: "
+                                      f"{exc.strerror or exc}; state_directory must be a directory the exporter "
+                                      "can write (tokens and quota ledgers are kept there)") from None
 
 
 def write_private_file(path: str | os.PathLike, content: str) -> None:

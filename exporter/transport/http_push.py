@@ -8,6 +8,8 @@ nor client certificates of the web server's CA, and the listener is a port of it
   counted as `bad_token`; the comparison takes the same time whatever the guess.
 - `tls_cert_file`/`tls_key_file`: HTTPS (a meter uploads over HTTPS to port 443); with
   `tls_client_ca_file`, only clients with a certificate from that CA get through the handshake.
+  A handshake that fails (plain HTTP, a certificate of another CA) or is not done within
+  `read_timeout` closes the connection and is counted as `tls`.
 - `allowed_networks`, `max_requests_per_minute`, `max_body_bytes`, and the connection limits of
   every listener (`read_timeout` for the head and the body, `max_connections`; see serving.py).
 
@@ -43,6 +45,7 @@ from ..model import catalogue as M
 from ..model.errors import PollError
 from ..model.jsontext import label_text
 from ..model.samples import ParseError, Reading
+from ..runtime.tasks import cancel_and_wait
 from ..web.serving import (DEFAULT_HEAD_TIMEOUT, ConnectionGuard, GuardedSite, Limits, parse_listen_address,
                            runner_options)
 
@@ -89,7 +92,7 @@ class SourceRate:
         return window[1] <= self.limit
 # Shown from the start at 0, so that rate() works from the first refusal on.
 REASONS = ("unknown_sn", "malformed", "too_large", "forbidden_network", "rate_limited", "not_found",
-           "bad_token", "timeout")
+           "bad_token", "timeout", "tls")
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_REQUESTS_PER_MINUTE = 120
 MIN_TOKEN_LENGTH = 16
@@ -312,6 +315,68 @@ class DeviceRouting:
                 ((("listener", self.name), ("reason", r)), n) for r, n in sorted(self.rejected.items())])
 
 
+class TlsHandshakes:
+    """The HTTPS listener's TLS handshakes, done by the listener itself: asyncio's TLS server drops
+    a failed one without a word, and a meter whose handshake fails (plain HTTP, a client
+    certificate of another CA, a handshake left unfinished) would only go stale. Each failure is
+    `failed()` (counted as `tls`, as the TCP listener counts them). Once the handshake is done the
+    connection goes to the guarded HTTP protocol, where it counts towards max_connections, as
+    with asyncio's TLS server."""
+
+    def __init__(self, context: ssl.SSLContext, timeout: float, failed: Callable[[], None]) -> None:
+        self.context = context
+        self.timeout = timeout
+        self.failed = failed
+        self._pending: set[asyncio.Task] = set()
+
+    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Handshake(self, inner)
+
+    def begin(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        task = asyncio.get_running_loop().create_task(self._handshake(transport, protocol))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _handshake(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                tls = await loop.start_tls(transport, protocol, self.context, server_side=True,
+                                           ssl_handshake_timeout=self.timeout)
+        except (OSError, TimeoutError, ssl.SSLError):  # (ConnectionError is an OSError)
+            transport.abort()
+            self.failed()
+            return
+        protocol.connection_made(tls)
+
+    async def close(self) -> None:
+        await cancel_and_wait(*self._pending)
+
+
+class _Handshake(asyncio.Protocol):
+    """A connection to the HTTPS listener until its handshake begins: holds its first bytes back
+    (they are the handshake's, read by start_tls) and hands the transport over."""
+
+    def __init__(self, handshakes: TlsHandshakes, inner: Callable[[], asyncio.Protocol]) -> None:
+        self._handshakes = handshakes
+        self._inner = inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]  # start_tls resumes it
+        self._handshakes.begin(transport, self._inner())  # type: ignore[arg-type]
+
+
+class _TlsGuard(ConnectionGuard):
+    """A ConnectionGuard whose connections do their TLS handshake first."""
+
+    def __init__(self, limits: Limits, listener: str, handshakes: TlsHandshakes) -> None:
+        super().__init__(limits, listener)
+        self.handshakes = handshakes
+
+    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return self.handshakes.protocol_factory(super().protocol_factory(inner))
+
+
 @dataclass
 class PushListener(DeviceRouting):
     """One HTTP server for all push targets of a vendor, whose `format` it speaks."""
@@ -330,6 +395,7 @@ class PushListener(DeviceRouting):
     _rate: SourceRate = field(init=False)
     _unknown_logged: set[str] = field(default_factory=set)
     guard: ConnectionGuard | None = None
+    _handshakes: TlsHandshakes | None = None
 
     def __post_init__(self) -> None:
         self._rate = SourceRate(self.settings.max_requests_per_minute)
@@ -344,12 +410,16 @@ class PushListener(DeviceRouting):
             except ValueError as exc:
                 raise PollError("config", f"http_push: {exc}") from None
         limits = s.limits()
-        self.guard = ConnectionGuard(limits, LISTENER)
+        if context is not None:  # (the site itself then serves plain TCP: the handshake is ours)
+            self._handshakes = TlsHandshakes(context, s.read_timeout, lambda: self.count("tls"))
+            self.guard = _TlsGuard(limits, LISTENER, self._handshakes)
+        else:
+            self.guard = ConnectionGuard(limits, LISTENER)
         app = web.Application(client_max_size=s.max_body_bytes, middlewares=[self.guard.middleware()])
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, **runner_options(limits, LISTENER))
         await self._runner.setup()
-        site = GuardedSite(self._runner, s.host, s.port, self.guard, ssl_context=context)
+        site = GuardedSite(self._runner, s.host, s.port, self.guard)
         try:
             await site.start()
         except OSError as exc:
@@ -368,6 +438,8 @@ class PushListener(DeviceRouting):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._handshakes is not None:
+            await self._handshakes.close()
         if self.store is not None:
             self.store.set_global(LISTENER, M.PUSH_REJECTED, [])
 

@@ -44,7 +44,7 @@ def load_section(name: str) -> ModuleType:
 
 def load_all() -> None:
     """Import every vendor's transports and every section module: for what lists them all
-    (README tables, tests), never needed to run a configuration."""
+    (the manual's tables, tests), never needed to run a configuration."""
     for vendor in VENDORS:
         for transport in load_vendor(vendor).VENDOR.transports:
             load_module(vendor, transport.module)

@@ -175,7 +175,7 @@ def get(vendor: str, transport: str) -> TransportSpec | None:
 
 
 def specs() -> list[TransportSpec]:
-    """Every transport's spec (all their modules imported): for the README tables and tests."""
+    """Every transport's spec (all their modules imported): for the manual's tables and tests."""
     load_all()
     return list(_SPECS.values())
 
@@ -271,7 +271,7 @@ def _default_text(option: "Option") -> str:
 
 
 def options_markdown() -> str:
-    """The README's reference of every transport's target keys and shared sections (kept equal
+    """The configuration reference (docs/configuration.md) of every transport's target keys and shared sections (kept equal
     to the code by tests/test_catalogue.py)."""
     lines: list[str] = []
     for spec in sorted(specs(), key=lambda s: (s.vendor, not s.default, s.transport)):

@@ -73,7 +73,7 @@ class TargetStatus:
 
 @dataclass(frozen=True)
 class Status:
-    """The document of `/api/v1/targets` (documented in the README)."""
+    """The document of `/api/v1/targets` (documented in docs/operations.md)."""
 
     version: str
     generated_at: float  # the server's clock: the page shows times relative to it
@@ -82,7 +82,7 @@ class Status:
     quota: tuple[QuotaWindow, ...]
 
     def as_json(self) -> dict[str, Any]:
-        # The field order is the README's. Not dataclasses.asdict: it deep-copies, a good part of
+        # The field order is the manual's. Not dataclasses.asdict: it deep-copies, a good part of
         # a second for 10,000 targets, during which nothing else runs.
         return {"version": self.version, "generated_at": self.generated_at, "reload_ok": self.reload_ok,
                 "targets": [t.as_json() for t in self.targets], "quota": [dict(vars(q)) for q in self.quota]}

@@ -163,7 +163,7 @@ async def token_command(args: argparse.Namespace, out: TextIO | None = None) -> 
               f"  openssl s_client -connect {args.host} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
               file=out)
     else:
-        print("\nAdd tls_fingerprint (the SHA-256 fingerprint of the gateway's certificate) to pin it; see the README.",
+        print("\nAdd tls_fingerprint (the SHA-256 fingerprint of the gateway's certificate) to pin it; see docs/vendors/enphase.md.",
               file=out)
     print(f"\nThe token expires on {expires}: run this command again before then (or create one at "
           f"{TOKEN_WEB_PAGE}), or give the target username and password so that the exporter renews it itself.",

@@ -47,7 +47,7 @@ async def identify(prober: Prober, endpoint: Address, scheme: str, base: str) ->
         ]
         device.action_needed = True
         device.notes.append("it needs a token: set username and password_file (Enlighten login), "
-                            "or token_file; see the README's Enphase quick start")
+                            "or token_file; see docs/vendors/enphase.md")
     else:
         device.api = "HTTP with Digest auth (firmware below 7)"
     return device

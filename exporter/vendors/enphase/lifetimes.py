@@ -12,7 +12,7 @@ here tells how many wraps an inverter total has behind it when the exporter firs
 (`/api/v1/production` is not used for that: it reports the production CT on CT gateways, and
 0, stalled or stepped-down figures on some firmware). Where only the wrapping source exists, a
 step down by about the wrap size from one poll to the next is a wrap: the wrap size is added
-from then on. Limits, said in the README: without a production CT, a counter that wrapped before
+from then on. Limits, said in docs/vendors/enphase.md: without a production CT, a counter that wrapped before
 the exporter first saw it cannot be told from a young system's and is exported as read (later
 wraps are added); a counter seen at or above the wrap size does not wrap and is left alone.
 """

@@ -41,9 +41,9 @@ the IOmeter Partner API, same units and OBIS codes) with the labels `installatio
 `meter` is the SN, or the name given in `names` ("SN=name"); `installation` is the target's
 `installation` option (empty by default: IAMMETER's meter APIs do not say which place a meter
 belongs to). Adding `meter` to the shared metrics instead would force every other producer to
-fill it. `sum()` stays safe: each meter is one series per name, a single-phase meter gives totals
-and a multi-phase meter per-phase series, never both for the same quantity, and a net-metering
-row has its own `..._net_...` names (net energy is not the sum of the phase counters). Place
+fill it. `sum()` stays safe: each meter is one series per name, and a meter's totals (its one row, or
+a multi-phase meter's net-metering row) and its per-phase series have different names, as
+locally (net energy is not the sum of the phase counters, so neither is made from the other). Place
 figures (`energyhistory`) carry `place` (the place id, or its name from `places: ["ID=name"]`)
 and `day` (current, previous).
 

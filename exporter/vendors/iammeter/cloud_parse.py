@@ -28,7 +28,8 @@ phase counts) and a row means the same in both. The differences handled here:
 One meter of an account becomes `energy_meter_account_*` series labelled `installation` and
 `meter` (see `cloud.py` for why), in the same shape as the local series: a single-phase meter's
 row gives the meter's totals plus phase l1 voltage and current; a multi-phase meter gives per
-phase series, and its net row the `..._net_...` series and the system power factor.
+phase series, and its net row the meter's totals (`energy_meter_account_active_power_watts`,
+`..._account_energy_imported/exported_joules_total`) and the system power factor, as locally.
 """
 
 from __future__ import annotations
@@ -41,12 +42,11 @@ from typing import Any, Collection, Iterable, Mapping
 from ...model.catalogue import (ACCOUNT_ACTIVE_POWER, ACCOUNT_AVERAGE_POWER, ACCOUNT_DAYTIME_AVERAGE_POWER,
                                 ACCOUNT_ENERGY_EXPORTED, ACCOUNT_ENERGY_IMPORTED, ACCOUNT_FREQUENCY,
                                 ACCOUNT_MAXIMUM_POWER, ACCOUNT_MEASUREMENT_TIME, ACCOUNT_MINIMUM_POWER,
-                                ACCOUNT_NET_ACTIVE_POWER, ACCOUNT_NET_ENERGY_EXPORTED, ACCOUNT_NET_ENERGY_IMPORTED,
                                 ACCOUNT_OFFLINE_ANALYSIS_PERIOD, ACCOUNT_OFFLINE_GAPS, ACCOUNT_OFFLINE_TIME, ACCOUNT_PHASE_ACTIVE_POWER, ACCOUNT_PHASE_CURRENT,
                                 ACCOUNT_PHASE_ENERGY_EXPORTED, ACCOUNT_PHASE_ENERGY_IMPORTED,
                                 ACCOUNT_PHASE_POWER_FACTOR, ACCOUNT_PHASE_VOLTAGE, ACCOUNT_POWER_FACTOR, ACTIVE_POWER,
-                                ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY, JOULES_PER_KWH, NET_ACTIVE_POWER,
-                                NET_ENERGY_EXPORTED, NET_ENERGY_IMPORTED, PHASE_ACTIVE_POWER, PHASE_CURRENT,
+                                ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY, JOULES_PER_KWH, PHASE_ACTIVE_POWER,
+                                PHASE_CURRENT,
                                 PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED, PHASE_POWER_FACTOR, PHASE_VOLTAGE,
                                 PLACE_DAILY_GRID_EXPORT, PLACE_DAILY_GRID_IMPORT, PLACE_DAILY_SELF_USE,
                                 PLACE_DAILY_SPECIAL_LOAD,                                 PLACE_DAILY_YIELD, POWER_FACTOR, Metric)
@@ -67,9 +67,6 @@ ACCOUNT_OF: dict[Metric, Metric] = {
     PHASE_POWER_FACTOR: ACCOUNT_PHASE_POWER_FACTOR,
     PHASE_ENERGY_IMPORTED: ACCOUNT_PHASE_ENERGY_IMPORTED,
     PHASE_ENERGY_EXPORTED: ACCOUNT_PHASE_ENERGY_EXPORTED,
-    NET_ACTIVE_POWER: ACCOUNT_NET_ACTIVE_POWER,
-    NET_ENERGY_IMPORTED: ACCOUNT_NET_ENERGY_IMPORTED,
-    NET_ENERGY_EXPORTED: ACCOUNT_NET_ENERGY_EXPORTED,
 }
 ADVANCED_ROW_LENGTH = 6  # meterdata2 / meterdatalist2: V, I, P, PF, import, export
 PHASE_VALUES = 5  # values per phase in a flat meterdatalist row

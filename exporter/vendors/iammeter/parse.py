@@ -20,12 +20,15 @@ How rows become series:
 - A single-phase meter's one row is the device itself: ACTIVE_POWER, ENERGY_IMPORTED/EXPORTED,
   POWER_FACTOR, FREQUENCY, and phase `l1` for voltage and current (the quantities that add up
   across phases are totals, the ones that do not are per phase).
-- A multi-phase meter gives per-phase series only (PHASE_*, with per-phase energy counters).
-  The JSON carries no device total, and none is made up by summing phases: the meter's own
-  net row, where present, is exported under its own names (NET_ACTIVE_POWER,
-  NET_ENERGY_IMPORTED/EXPORTED) because net-metered energy is not the sum of the phase
-  counters. Its power factor is the system power factor, exported as POWER_FACTOR; its voltage
-  (a reference phase) and current (always 0) repeat nothing useful and are dropped.
+- A multi-phase meter gives per-phase series (PHASE_*, with per-phase energy counters), and
+  its device totals only where the meter computes them: the net row (net metering on). That row
+  is the whole meter - the algebraic sum of the phase powers, and the import/export counters
+  of that sum - the same quantities as the Modbus "total" registers 32..37, so both become
+  ACTIVE_POWER and ENERGY_IMPORTED/EXPORTED, whatever the transport. Without the net row no
+  total is made up by summing phases (a sum of per-phase counters is not what the meter's
+  netting counts: one phase importing while another exports adds to both). The net row's power
+  factor is the system power factor (POWER_FACTOR); its voltage (a reference phase) and
+  current (always 0) repeat nothing useful and are dropped.
 - FREQUENCY is exported once, from the first phase row that has it.
 - Reactive power is taken to be in var, not kvar: the vendor's page says kvar, but its own
   example shows -119.0 next to phases drawing 1.4 A, which only var can be; the Modbus
@@ -59,8 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ...model.catalogue import (ACTIVE_POWER, CT_RATIO, DEVICE_UPTIME, ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY,
-                                JOULES_PER_KWH, NET_ACTIVE_POWER, NET_ENERGY_EXPORTED, NET_ENERGY_IMPORTED,
-                                PHASE_ACTIVE_POWER, PHASE_CURRENT, PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED,
+                                JOULES_PER_KWH, PHASE_ACTIVE_POWER, PHASE_CURRENT, PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED,
                                 PHASE_POWER_FACTOR, PHASE_REACTIVE_ENERGY_CAPACITIVE, PHASE_REACTIVE_ENERGY_INDUCTIVE,
                                 PHASE_REACTIVE_POWER, PHASE_VOLTAGE, POWER_FACTOR, REACTIVE_ENERGY_CAPACITIVE,
                                 REACTIVE_ENERGY_INDUCTIVE, REACTIVE_POWER, UPLOAD_INTERVAL, UPLOAD_MODE, WIFI_RSSI,
@@ -166,10 +168,7 @@ def _parse_measurement(payload: dict, key: str) -> Reading:
     else:
         _add_phases(reading, phase_rows)
     if net_row is not None:
-        reading.add(NET_ACTIVE_POWER, net_row.power)
-        reading.add(NET_ENERGY_IMPORTED, _joules(net_row.imported_kwh))
-        reading.add(NET_ENERGY_EXPORTED, _joules(net_row.exported_kwh))
-        reading.add(POWER_FACTOR, net_row.power_factor)
+        _add_net(reading, net_row)
     _add_reactive(reading, payload, phases)
     reading.devices.append(_device(payload, model))
     return reading
@@ -184,6 +183,14 @@ def _add_single(reading: Reading, row: Row | None) -> None:
     reading.add(PHASE_VOLTAGE, row.voltage, phase="l1")
     reading.add(PHASE_CURRENT, row.current, phase="l1")
     reading.add(FREQUENCY, row.frequency)
+    reading.add(POWER_FACTOR, row.power_factor)
+
+
+def _add_net(reading: Reading, row: Row) -> None:
+    """The net row: the meter's own totals, named as every transport names them."""
+    reading.add(ACTIVE_POWER, row.power)
+    reading.add(ENERGY_IMPORTED, _joules(row.imported_kwh))
+    reading.add(ENERGY_EXPORTED, _joules(row.exported_kwh))
     reading.add(POWER_FACTOR, row.power_factor)
 
 
@@ -454,8 +461,9 @@ def decode_three_phase(registers: Sequence[int], model: str = "") -> Reading:
     At least the 38 core registers (phases, frequency, the meter's totals); 56 or more add the
     reactive block, 66 the runtime. Series names match `parse_monitorjson`, so the same meter
     gives the same series over HTTP and Modbus (within the register resolution). The totals at
-    32..37 are the meter's own, so they become ACTIVE_POWER and ENERGY_IMPORTED/EXPORTED here
-    while the JSON, which has no such figures, yields none.
+    32..37 (algebraic power sum, its import and export counters) are the quantities of the
+    JSON's net row: ACTIVE_POWER and ENERGY_IMPORTED/EXPORTED, as there. The registers are
+    always there, the net row only with net metering on.
     """
     words = _words(registers, reg.THREE_PHASE_CORE_COUNT)
     kwh = reg.THREE_PHASE_KWH_PER_COUNT

@@ -28,7 +28,9 @@ readings arriving meanwhile are all in the next one.
 Queries go through the daemon's HTTP session (`exporter.transport.http`, bounded bodies); the subscription
 has its own WebSocket, or its own HTTP connections (SSE). The Authorization header (Basic, or WSSE
 with a fresh nonce) is sent on every request, on the WebSocket upgrade and in the
-`connection_init` payload, and on every SSE request.
+`connection_init` payload, and on every SSE request; all of them over TLS checked against the
+system's CAs or `ca_file`, so a certificate not trusted fails the target (`tls`) before the
+header is sent.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
 import aiohttp
@@ -136,6 +139,7 @@ class PartnerSettings(Settings):
                         help="basic, or wsse (the secret itself is never sent)")
     endpoint: str = setting("str", default=DEFAULT_ENDPOINT, help="GraphQL endpoint for queries (https)")
     ws_endpoint: str | None = setting("str", help="GraphQL WebSocket endpoint (default: endpoint with wss://)")
+    ca_file: str | None = setting("path", help="CA (PEM) to check the API's certificate with (default: the system's)")
     mode: str = setting("str", default="subscription", choices=("subscription", "query"),
                         help="subscription: readings pushed over WebSocket; query: `readings` every interval")
     subscription_protocol: str = setting(
@@ -182,6 +186,9 @@ def check_target(options: Mapping[str, Any]):
     sse = options.get("sse_endpoint")
     if sse and not str(sse).startswith(("http://", "https://")):
         yield "sse_endpoint", "must start with https:// (or http://)"
+    ca = options.get("ca_file")
+    if ca and not Path(ca).is_file():
+        yield "ca_file", f"{ca} is not a readable file"
     lookback = options.get("lookback")
     if lookback is not None and lookback > MAX_REPLAY:
         yield "lookback", "the API goes back 24h at most"
@@ -208,6 +215,8 @@ class IOmeterPartner:
         self.sse_endpoint = settings.sse_endpoint or self.endpoint
         self.stream_idle_timeout = float(settings.stream_idle_timeout)
         self._streams: aiohttp.ClientSession | None = None  # the SSE subscriptions' own connections
+        self.ca_file = settings.ca_file
+        self._tls: ssl.SSLContext | None = None
         self.mode = settings.mode
         self.delivery = "push" if self.mode == "subscription" else "poll"
         self.subscription = settings.subscription
@@ -245,7 +254,8 @@ class IOmeterPartner:
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
-        response = await request(self.ctx.session, "POST", self.endpoint, headers=headers, json_body=body)
+        response = await request(self.ctx.session, "POST", self.endpoint, headers=headers, json_body=body,
+                                 ssl_context=self._tls_context() if self.endpoint.startswith("https://") else None)
         if response.status in (401, 403):
             raise PollError("unauthorized", f"{self.endpoint}: HTTP {response.status}: partner id or secret refused")
         try:
@@ -387,7 +397,9 @@ class IOmeterPartner:
         if problem is not None:  # the WebSocket library would fail on it in its own way
             raise PollError("config", f"{self.ws_endpoint}: the Authorization header cannot be sent: {problem} "
                                       "(check partner_id and secret)")
-        context: ssl.SSLContext | bool = ssl.create_default_context() if self.ws_endpoint.startswith("wss://") else False
+        context: ssl.SSLContext | bool = False
+        if self.ws_endpoint.startswith("wss://"):
+            context = self._tls_context() or ssl.create_default_context()
         return _PartnerTransport(
             url=self.ws_endpoint,
             headers={"Authorization": authorization},
@@ -455,9 +467,11 @@ class IOmeterPartner:
         body = {"query": _TEXTS[document], "variables": variables}
         idle = self.stream_idle_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.target.timeout, sock_read=idle)
+        context = self._tls_context() if url.startswith("https://") else None
+        tls = {"ssl": context} if context is not None else {}
         try:
             async with self._stream_session().post(url, json=body, headers=headers, timeout=timeout,
-                                                   allow_redirects=False) as response:
+                                                   allow_redirects=False, **tls) as response:
                 if response.status != 200 or not is_event_stream(response):
                     raise await _refusal(response, url)
                 async for event in read_events(response.content, url, idle):
@@ -490,6 +504,17 @@ class IOmeterPartner:
             self._failed(PollError("parse", f"{field}: {exc}"))
             return
         self._changed.set()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """What every TLS connection to the API (queries, WebSocket, event streams) trusts:
+        `ca_file`, or None for the system's CAs."""
+        if self.ca_file and self._tls is None:
+            try:
+                self._tls = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise PollError("config", f"cannot load ca_file {self.ca_file}: "
+                                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        return self._tls
 
     def _stream_session(self) -> aiohttp.ClientSession:
         """The SSE subscriptions' own session: each holds its connection for as long as it runs

@@ -2,7 +2,7 @@
 
 Where several endpoints give the same quantity, the first endpoint of `ENDPOINTS` that gives
 any series of a metric provides all of that metric's series, so one name never mixes two
-sources (the README lists which endpoint wins for what). CT readings (every poll) beat the
+sources (docs/vendors/enphase.md lists which endpoint wins for what). CT readings (every poll) beat the
 minute-by-minute system figures; the gateway's own battery figures (live data, then secctrl)
 beat the ones computed from the units (inventory). Figures that combine several endpoints (the
 site's batteries, the microinverters of two lists) are made after the merge (`derived`). The staggers spread the first reads over the first polls,

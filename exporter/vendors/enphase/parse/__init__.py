@@ -21,7 +21,7 @@ of others, so the names keep them apart):
   production, net-consumption, total-consumption, storage, ...). A gateway has one CT clamp per
   role and the roles are different measurement points, so no `meter` series is the sum of its
   siblings; still, adding series of different roles does not give anything meaningful (the
-  README says so). The net-consumption CT appears both here and under the grid names above, so
+  manual says so). The net-consumption CT appears both here and under the grid names above, so
   that dashboards written for other meters work unchanged.
 * `energy_meter_inverter_*{inverter="<serial>"}`: each microinverter's last report;
   `energy_meter_microinverters_*`: all of them together as the gateway adds them up (on a
