@@ -227,6 +227,45 @@ async def test_push_over_tls_and_with_client_certificates(tmp_path):
         await daemon.stop()
 
 
+async def test_stalled_tls_handshakes_are_held_to_the_connection_limit(tmp_path):
+    """Connections that never begin their handshake hold no more than max_connections file
+    descriptors (the oldest make room), and a meter still gets through."""
+    authority = new_authority("Push CA", "tests", tmp_path / "pki")
+    authority.issue("localhost", dns_names=("localhost",), ip_addresses=("127.0.0.1",), name="server")
+    daemon, port = await start_push_daemon(tmp_path, SN, f"""
+        tls_cert_file: {authority.directory / 'server.pem'}
+        tls_key_file: {authority.directory / 'server.key'}
+        max_connections: 8
+        read_timeout: 60s
+        """)
+    meter = HttpPushMeter("WEM3080T", url=f"https://127.0.0.1:{port}/", serial=SN)
+    stalled: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(40):
+            stalled.append(await asyncio.open_connection("127.0.0.1", port))
+            await asyncio.sleep(0.005)
+
+        async def closed(reader: asyncio.StreamReader) -> bool:
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+                return await asyncio.wait_for(reader.read(1), 0.05) == b""
+            return False
+
+        async def still_open() -> int:
+            return sum([not await closed(reader) for reader, _ in stalled])
+
+        open_now = await still_open()
+        assert open_now <= 8, f"{open_now} stalled handshakes held open past max_connections 8"
+        context = ssl.create_default_context(cafile=str(authority.ca_file))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            status, _ = await meter.post_once(session)
+        assert status == 200
+        await async_wait_until(lambda: daemon.store.targets["pushed"].up, what="the meter's reading")
+    finally:
+        for _, writer in stalled:
+            writer.close()
+        await daemon.stop()
+
+
 @pytest.mark.parametrize("protection,expected", [
     ("path_token: short\n", "http_push.path_token: too short"),
     ("path_token: 'has/a slash and more'\n", "http_push.path_token: may hold only"),

@@ -323,19 +323,28 @@ class TlsHandshakes:
     connection goes to the guarded HTTP protocol, where it counts towards max_connections, as
     with asyncio's TLS server."""
 
-    def __init__(self, context: ssl.SSLContext, timeout: float, failed: Callable[[], None]) -> None:
+    def __init__(self, context: ssl.SSLContext, timeout: float, failed: Callable[[], None], limit: int) -> None:
         self.context = context
         self.timeout = timeout
         self.failed = failed
-        self._pending: set[asyncio.Task] = set()
+        self.limit = limit
+        self._pending: dict[asyncio.Task, asyncio.Transport] = {}  # oldest first
 
     def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Handshake(self, inner)
 
     def begin(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        if len(self._pending) >= self.limit:
+            # Connections still shaking hands are held to max_connections as well: past it the
+            # oldest handshake makes room (a meter's own completes in milliseconds, a flood of
+            # stalled ones would otherwise hold a file descriptor each until read_timeout).
+            oldest, stalled = next(iter(self._pending.items()))
+            stalled.abort()
+            oldest.cancel()
+            del self._pending[oldest]
         task = asyncio.get_running_loop().create_task(self._handshake(transport, protocol))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending[task] = transport
+        task.add_done_callback(lambda done: self._pending.pop(done, None))
 
     async def _handshake(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
         loop = asyncio.get_running_loop()
@@ -347,10 +356,13 @@ class TlsHandshakes:
             transport.abort()
             self.failed()
             return
+        except asyncio.CancelledError:  # made room for a newer one, or the listener closes
+            transport.abort()
+            raise
         protocol.connection_made(tls)
 
     async def close(self) -> None:
-        await cancel_and_wait(*self._pending)
+        await cancel_and_wait(*list(self._pending))
 
 
 class _Handshake(asyncio.Protocol):
@@ -411,7 +423,7 @@ class PushListener(DeviceRouting):
                 raise PollError("config", f"http_push: {exc}") from None
         limits = s.limits()
         if context is not None:  # (the site itself then serves plain TCP: the handshake is ours)
-            self._handshakes = TlsHandshakes(context, s.read_timeout, lambda: self.count("tls"))
+            self._handshakes = TlsHandshakes(context, s.read_timeout, lambda: self.count("tls"), limits.max_connections)
             self.guard = _TlsGuard(limits, LISTENER, self._handshakes)
         else:
             self.guard = ConnectionGuard(limits, LISTENER)
