@@ -117,6 +117,10 @@ class ExporterProcess:
             stdout=self._log_file, stderr=subprocess.STDOUT, cwd=config.parent,
         )
         wait_until(self._healthy, what=f"exporter on port {port} (log {self.log})")
+        # It runs, so it took the file: the schema must take it too.
+        from .schema_guard import check_accepted
+
+        check_accepted(config)
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:

@@ -49,17 +49,27 @@ def _validator(vendors: Any) -> Any:
     return _validators[key]
 
 
+def check_accepted(path, vendors: Any = None) -> None:
+    """Raise SchemaDisagreement if the schema (of `vendors`, by default the exporter's own)
+    rejects `path`, a file the exporter accepted."""
+    if jsonschema is None:
+        return
+    if vendors is None:
+        from exporter.vendors import registry as vendors
+    document = yaml.load(read_config_text(path), Loader=EditorLoader)
+    errors = sorted(_validator(vendors).iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        problems = "\n".join(f"  {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10])
+        raise SchemaDisagreement(f"the exporter accepted {path} but config.schema.json rejects it:\n{problems}")
+
+
 def guarded(read: Callable[..., Any]) -> Callable[..., Any]:
     """`read` (the loader's `_load_config(path, environ, extra_check, vendors, read_secrets)`),
     raising SchemaDisagreement when it accepts a file the schema rejects."""
 
     def read_and_check(path, environ, extra_check, vendors, read_secrets):
         config = read(path, environ, extra_check, vendors, read_secrets)
-        document = yaml.load(read_config_text(path), Loader=EditorLoader)
-        errors = sorted(_validator(vendors).iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
-        if errors:
-            problems = "\n".join(f"  {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10])
-            raise SchemaDisagreement(f"the loader accepted {path} but config.schema.json rejects it:\n{problems}")
+        check_accepted(path, vendors)
         return config
 
     read_and_check.checks_schema = True

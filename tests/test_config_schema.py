@@ -129,7 +129,8 @@ def test_check_config_without_secrets_checks_their_place_not_their_value(tmp_pat
 
 def test_every_file_the_loader_accepts_in_the_suite_is_checked_against_the_schema(tmp_path):
     """tests/conftest.py wraps the loader: a file it accepts that the schema rejects fails the
-    test that wrote it (the demo's generated configuration among them, via tests/test_demo.py)."""
+    test that wrote it (the demo's generated configuration among them, via tests/test_demo.py);
+    a real exporter process a test starts (ExporterProcess) has its file checked once it runs."""
     from exporter.config import loader
     from tests.schema_guard import SchemaDisagreement, guarded
 
