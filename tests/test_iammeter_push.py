@@ -10,21 +10,17 @@ import textwrap
 
 import aiohttp
 import pytest
-import structlog
 
 from exporter.config.loader import ConfigError, TargetConfig
 from exporter.daemon import Daemon
 from exporter.model import catalogue as M
-from exporter.runtime.context import AdapterContext, SharedResources
-from exporter.runtime.scheduler import TargetRunner
-from exporter.runtime.state import StateDirectory
-from exporter.store import SnapshotStore
 from exporter.vendors.iammeter import push as iam_push
 from simulators.iammeter_push import HttpPushMeter
 from simulators.tls import new_authority
 
 from .configs import load_config
-from .conftest import async_wait_until, exposition_text, free_port, sample_value
+from .push_targets import PushTargets
+from .conftest import async_wait_until, free_port, sample_value
 
 KWH = 3.6e6
 SN = "3E0BAF87"
@@ -36,42 +32,11 @@ def target(sn: str = SN, name: str = "meter") -> TargetConfig:
                         max_backoff=60.0, stale_after=60.0, jitter=0.0, options={"sn": sn})
 
 
-class Exporter:
+class Exporter(PushTargets):
     """Push targets run by the scheduler's push loop into a store, as the daemon wires them."""
 
     def __init__(self, session, tmp_path, section: dict) -> None:
-        self.store = SnapshotStore()
-        self.shared = SharedResources()
-        self.session = session
-        self.tmp_path = tmp_path
-        self.sections = {"http_push": section}
-        self.runners: list[TargetRunner] = []
-
-    async def add(self, config: TargetConfig, wait: bool = True) -> TargetRunner:
-        self.store.add_target(config.name, config.vendor, config.stale_after)
-        context = AdapterContext(session=self.session, state=StateDirectory(self.tmp_path), log=structlog.get_logger(),
-                                 shared=self.shared, sections=self.sections, store=self.store)
-        runner = TargetRunner(config, iam_push.SPEC.create(config, context), self.store, structlog.get_logger(),
-                              delivery="push")
-        runner.start()
-        self.runners.append(runner)
-        if wait:
-            await async_wait_until(lambda: runner.adapter.listener is not None, what="the listener")
-        return runner
-
-    def value(self, name: str, **labels) -> float | None:
-        self.store.expire()
-        return sample_value(exposition_text(self.store), name, **labels)
-
-    def rejected(self, reason: str) -> float | None:
-        return self.value(M.PUSH_REJECTED.name, listener="http_push", reason=reason)
-
-    def state(self, name: str = "meter"):
-        return self.store.targets[name]
-
-    async def close(self) -> None:
-        for runner in self.runners:
-            await runner.stop()
+        super().__init__(tmp_path, "http_push", section, iam_push.SPEC, session)
 
 
 @pytest.fixture

@@ -886,6 +886,13 @@ def all_metrics() -> list[Metric]:
 
 METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in all_metrics()}
 
+
+def account_twin(metric: Metric) -> Metric:
+    """The cloud-account metric of the quantity a device's `metric` measures:
+    `energy_meter_X` -> `energy_meter_account_X` (the account's labels added). KeyError where the
+    catalogue has none."""
+    return METRICS_BY_NAME["energy_meter_account_" + metric.name.removeprefix("energy_meter_")]
+
 # --- Unit conversions to base units ----------------------------------------------------------
 JOULES_PER_KWH = 3.6e6
 JOULES_PER_WH = 3.6e3

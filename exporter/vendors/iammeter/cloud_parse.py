@@ -39,35 +39,21 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Collection, Iterable, Mapping
 
-from ...model.catalogue import (ACCOUNT_ACTIVE_POWER, ACCOUNT_AVERAGE_POWER, ACCOUNT_DAYTIME_AVERAGE_POWER,
-                                ACCOUNT_ENERGY_EXPORTED, ACCOUNT_ENERGY_IMPORTED, ACCOUNT_FREQUENCY,
-                                ACCOUNT_MAXIMUM_POWER, ACCOUNT_MEASUREMENT_TIME, ACCOUNT_MINIMUM_POWER,
-                                ACCOUNT_OFFLINE_ANALYSIS_PERIOD, ACCOUNT_OFFLINE_GAPS, ACCOUNT_OFFLINE_TIME, ACCOUNT_PHASE_ACTIVE_POWER, ACCOUNT_PHASE_CURRENT,
-                                ACCOUNT_PHASE_ENERGY_EXPORTED, ACCOUNT_PHASE_ENERGY_IMPORTED,
-                                ACCOUNT_PHASE_POWER_FACTOR, ACCOUNT_PHASE_VOLTAGE, ACCOUNT_POWER_FACTOR, ACTIVE_POWER,
-                                ENERGY_EXPORTED, ENERGY_IMPORTED, FREQUENCY, JOULES_PER_KWH, PHASE_ACTIVE_POWER,
-                                PHASE_CURRENT,
+from ...model.catalogue import (ACCOUNT_AVERAGE_POWER, ACCOUNT_DAYTIME_AVERAGE_POWER, ACCOUNT_MAXIMUM_POWER,
+                                ACCOUNT_MEASUREMENT_TIME, ACCOUNT_MINIMUM_POWER, ACCOUNT_OFFLINE_ANALYSIS_PERIOD,
+                                ACCOUNT_OFFLINE_GAPS, ACCOUNT_OFFLINE_TIME, ACTIVE_POWER, ENERGY_EXPORTED,
+                                ENERGY_IMPORTED, FREQUENCY, JOULES_PER_KWH, PHASE_ACTIVE_POWER, PHASE_CURRENT,
                                 PHASE_ENERGY_EXPORTED, PHASE_ENERGY_IMPORTED, PHASE_POWER_FACTOR, PHASE_VOLTAGE,
                                 PLACE_DAILY_GRID_EXPORT, PLACE_DAILY_GRID_IMPORT, PLACE_DAILY_SELF_USE,
-                                PLACE_DAILY_SPECIAL_LOAD,                                 PLACE_DAILY_YIELD, POWER_FACTOR, Metric)
+                                PLACE_DAILY_SPECIAL_LOAD, PLACE_DAILY_YIELD, POWER_FACTOR, Metric, account_twin)
 from ...model.jsontext import header_problem, label_text, loads
 from ...model.samples import DeviceInfo, ParseError, Reading, checked_object, kind_of, number_or_none
 from .parse import parse_monitorjson
 
 # The local parser's metric -> the account metric of the same quantity.
-ACCOUNT_OF: dict[Metric, Metric] = {
-    ACTIVE_POWER: ACCOUNT_ACTIVE_POWER,
-    ENERGY_IMPORTED: ACCOUNT_ENERGY_IMPORTED,
-    ENERGY_EXPORTED: ACCOUNT_ENERGY_EXPORTED,
-    FREQUENCY: ACCOUNT_FREQUENCY,
-    POWER_FACTOR: ACCOUNT_POWER_FACTOR,
-    PHASE_VOLTAGE: ACCOUNT_PHASE_VOLTAGE,
-    PHASE_CURRENT: ACCOUNT_PHASE_CURRENT,
-    PHASE_ACTIVE_POWER: ACCOUNT_PHASE_ACTIVE_POWER,
-    PHASE_POWER_FACTOR: ACCOUNT_PHASE_POWER_FACTOR,
-    PHASE_ENERGY_IMPORTED: ACCOUNT_PHASE_ENERGY_IMPORTED,
-    PHASE_ENERGY_EXPORTED: ACCOUNT_PHASE_ENERGY_EXPORTED,
-}
+ACCOUNT_OF: dict[Metric, Metric] = {metric: account_twin(metric) for metric in (
+    ACTIVE_POWER, ENERGY_IMPORTED, ENERGY_EXPORTED, FREQUENCY, POWER_FACTOR, PHASE_VOLTAGE, PHASE_CURRENT,
+    PHASE_ACTIVE_POWER, PHASE_POWER_FACTOR, PHASE_ENERGY_IMPORTED, PHASE_ENERGY_EXPORTED)}
 ADVANCED_ROW_LENGTH = 6  # meterdata2 / meterdatalist2: V, I, P, PF, import, export
 PHASE_VALUES = 5  # values per phase in a flat meterdatalist row
 MAX_PHASE_ROWS = 4  # three phases and the net row

@@ -45,7 +45,7 @@ and no series is the sum of its siblings. The reader/gateway health metrics carr
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from math import copysign, isfinite
 from typing import Any, Container, Iterable, Mapping, NamedTuple
 
@@ -243,23 +243,8 @@ LOCAL = MetricSet(
     phase_energy_imported=M.PHASE_ENERGY_IMPORTED, phase_energy_exported=M.PHASE_ENERGY_EXPORTED,
     obis_value=M.OBIS_VALUE, measurement_time=M.MEASUREMENT_TIME,
 )
-ACCOUNT = MetricSet(
-    energy_imported=M.ACCOUNT_ENERGY_IMPORTED, energy_exported=M.ACCOUNT_ENERGY_EXPORTED,
-    tariff_imported=M.ACCOUNT_TARIFF_ENERGY_IMPORTED, tariff_exported=M.ACCOUNT_TARIFF_ENERGY_EXPORTED,
-    active_power=M.ACCOUNT_ACTIVE_POWER, phase_active_power=M.ACCOUNT_PHASE_ACTIVE_POWER,
-    phase_voltage=M.ACCOUNT_PHASE_VOLTAGE, phase_current=M.ACCOUNT_PHASE_CURRENT, frequency=M.ACCOUNT_FREQUENCY,
-    power_factor=M.ACCOUNT_POWER_FACTOR, phase_power_factor=M.ACCOUNT_PHASE_POWER_FACTOR,
-    import_power=M.ACCOUNT_IMPORT_POWER, export_power=M.ACCOUNT_EXPORT_POWER,
-    phase_import_power=M.ACCOUNT_PHASE_IMPORT_POWER, phase_export_power=M.ACCOUNT_PHASE_EXPORT_POWER,
-    import_reactive_power=M.ACCOUNT_IMPORT_REACTIVE_POWER, export_reactive_power=M.ACCOUNT_EXPORT_REACTIVE_POWER,
-    reactive_energy_imported=M.ACCOUNT_REACTIVE_ENERGY_IMPORTED,
-    reactive_energy_exported=M.ACCOUNT_REACTIVE_ENERGY_EXPORTED, active_tariff=M.ACCOUNT_ACTIVE_TARIFF,
-    power_failures=M.ACCOUNT_POWER_FAILURES, long_power_failures=M.ACCOUNT_LONG_POWER_FAILURES,
-    average_demand=M.ACCOUNT_AVERAGE_DEMAND, monthly_peak_demand=M.ACCOUNT_MONTHLY_PEAK_DEMAND,
-    phase_voltage_sags=M.ACCOUNT_PHASE_VOLTAGE_SAGS, phase_voltage_swells=M.ACCOUNT_PHASE_VOLTAGE_SWELLS,
-    phase_energy_imported=M.ACCOUNT_PHASE_ENERGY_IMPORTED, phase_energy_exported=M.ACCOUNT_PHASE_ENERGY_EXPORTED,
-    obis_value=M.ACCOUNT_OBIS_VALUE, measurement_time=M.ACCOUNT_MEASUREMENT_TIME,
-)
+# The same quantities of a Partner account's meters: each local metric's account twin.
+ACCOUNT = MetricSet(**{f.name: M.account_twin(getattr(LOCAL, f.name)) for f in fields(MetricSet)})
 
 
 @dataclass(frozen=True, slots=True)
